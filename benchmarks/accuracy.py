@@ -1,0 +1,73 @@
+"""Accuracy metrics against a reference, and the pass/fail judgement.
+
+All functions take logits ``[N, classes]`` as numpy arrays. Tests check them against
+hand-computed values.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from benchmarks.tolerances import Tolerance
+
+
+@dataclass
+class Accuracy:
+    max_abs_err: float
+    mean_abs_err: float
+    cosine_min: float
+    top1_agreement: float
+    top5_agreement: float
+    top1: float | None  # dataset top-1 when labels exist
+    samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    # two all-zero rows are identical; one zero row against a non-zero one is orthogonal
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.abs(a - b).sum(-1) == 0, 1.0, 0.0))
+
+
+def topk_agreement(ref: np.ndarray, out: np.ndarray, k: int) -> float:
+    """Share of samples whose top-k set (order ignored) equals the reference's."""
+    k = min(k, ref.shape[-1])
+    r = np.sort(np.argsort(-ref, axis=-1, kind="stable")[:, :k], axis=-1)
+    o = np.sort(np.argsort(-out, axis=-1, kind="stable")[:, :k], axis=-1)
+    return float((r == o).all(-1).mean())
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or len(labels) == 0:
+        return None
+    return float((logits.argmax(-1) == labels).mean())
+
+
+def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None = None) -> Accuracy:
+    """Metrics of ``out`` against ``ref`` (both ``[N, classes]``)."""
+    if ref.shape != out.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape}, output {out.shape}")
+    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+    return Accuracy(max_abs_err=float(diff.max()), mean_abs_err=float(diff.mean()),
+                    cosine_min=float(cosine_per_sample(ref, out).min()),
+                    top1_agreement=topk_agreement(ref, out, 1), top5_agreement=topk_agreement(ref, out, 5),
+                    top1=top1_accuracy(out, labels), samples=int(ref.shape[0]))
+
+
+def judge(acc: Accuracy, ref_top1: float | None, tol: Tolerance, gate_agreement: bool = True) -> tuple[bool, list[str]]:
+    """Pass/fail and the reasons for a failure."""
+    notes = []
+    if acc.cosine_min < tol.cosine_min:
+        notes.append(f"cosine_min {acc.cosine_min:.6f} < {tol.cosine_min}")
+    if gate_agreement and acc.top1_agreement < tol.top1_agreement:
+        notes.append(f"top1_agreement {acc.top1_agreement:.4f} < {tol.top1_agreement}")
+    if acc.top1 is not None and ref_top1 is not None:
+        drop = (ref_top1 - acc.top1) * 100
+        if drop > tol.top1_drop:
+            notes.append(f"top-1 drop {drop:.2f} points > {tol.top1_drop}")
+    return not notes, notes

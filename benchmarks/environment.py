@@ -1,0 +1,65 @@
+"""The machine and software a figure came from: CPU model and flags, cores, GPU, versions."""
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+
+def _cpu() -> dict:
+    info = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count()}
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return info
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("model name") and "model" not in info.get("_seen", ""):
+            info["model"] = line.split(":", 1)[1].strip()
+            info["_seen"] = "model"
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    info.pop("_seen", None)
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+    info["flags"] = [f for f in wanted if f in flags]
+    try:
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    return info
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "timm", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu",
+                 "openvino", "nncf", "coremltools", "tensorrt", "nvidia-modelopt", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _gpu() -> str | None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)} (cc {'.'.join(map(str, torch.cuda.get_device_capability(0)))})"
+    except ImportError:
+        pass
+    return None
+
+
+def environment(threads: int | None = None) -> dict:
+    return {"os": f"{platform.system()} {platform.release()}", "cpu": _cpu(), "gpu": _gpu(),
+            "threads": threads, "versions": _versions()}
+
+
+def one_line(env: dict) -> str:
+    cpu = env["cpu"]
+    v = env["versions"]
+    parts = [f"{cpu.get('model')} ({cpu.get('usable_cores', cpu.get('logical_cores'))} cores"
+             + (f", {' '.join(cpu.get('flags', []))}" if cpu.get("flags") else "") + ")",
+             f"GPU: {env['gpu'] or 'none'}", f"threads: {env['threads']}",
+             ", ".join(f"{k} {v[k]}" for k in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf") if k in v)]
+    return " · ".join(parts)

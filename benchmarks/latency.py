@@ -1,0 +1,52 @@
+"""Latency: one method for every backend.
+
+Warm-up runs, then N timed runs of the runner's ``infer`` on the same input, timed with
+``time.perf_counter`` around the call (CUDA runners synchronise inside ``infer``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_RUNS = 50
+DEFAULT_WARMUP = 10
+
+
+@dataclass
+class Latency:
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(ms: list[float] | np.ndarray) -> Latency:
+    """Percentiles (linear interpolation, numpy's default) and mean of per-run milliseconds."""
+    a = np.asarray(ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no timings")
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return Latency(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(a.mean()), runs=int(a.size))
+
+
+def throughput(lat: Latency, batch: int) -> float:
+    """Images per second at the median latency."""
+    return batch * 1000.0 / lat.p50 if lat.p50 > 0 else 0.0
+
+
+def measure(infer, feeds: dict, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> Latency:
+    """Time ``infer(feeds)``: ``warmup`` untimed calls, then ``runs`` timed ones."""
+    for _ in range(warmup):
+        infer(feeds)
+    ms = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        infer(feeds)
+        ms.append((time.perf_counter() - t0) * 1000.0)
+    return summarize(ms)

@@ -1,0 +1,115 @@
+"""Where samples come from: an image folder, a .npy/.npz array, a list file, or the digits split.
+
+Each source yields ``(id, image_or_array, label_or_None)``; decoding failures are counted,
+not fatal. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import UserError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
+
+
+@dataclass
+class RawSamples:
+    """Undecoded or raw samples chosen from a source, in a fixed order."""
+
+    ids: list[str]
+    items: list  # Path to an image file, or a uint8 [H, W, 3] array, or a float32 [3, H, W] array
+    labels: list[int | None]
+    kind: str  # "folder" | "list" | "array" | "digits"
+    preprocessed: bool = False  # arrays already [3, H, W] float32
+    notes: list[str] = field(default_factory=list)
+
+
+def _label(name: str, label_index: dict[str, int] | None) -> int | None:
+    if label_index and name in label_index:
+        return label_index[name]
+    if name.isdigit():
+        return int(name)
+    return None
+
+
+def from_folder(root: Path, label_index: dict[str, int] | None) -> RawSamples:
+    """All images under ``root``, recursively; the first folder level below ``root`` is the class."""
+    if not root.exists():
+        raise UserError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"not a directory: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"data directory is empty: {root}")
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
+    if not images:
+        raise UserError(f"no images in {root} ({len(files)} file(s), none with an image extension)")
+    labels = []
+    for p in images:
+        rel = p.relative_to(root).parts
+        labels.append(_label(rel[0], label_index) if len(rel) > 1 else None)
+    if any(lab is None for lab in labels):
+        labels = [None] * len(images)  # partial labels would make top-1 meaningless
+    return RawSamples([str(p.relative_to(root)) for p in images], images, labels, "folder")
+
+
+def from_list(path: Path, label_index: dict[str, int] | None) -> RawSamples:
+    """A text file with one image path per line, optionally followed by a label."""
+    ids, items, labels = [], [], []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        img, lab = (parts[0], _label(parts[1], label_index)) if len(parts) == 2 and not Path(line).exists() else (line, None)
+        p = (path.parent / img) if not Path(img).is_absolute() else Path(img)
+        ids.append(img)
+        items.append(p)
+        labels.append(lab)
+    if not items:
+        raise UserError(f"list file {path} names no images")
+    if any(lab is None for lab in labels):
+        labels = [None] * len(items)
+    return RawSamples(ids, items, labels, "list")
+
+
+def from_array(path: Path, input_shape: tuple[int, int, int]) -> RawSamples:
+    """``.npy`` (images only) or ``.npz`` (``images``/``x`` and optional ``labels``/``y``).
+
+    uint8 ``[N, H, W, 3]`` arrays are images and get the model's preprocessing; float32
+    ``[N, 3, H, W]`` arrays of the model's input shape are taken as already preprocessed.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # reason: numpy raises ValueError/OSError/BadZipFile for bad files
+        raise UserError(f"cannot read array file {path}: {type(exc).__name__}: {exc}")
+    labels = None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        key = next((k for k in ("images", "x", "inputs") if k in data.files), data.files[0] if data.files else None)
+        if key is None:
+            raise UserError(f"{path} holds no arrays")
+        arr = data[key]
+        lk = next((k for k in ("labels", "y", "targets") if k in data.files), None)
+        labels = data[lk].astype(np.int64).tolist() if lk else None
+    else:
+        arr = data
+    if arr.ndim == 3:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 4 or len(arr) == 0:
+        raise UserError(f"{path}: expected [N, H, W, 3] images or [N, 3, H, W] inputs, got shape {arr.shape}")
+    pre = arr.shape[1:] == tuple(input_shape) and arr.dtype != np.uint8
+    if not pre and not (arr.shape[-1] == 3 and arr.dtype == np.uint8):
+        raise UserError(f"{path}: {arr.dtype} {arr.shape} is neither uint8 [N,H,W,3] nor float [N,{','.join(map(str, input_shape))}]")
+    labels = labels if labels is not None else [None] * len(arr)
+    return RawSamples([f"{path.name}:{i}" for i in range(len(arr))], list(arr), labels, "array", preprocessed=pre)
+
+
+def from_digits(part: str) -> RawSamples:
+    from calibration.digits import digits_subset
+
+    images, labels, ids = digits_subset(part)
+    return RawSamples(ids, list(images), labels.tolist(), "digits",
+                      notes=[f"digits {part} split ({len(ids)} images)"])

@@ -1,0 +1,83 @@
+"""``python -m exporters MODEL [options]``: export, build, verify and time; write a bundle and report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.errors import UserError
+
+TARGET_CHOICES = ("onnxruntime", "openvino", "tensorrt", "coreml", "all")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m exporters",
+        description="Export a ViT/Swin classifier with export-friendly rewrites, build artefacts for a target, "
+                    "verify them against PyTorch and time them. Writes OUT/<model>/ with manifest.json, "
+                    "report.json and report.md.")
+    p.add_argument("model", help="zoo name (vit_ti, vit_s, vit_b, deit_t, swin_t, swin_s, swin_b, digits_vit, "
+                                 "digits_swin), timm:<name>, or tv:swin_t|swin_s|swin_b|vit_b_16")
+    p.add_argument("--target", default="onnxruntime", choices=TARGET_CHOICES,
+                   help="runtime to build for (default onnxruntime, FP32 on the CPU); 'all' builds every "
+                        "target and precision available here")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
+                      help="half precision (OpenVINO: FP16 weights, bf16/f16 inference where the CPU has it)")
+    prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
+                      help="post-training INT8, calibrated on --calib")
+    p.add_argument("--data", default="digits",
+                   help="evaluation images: an image folder (class subfolders optional), a .npy/.npz, a .txt "
+                        "list, or 'digits' (the built-in hold-out; default)")
+    p.add_argument("--calib", default=None,
+                   help="calibration source, same forms as --data (default: --data; digits uses its train split)")
+    p.add_argument("--calib-size", type=int, default=128, help="calibration samples, chosen with a fixed seed "
+                                                               "(default 128)")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help="evaluation samples (default: all for models <= 64 px, else 64)")
+    p.add_argument("--weights", default=None, help="checkpoint: .safetensors or a torch file (timm or "
+                                                   "torchvision key layout)")
+    p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights "
+                                                             "(needs network)")
+    p.add_argument("--out", default="out", help="output folder; the bundle is OUT/<model>/ (default out)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for export, verification and timing "
+                                                        "(default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    p.add_argument("--runs", type=int, default=50, help="timed runs after 10 warm-up runs (default 50)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU (default CPU)")
+    p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
+                                                              "export-friendly rewrites (for comparison)")
+    p.add_argument("--io-fp16", action="store_true", help="TensorRT --fp16: keep the input/output FP16 too")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from exporters.pipeline import RunOptions, run
+    from exporters.targets import TARGET_NAMES
+
+    targets = list(TARGET_NAMES) if args.target == "all" else [args.target]
+    opts = RunOptions(model=args.model, targets=targets, precision=args.precision, data=args.data,
+                      calib=args.calib, calib_size=args.calib_size, eval_size=args.eval_size, weights=args.weights,
+                      pretrained=args.pretrained, out=Path(args.out), batch=args.batch, runs=args.runs,
+                      threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
+                      device=args.device, options={"io_fp16": args.io_fp16}, quiet=args.quiet)
+    try:
+        report = run(opts)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    from benchmarks.report import results_table
+    print(results_table(report["results"]))
+    print(f"\nreport: {report['bundle']}/report.md")
+    failed = [r for r in report["results"] if r.get("passed") is False]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

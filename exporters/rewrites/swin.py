@@ -1,0 +1,202 @@
+"""Swin rewrites for timm ``SwinTransformer`` and torchvision ``swin_t/s/b``.
+
+- ``torch.roll`` becomes a static slice + concat;
+- the relative position bias is gathered once and baked, with the shifted-window mask
+  pre-added, into one constant ``[nW or 1, heads, N, N]``: one Add per block;
+- padding exists only where the resolution does not divide by the window;
+- window partition and reverse use static shapes (batch as -1, so dynamic batch stays shape-free);
+- patch merging becomes one reshape/permute with no Pad when the resolution is even.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporters.rewrites import Shapes, register, replace_module, scaled_qkv
+
+
+def static_roll(x: torch.Tensor, shift_h: int, shift_w: int) -> torch.Tensor:
+    """``torch.roll(x, (shift_h, shift_w), dims=(1, 2))`` on ``[B, H, W, C]`` with static slices."""
+    for dim, shift in ((1, shift_h), (2, shift_w)):
+        size = x.shape[dim]
+        k = shift % size
+        if k:
+            x = torch.cat([x.narrow(dim, size - k, k), x.narrow(dim, 0, size - k)], dim=dim)
+    return x
+
+
+def shifted_window_mask(hp: int, wp: int, window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """Swin's SW-MSA mask over a padded ``hp x wp`` map: ``[nW, N, N]`` of 0 / -100."""
+    img = np.zeros((hp, wp), np.float32)
+    cnt = 0
+    for hs in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for ws in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            img[hs[0]:hs[1], ws[0]:ws[1]] = cnt
+            cnt += 1
+    win = img.reshape(hp // window[0], window[0], wp // window[1], window[1]).transpose(0, 2, 1, 3)
+    win = win.reshape(-1, window[0] * window[1])
+    diff = win[:, None, :] - win[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+class StaticWindowAttention(nn.Module):
+    """(Shifted-)window attention on ``[B, H, W, C]`` with every shape and constant fixed.
+
+    ``bias`` is ``[nW or 1, heads, N, N]``: relative position bias plus the shift mask.
+    ``shift_first`` selects timm's order (roll, then pad) or torchvision's (pad, then roll).
+    """
+
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, size: tuple[int, int],
+                 window: tuple[int, int], shift: tuple[int, int], bias: torch.Tensor, shift_first: bool):
+        super().__init__()
+        self.qkv, self.proj = qkv, proj
+        self.num_heads = num_heads
+        self.attn_dim = qkv.out_features // 3
+        self.size, self.window, self.shift, self.shift_first = size, window, shift, shift_first
+        h, w = size
+        self.pad = ((window[0] - h % window[0]) % window[0], (window[1] - w % window[1]) % window[1])
+        self.padded = (h + self.pad[0], w + self.pad[1])
+        self.num_windows = (self.padded[0] // window[0]) * (self.padded[1] // window[1])
+        self.register_buffer("bias", bias.detach().clone().contiguous())
+
+    def _pad(self, x):
+        if any(self.pad):
+            x = F.pad(x, (0, 0, 0, self.pad[1], 0, self.pad[0]))
+        return x
+
+    def _crop(self, x):
+        if any(self.pad):
+            x = x[:, :self.size[0], :self.size[1], :]
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, C]`` -> ``[B, H, W, C]``."""
+        (wh, ww), (sh, sw), (hp, wp) = self.window, self.shift, self.padded
+        c = x.shape[-1]
+        n, nw, heads = wh * ww, self.num_windows, self.num_heads
+        hd = self.attn_dim // heads
+        if self.shift_first:
+            x = self._pad(static_roll(x, -sh, -sw))
+        else:
+            x = static_roll(self._pad(x), -sh, -sw)
+        # partition: [B, Hp, Wp, C] -> [B, nW, N, C]
+        x = x.reshape(-1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, nw, n, c)
+        qkv = self.qkv(x)  # [B, nW, N, 3A], query rows pre-scaled
+        a = self.attn_dim
+        q = qkv[..., :a].reshape(-1, nw, n, heads, hd).transpose(2, 3)  # [B, nW, h, N, hd]
+        k = qkv[..., a:2 * a].reshape(-1, nw, n, heads, hd).permute(0, 1, 3, 4, 2)  # [B, nW, h, hd, N]
+        v = qkv[..., 2 * a:].reshape(-1, nw, n, heads, hd).transpose(2, 3)  # [B, nW, h, N, hd]
+        attn = torch.softmax(q @ k + self.bias, dim=-1)  # [B, nW, h, N, N]
+        x = (attn @ v).transpose(2, 3).reshape(-1, nw, n, a)
+        x = self.proj(x)  # [B, nW, N, C]
+        # reverse: [B, nW, N, C] -> [B, Hp, Wp, C]
+        x = x.reshape(-1, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
+        if self.shift_first:
+            return static_roll(self._crop(x), sh, sw)
+        return self._crop(static_roll(x, sh, sw))
+
+
+class StaticSwinBlock(nn.Module):
+    """timm ``SwinTransformerBlock`` without shape queries: ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
+
+    def __init__(self, block: nn.Module, attn: StaticWindowAttention):
+        super().__init__()
+        self.norm1, self.attn, self.drop_path1 = block.norm1, attn, block.drop_path1
+        self.norm2, self.mlp, self.drop_path2 = block.norm2, block.mlp, block.drop_path2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class StaticPatchMerging(nn.Module):
+    """2x2 patch merging ``[B, H, W, C]`` -> ``[B, H/2, W/2, out]`` as one reshape/permute.
+
+    The channel order (w-offset major) matches both timm's and torchvision's implementations.
+    """
+
+    def __init__(self, norm: nn.Module, reduction: nn.Linear, size: tuple[int, int]):
+        super().__init__()
+        self.norm, self.reduction, self.size = norm, reduction, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        c = x.shape[-1]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+            h, w = h + h % 2, w + w % 2
+        x = x.reshape(-1, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(-1, h // 2, w // 2, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+def _bias(rel_bias: torch.Tensor, heads: int, n: int, hp: int, wp: int, window, shift) -> torch.Tensor:
+    """Relative bias ``[1, heads, N, N]`` plus the shift mask -> ``[nW or 1, heads, N, N]``."""
+    rel = rel_bias.detach().float().reshape(1, heads, n, n)
+    if any(shift):
+        mask = torch.from_numpy(shifted_window_mask(hp, wp, window, shift))  # [nW, N, N]
+        return rel + mask[:, None]
+    return rel
+
+
+def _timm_block(block: nn.Module, shape: tuple[int, ...]) -> StaticSwinBlock:
+    _, h, w, _ = shape
+    window, shift = tuple(block.window_size), tuple(block.shift_size)
+    attn = block.attn
+    hp = h + (window[0] - h % window[0]) % window[0]
+    wp = w + (window[1] - w % window[1]) % window[1]
+    n = window[0] * window[1]
+    bias = _bias(attn._get_rel_pos_bias(), attn.num_heads, n, hp, wp, window, shift)
+    qkv = scaled_qkv(attn.qkv, attn.qkv.out_features // 3, attn.scale)
+    static = StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift, bias, shift_first=True)
+    return StaticSwinBlock(block, static)
+
+
+def _tv_attention(attn: nn.Module, shape: tuple[int, ...]) -> StaticWindowAttention:
+    _, h, w, c = shape
+    window = tuple(attn.window_size)
+    hp = h + (window[0] - h % window[0]) % window[0]
+    wp = w + (window[1] - w % window[1]) % window[1]
+    # reason: torchvision drops the shift when the window covers the padded map
+    shift = tuple(0 if window[i] >= (hp, wp)[i] else attn.shift_size[i] for i in range(2))
+    n = window[0] * window[1]
+    bias = _bias(attn.get_relative_position_bias(), attn.num_heads, n, hp, wp, window, shift)
+    attn_dim = attn.qkv.out_features // 3
+    qkv = scaled_qkv(attn.qkv, attn_dim, (c // attn.num_heads) ** -0.5)
+    return StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift, bias, shift_first=False)
+
+
+@register("swin_window_attention")
+def swin_window_attention(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
+    """timm ``SwinTransformerBlock`` -> ``StaticSwinBlock``; torchvision ``ShiftedWindowAttention`` -> static."""
+    from timm.models.swin_transformer import SwinTransformerBlock as TimmBlock
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+    todo = []
+    for name, mod in model.named_modules():
+        if name not in shapes:
+            continue  # never ran at this resolution: leave it
+        if type(mod) is TimmBlock:
+            todo.append((name, _timm_block(mod, shapes[name])))
+        elif type(mod) is ShiftedWindowAttention and not isinstance(mod, ShiftedWindowAttentionV2):
+            todo.append((name, _tv_attention(mod, shapes[name])))
+    for name, new in todo:
+        replace_module(model, name, new)
+    return model, len(todo)
+
+
+@register("swin_patch_merging")
+def swin_patch_merging(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
+    """timm and torchvision (v1) ``PatchMerging`` -> ``StaticPatchMerging``."""
+    from timm.models.swin_transformer import PatchMerging as TimmMerge
+    from torchvision.models.swin_transformer import PatchMerging as TvMerge
+
+    todo = []
+    for name, mod in model.named_modules():
+        if name in shapes and type(mod) in (TimmMerge, TvMerge):
+            _, h, w, _ = shapes[name]
+            todo.append((name, StaticPatchMerging(mod.norm, mod.reduction, (h, w))))
+    for name, new in todo:
+        replace_module(model, name, new)
+    return model, len(todo)

@@ -1,0 +1,95 @@
+"""ONNX Runtime target: FP32 (the embedded default) and static QDQ INT8 on the CPU.
+
+INT8 uses ``onnxruntime.quantization.quantize_static`` on the shared calibration set. Only
+the inputs of MatMul/Gemm/Conv are quantized; LayerNorm, Softmax, GELU and the residual
+adds stay FP32. The activation/weight types are the ones measured fastest on x86 (see
+``DEFAULT_INT8`` and docs/BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+
+import numpy as np
+
+from exporters.targets import Artifact, BuildContext
+from runtime.backends import require
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
+from runtime.errors import UserError
+
+PRECISIONS = ("fp32", "int8")
+# Measured on the 2-core AVX-512/AMX CPU (docs/BENCHMARKS.md): unsigned activations with
+# signed per-channel weights (U8S8) take MLAS's VNNI/AMX kernels; signed activations were slower.
+DEFAULT_INT8 = {"activation": "uint8", "weight": "int8", "per_channel": True, "method": "minmax",
+                "op_types": ("MatMul", "Gemm", "Conv")}
+
+
+def available() -> str | None:
+    try:
+        require("onnxruntime")
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+class _Reader:
+    """``CalibrationDataReader`` over the shared calibration set, one static batch at a time."""
+
+    def __init__(self, calib, input_name: str, batch: int):
+        self._it = iter([{input_name: b} for b in calib.batches(batch)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - ORT only calls it for some methods
+        pass
+
+
+def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
+    ort_q = require("onnxruntime.quantization")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    with contextlib.redirect_stdout(io.StringIO()):
+        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+        try:
+            # reason: ORT recommends shape inference + optimisation before quantization
+            ort_q.shape_inference.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception:  # reason: pre-processing is optional; quantize the original when it fails
+            shutil.copy(src, pre)
+        ort_q.quantize_static(
+            str(pre), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
+            activation_type=types[opts["activation"]], weight_type=types[opts["weight"]],
+            per_channel=opts["per_channel"], calibrate_method=methods[opts["method"]],
+            op_types_to_quantize=list(opts["op_types"]),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": opts["activation"] == "int8"})
+    pre.unlink(missing_ok=True)
+
+
+def build(ctx: BuildContext, precision: str) -> Artifact:
+    if precision == "fp16":
+        raise UserError("onnxruntime --fp16 is not offered on the CPU: ONNX Runtime's CPU provider has no fast "
+                        "FP16 kernels for these ops; use --target openvino --fp16 (bf16/f16 on this CPU) "
+                        "or --target tensorrt --fp16")
+    if precision == "fp32":
+        return Artifact("onnxruntime", "fp32", [ctx.onnx_path], ctx.onnx_path,
+                        runtime_config={"providers": ["CPUExecutionProvider"]})
+    opts = {**DEFAULT_INT8, **ctx.options.get("ort_int8", {})}
+    calib = ctx.calib()
+    dst = ctx.workdir / "model.ort-int8.onnx"
+    t0 = time.perf_counter()
+    _quantize(ctx.onnx_path, dst, calib, ctx.batch, opts)
+    return Artifact("onnxruntime", "int8", [dst], dst, build_s={"quantize": time.perf_counter() - t0},
+                    runtime_config={"providers": ["CPUExecutionProvider"]},
+                    notes=[f"static QDQ: activations {opts['activation']} per-tensor, weights {opts['weight']} "
+                           f"{'per-channel' if opts['per_channel'] else 'per-tensor'} symmetric, {opts['method']} "
+                           f"calibration on {len(calib)} samples; quantized ops: {', '.join(opts['op_types'])}"])
+
+
+def runner(ctx: BuildContext, art: Artifact):
+    return OnnxRuntimeRunner(art.primary, threads=ctx.threads, providers=art.runtime_config.get("providers"))

@@ -1,0 +1,194 @@
+"""Model zoo: short names -> real timm / torchvision models, with their preprocessing and labels.
+
+``create_model(name, weights=None, pretrained=False) -> (nn.Module, ModelSpec)`` is the one
+entry point. Weights come from a file (``weights``), the libraries' own download
+(``pretrained``), or random initialisation, which ``ModelSpec.weights`` records as "random".
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runtime.errors import UserError
+from runtime.preprocess import Preprocessing
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+
+# short name -> "timm:<name>" or "tv:<name>"
+ALIASES = {
+    "vit_ti": "timm:vit_tiny_patch16_224",
+    "vit_s": "timm:vit_small_patch16_224",
+    "vit_b": "timm:vit_base_patch16_224",
+    "vit_b_16": "timm:vit_base_patch16_224",
+    "deit_t": "timm:deit_tiny_patch16_224",
+    "swin_t": "timm:swin_tiny_patch4_window7_224",
+    "swin_s": "timm:swin_small_patch4_window7_224",
+    "swin_b": "timm:swin_base_patch4_window7_224",
+}
+TORCHVISION = {"swin_t": "Swin_T_Weights", "swin_s": "Swin_S_Weights", "swin_b": "Swin_B_Weights",
+               "vit_b_16": "ViT_B_16_Weights"}
+
+# The trained digits fixtures: timm configurations small enough to train on a CPU in seconds.
+DIGITS_PREPROCESSING = Preprocessing(input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                     interpolation="bilinear", crop_pct=1.0)
+DIGITS = {
+    "digits_vit": ("vit", dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3,
+                               mlp_ratio=2.0, num_classes=10)),
+    "digits_swin": ("swin", dict(img_size=32, patch_size=2, embed_dim=48, depths=(2, 2),
+                                 num_heads=(3, 6), window_size=4, mlp_ratio=2.0, num_classes=10)),
+}
+
+
+@dataclass
+class ModelSpec:
+    """What the rest of the pipeline needs to know about a model, beyond its weights."""
+
+    name: str  # what the user typed, e.g. "swin_t"
+    source: str  # "timm:swin_tiny_patch4_window7_224", "tv:swin_t", "digits:swin"
+    family: str  # "swin" | "vit" | "other"
+    input_shape: tuple[int, int, int]  # (3, H, W), batch excluded
+    preprocessing: Preprocessing
+    num_classes: int
+    labels: list[str] | None = None
+    weights: str = "random"  # "random" | "pretrained" | path of the weights file
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        """File-system-safe name for the bundle folder."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+
+
+def known_names() -> list[str]:
+    return sorted(list(ALIASES) + list(DIGITS) + [f"tv:{n}" for n in TORCHVISION])
+
+
+def _family(arch: str) -> str:
+    if "swin" in arch:
+        return "swin"
+    if "vit" in arch or "deit" in arch:
+        return "vit"
+    return "other"
+
+
+def _imagenet_labels(num_classes: int) -> list[str] | None:
+    if num_classes != 1000:
+        return None
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_descriptions(as_dict=False))
+
+
+def _timm_model(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, ModelSpec]:
+    import timm
+    from timm.data import resolve_data_config
+
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        raise UserError(f"unknown timm model '{arch}'" + (f"; close names: {', '.join(close)}" if close else ""))
+    try:
+        model = timm.create_model(arch, pretrained=pretrained)
+    except Exception as exc:  # reason: hub download errors come in many types (HTTP, OS, hub-specific)
+        raise UserError(f"could not download pretrained weights for '{arch}' "
+                        f"(offline? use --weights PATH): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    cfg = resolve_data_config({}, model=model)
+    pp = Preprocessing(input_size=tuple(cfg["input_size"][1:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                       interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]),
+                       crop_mode=cfg.get("crop_mode", "center"))
+    spec = ModelSpec(name=name, source=f"timm:{arch}", family=_family(arch), input_shape=tuple(cfg["input_size"]),
+                     preprocessing=pp, num_classes=model.num_classes, labels=_imagenet_labels(model.num_classes))
+    return model, spec
+
+
+def _tv_model(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, ModelSpec]:
+    import torchvision
+
+    if arch not in TORCHVISION:
+        close = difflib.get_close_matches(arch, list(TORCHVISION), n=5)
+        raise UserError(f"unknown torchvision model 'tv:{arch}'; supported: "
+                        + ", ".join(f"tv:{n}" for n in (close or TORCHVISION)))
+    weights_enum = getattr(torchvision.models, TORCHVISION[arch]).IMAGENET1K_V1
+    try:
+        model = getattr(torchvision.models, arch)(weights=weights_enum if pretrained else None)
+    except Exception as exc:  # reason: torch.hub raises URLError/OSError/RuntimeError offline
+        raise UserError(f"could not download pretrained weights for 'tv:{arch}' "
+                        f"(offline? use --weights PATH): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    t = weights_enum.transforms()
+    size = t.crop_size[0]
+    pp = Preprocessing(input_size=(size, size), mean=tuple(t.mean), std=tuple(t.std),
+                       interpolation=t.interpolation.value, crop_pct=size / t.resize_size[0],
+                       resize_size=t.resize_size[0])
+    spec = ModelSpec(name=name, source=f"tv:{arch}", family=_family(arch), input_shape=(3, size, size),
+                     preprocessing=pp, num_classes=1000, labels=list(weights_enum.meta["categories"]))
+    return model, spec
+
+
+def build_digits(name: str) -> nn.Module:
+    """The untrained digits architecture (used by the training script and the zoo)."""
+    family, kwargs = DIGITS[name]
+    if family == "vit":
+        from timm.models.vision_transformer import VisionTransformer
+        return VisionTransformer(**kwargs)
+    from timm.models.swin_transformer import SwinTransformer
+    return SwinTransformer(**kwargs)
+
+
+def _digits_model(name: str) -> tuple[nn.Module, ModelSpec]:
+    model = build_digits(name)
+    family = DIGITS[name][0]
+    spec = ModelSpec(name=name, source=f"digits:{family}", family=family, input_shape=(3, 32, 32),
+                     preprocessing=DIGITS_PREPROCESSING, num_classes=10, labels=[str(i) for i in range(10)])
+    return model, spec
+
+
+def _reinit_zero_linears(model: nn.Module, spec: ModelSpec) -> None:
+    """Give all-zero Linear weights (torchvision's ViT head) a small random init.
+
+    # reason: torchvision initialises the ViT head to zeros, so a random-weight model outputs
+    # all-zero logits and every accuracy comparison would be vacuous.
+    """
+    gen = torch.Generator().manual_seed(0)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and not mod.weight.detach().any():
+            with torch.no_grad():
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * 0.02)
+            spec.notes.append(f"'{name}' was initialised to zeros upstream; re-initialised randomly (std 0.02)")
+
+
+def create_model(name: str, weights: str | Path | None = None,
+                 pretrained: bool = False) -> tuple[nn.Module, ModelSpec]:
+    """Build a model by zoo name and load its weights. Returns ``(model.eval(), spec)``.
+
+    ``digits_*`` models load their committed trained checkpoint unless ``weights`` is given.
+    """
+    from exporters.weights import load_weights
+
+    if weights is not None and pretrained:
+        raise UserError("give either --weights or --pretrained, not both")
+    if name in DIGITS:
+        model, spec = _digits_model(name)
+        weights = weights or FIXTURES / f"{name}.safetensors"
+    else:
+        target = ALIASES.get(name, name)
+        if target.startswith("timm:"):
+            model, spec = _timm_model(name, target[5:], pretrained)
+        elif target.startswith("tv:"):
+            model, spec = _tv_model(name, target[3:], pretrained)
+        else:
+            close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
+            hint = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(known_names())}"
+            raise UserError(f"unknown model '{name}'{hint} (or use timm:<name> / tv:<name>)")
+        if pretrained:
+            spec.weights = "pretrained"
+    if weights is not None:
+        load_weights(model, Path(weights), spec.source)
+        spec.weights = str(weights)
+    elif not pretrained:
+        _reinit_zero_linears(model, spec)
+        spec.notes.append("RANDOM WEIGHTS: no --weights or --pretrained given; accuracy figures compare "
+                          "backends on a randomly initialised network, not a trained one")
+    return model.eval(), spec

@@ -1,0 +1,71 @@
+"""ONNX Runtime runner (CPU by default; CUDA or TensorRT execution providers where present)."""
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import require
+from runtime.errors import UserError
+
+_ORT_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+
+
+def installed_distributions() -> list[str]:
+    """Which ONNX Runtime distributions are installed: more than one means they shadow each other."""
+    found = []
+    for d in _ORT_DISTS:
+        try:
+            found.append(f"{d}=={metadata.version(d)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def ort_info() -> dict:
+    ort = require("onnxruntime")
+    dists = installed_distributions()
+    info = {"version": ort.__version__, "module": str(Path(ort.__file__).parent),
+            "providers": ort.get_available_providers(), "distributions": dists}
+    if len(dists) > 1:
+        # reason: nvidia-modelopt[onnx] pulls onnxruntime-gpu beside onnxruntime; both ship the same module
+        info["warning"] = f"several ONNX Runtime distributions installed ({', '.join(dists)}); one shadows the other"
+    return info
+
+
+class OnnxRuntimeRunner:
+    """``infer({'input': [B,3,H,W] float32}) -> {'logits': [B, classes]}`` through an ORT session."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+        ort = require("onnxruntime")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=self.providers)
+        except Exception as exc:  # reason: ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = [d if isinstance(d, int) else -1 for d in inp.shape]
+        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.last_latency = 0.0
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtype) for k, v in feeds.items()}
+        t0 = time.perf_counter()
+        outs = self.session.run(self.output_names, feeds)
+        self.last_latency = (time.perf_counter() - t0) * 1000.0
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs)}
+
+    def describe(self) -> dict:
+        return {"device": "CPU" if self.providers == ["CPUExecutionProvider"] else ",".join(self.session.get_providers()),
+                "threads": self.threads, "providers": self.session.get_providers(), "onnxruntime": ort_info()}
