@@ -20,13 +20,23 @@ def _cpu() -> dict:
         elif line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
     info.pop("_seen", None)
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+    wanted = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
     info["flags"] = [f for f in wanted if f in flags]
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:
         pass
     return info
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD/matrix features that decide kernel choice (avx512f, avx512_vnni, amx_*...)."""
+    return list(_cpu().get("flags", []))
+
+
+def has_int8_dot() -> bool:
+    """True when the CPU has an int8 dot-product instruction (VNNI or AMX-INT8)."""
+    return any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def _versions() -> dict:

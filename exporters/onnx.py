@@ -79,6 +79,12 @@ def check_contract(model: onnx.ModelProto, what: str) -> dict:
     return {"passed": True, "violations": []}
 
 
+def first_last_compute_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the first and last Conv/MatMul/Gemm nodes: the patch embedding and the classifier head."""
+    comp = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    return list(dict.fromkeys([comp[0], comp[-1]])) if comp else []
+
+
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxslim constant folding and dead-node removal; the original is kept if slim fails."""
     try:

@@ -170,8 +170,8 @@ def vit_embed(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
     _, _, h, w = shapes[""]
     if type(model) is TimmViT:
         pe = model.patch_embed
-        if (type(pe) is not PatchEmbed or not pe.flatten or model.pos_embed is None
-                or getattr(pe, "dynamic_img_pad", False)):
+        # the wrapper runs the patch conv and flattens itself, so timm's flatten/NHWC setting doesn't matter
+        if type(pe) is not PatchEmbed or model.pos_embed is None or getattr(pe, "dynamic_img_pad", False):
             return model, 0
         grid = (h // pe.patch_size[0], w // pe.patch_size[1])
         return StaticTimmViT(model, _timm_tokens(model, grid), grid), 1

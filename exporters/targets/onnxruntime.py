@@ -21,10 +21,25 @@ from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.errors import UserError
 
 PRECISIONS = ("fp32", "int8")
-# Measured on the 2-core AVX-512/AMX CPU (docs/BENCHMARKS.md): unsigned activations with
-# signed per-channel weights (U8S8) take MLAS's VNNI/AMX kernels; signed activations were slower.
+# Measured on the 2-core CPU (docs/BENCHMARKS.md): unsigned activations with signed per-channel
+# weights (U8S8) were fastest (swin_t 50 ms against 71 ms FP32); signed activations (S8S8) were
+# slower (55 ms). "reduce_range": None means "decide from the CPU": see _reduce_range().
 DEFAULT_INT8 = {"activation": "uint8", "weight": "int8", "per_channel": True, "method": "minmax",
-                "op_types": ("MatMul", "Gemm", "Conv")}
+                "op_types": ("MatMul", "Gemm", "Conv"), "reduce_range": None, "keep_first_last": True}
+
+
+def _reduce_range(opts: dict) -> bool:
+    """7-bit weights on x86 without VNNI/AMX.
+
+    # reason: ONNX Runtime's U8S8 kernels on AVX2/AVX-512 without VNNI use vpmaddubsw, whose int16
+    # accumulation saturates; measured on digits_swin (AVX2 EPYC): agreement 97.6% and cosine 0.77
+    # at full range, 100% and 0.997 with reduce_range. ORT's own docs recommend this.
+    """
+    if opts["reduce_range"] is not None:
+        return bool(opts["reduce_range"])
+    import platform
+    from benchmarks.environment import has_int8_dot
+    return platform.machine().lower() in ("x86_64", "amd64") and not has_int8_dot()
 
 
 def available() -> str | None:
@@ -54,6 +69,8 @@ def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
+    import onnx
+    from exporters.onnx import first_last_compute_nodes
     pre = dst.with_name(dst.stem + ".pre.onnx")
     with contextlib.redirect_stdout(io.StringIO()):
         logging.getLogger("onnxruntime").setLevel(logging.ERROR)
@@ -66,7 +83,8 @@ def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
             str(pre), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
             activation_type=types[opts["activation"]], weight_type=types[opts["weight"]],
             per_channel=opts["per_channel"], calibrate_method=methods[opts["method"]],
-            op_types_to_quantize=list(opts["op_types"]),
+            op_types_to_quantize=list(opts["op_types"]), reduce_range=opts["reduce_range"],
+            nodes_to_exclude=first_last_compute_nodes(onnx.load(str(pre))) if opts["keep_first_last"] else [],
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": opts["activation"] == "int8"})
     pre.unlink(missing_ok=True)
 
@@ -80,6 +98,7 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
         return Artifact("onnxruntime", "fp32", [ctx.onnx_path], ctx.onnx_path,
                         runtime_config={"providers": ["CPUExecutionProvider"]})
     opts = {**DEFAULT_INT8, **ctx.options.get("ort_int8", {})}
+    opts["reduce_range"] = _reduce_range(opts)
     calib = ctx.calib()
     dst = ctx.workdir / "model.ort-int8.onnx"
     t0 = time.perf_counter()
@@ -87,8 +106,11 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
     return Artifact("onnxruntime", "int8", [dst], dst, build_s={"quantize": time.perf_counter() - t0},
                     runtime_config={"providers": ["CPUExecutionProvider"]},
                     notes=[f"static QDQ: activations {opts['activation']} per-tensor, weights {opts['weight']} "
-                           f"{'per-channel' if opts['per_channel'] else 'per-tensor'} symmetric, {opts['method']} "
-                           f"calibration on {len(calib)} samples; quantized ops: {', '.join(opts['op_types'])}"])
+                           f"{'per-channel' if opts['per_channel'] else 'per-tensor'} symmetric"
+                           f"{' 7-bit (reduce_range: this CPU has no VNNI/AMX)' if opts['reduce_range'] else ''}, "
+                           f"{opts['method']} "
+                           f"calibration on {len(calib)} samples; quantized ops: {', '.join(opts['op_types'])}"
+                           + ("; patch embedding and head kept FP32" if opts["keep_first_last"] else "")])
 
 
 def runner(ctx: BuildContext, art: Artifact):

@@ -1,0 +1,33 @@
+# Two commands from a fresh clone:  make demo   (export swin_t, verify, time, report)
+#                                   make test   (the test suite; CI runs exactly this)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: install demo test bench fixtures clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision first, pinned: the CPU machines here install these two from local disk
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m exporters swin_t
+	@echo "report: out/swin_t/report.md"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks swin_t vit_b
+
+fixtures: install
+	$(PY) tests/fixtures/make_digits.py
+
+clean:
+	rm -rf out .pytest_cache
