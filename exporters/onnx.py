@@ -110,7 +110,7 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path,
-                dynamic_batch: bool = False, enforce_contract: bool = True) -> OnnxExport:
+                dynamic_batch: bool = False, enforce_contract: bool = True, simplify: bool = True) -> OnnxExport:
     """Export ``model`` for an input ``[B, 3, H, W]`` to ``path``; check, simplify and count ops."""
     x = torch.zeros(input_shape)
     dyn = ({"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None)
@@ -122,7 +122,8 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
         proto = prog.model_proto
     except Exception as exc:  # reason: torch.export raises many types; the first line names the cause
         raise UserError(f"ONNX export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
-    proto = _simplify(proto)
+    if simplify:
+        proto = _simplify(proto)
     onnx.checker.check_model(proto, full_check=proto.ByteSize() < TWO_GB)
     contract = check_contract(proto, path.name) if enforce_contract else {
         "passed": not contract_violations(proto), "violations": contract_violations(proto)[:20], "enforced": False}

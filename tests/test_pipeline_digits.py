@@ -1,0 +1,90 @@
+"""End to end on the trained digits models: verification, INT8 gates, bundle and manifest."""
+import json
+
+import pytest
+
+from runtime.errors import UserError
+from runtime.manifest import sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+def _result(report, target, precision):
+    return next(r for r in report["results"] if r["target"] == target and r["precision"] == precision)
+
+
+@pytest.mark.parametrize("name", ["digits_swin", "digits_vit"])
+def test_fp32_is_equivalent_and_accurate(digits_bundles, name):
+    _, reports = digits_bundles
+    rep = reports[name]
+    ref = _result(rep, "pytorch", "fp32")
+    assert ref["accuracy"]["top1"] >= 0.95
+    for target in ("onnxruntime", "openvino"):
+        r = _result(rep, target, "fp32")
+        assert r["status"] == "built" and r["passed"] is True
+        assert r["accuracy"]["cosine_min"] >= 0.9999 and r["accuracy"]["top1_agreement"] == 1.0
+        assert r["latency_ms"]["p50"] > 0 and r["speedup_vs_reference"] > 0
+
+
+@pytest.mark.parametrize("name", ["digits_swin", "digits_vit"])
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_int8_accuracy_gate(digits_bundles, name, target):
+    _, reports = digits_bundles
+    rep = reports[name]
+    ref_top1 = _result(rep, "pytorch", "fp32")["accuracy"]["top1"]
+    r = _result(rep, target, "int8")
+    assert r["passed"] is True, r["notes"]
+    assert (ref_top1 - r["accuracy"]["top1"]) * 100 <= 0.5
+    assert r["accuracy"]["top1_agreement"] >= 0.99
+    assert r["size_mb"] < _result(rep, target, "fp32")["size_mb"]
+
+
+def test_openvino_fp16_records_its_precision_hint(digits_bundles):
+    _, reports = digits_bundles
+    r = _result(reports["digits_vit"], "openvino", "fp16")
+    assert r["passed"] and r["runtime"]["requested"]["INFERENCE_PRECISION_HINT"] in ("bf16", "f16", "f32")
+    assert r["runtime"]["compiled"]["INFERENCE_PRECISION_HINT"]
+
+
+def test_manifest_hashes_every_artefact(digits_bundles):
+    out, _ = digits_bundles
+    bundle = out / "digits_swin"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["calibration"]["sha256"] and manifest["evaluation"]["sha256"]
+    listed = set(manifest["sha256"])
+    for art in manifest["artifacts"]:
+        assert set(art["files"]) <= listed
+    for rel, digest in manifest["sha256"].items():
+        assert sha256_file(bundle / rel) == digest
+    assert {"model.onnx", "openvino-int8.xml", "openvino-int8.bin", "model.ort-int8.onnx"} <= listed
+    assert manifest["preprocessing"]["input_size"] == [32, 32] and manifest["labels"][3] == "3"
+    assert manifest["graph"]["contract"]["passed"] and manifest["rewrites"]["fired"]
+
+
+def test_report_files_and_schema(digits_bundles):
+    out, _ = digits_bundles
+    rep = json.loads((out / "digits_vit" / "report.json").read_text())
+    for key in ("model", "source", "weights", "input_shape", "environment", "results"):
+        assert key in rep
+    for r in rep["results"]:
+        for key in ("target", "precision", "device", "artifact", "latency_ms", "throughput_ips", "accuracy",
+                    "speedup_vs_reference", "passed", "notes", "status"):
+            assert key in r, key
+    md = (out / "digits_vit" / "report.md").read_text()
+    assert "| onnxruntime | int8 |" in md and "threads:" in md
+
+
+def test_failed_build_leaves_no_bundle_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from exporters.pipeline import RunOptions, run
+    from exporters.targets import onnxruntime as ort_target
+
+    run(RunOptions(model="digits_vit", out=tmp_path, runs=2, warmup=1, quiet=True))
+    before = sha256_file(tmp_path / "digits_vit" / "manifest.json")
+
+    def boom(ctx, precision):
+        raise UserError("simulated failure")
+    monkeypatch.setattr(ort_target, "build", boom)
+    with pytest.raises(UserError):
+        run(RunOptions(model="digits_vit", out=tmp_path, runs=2, warmup=1, quiet=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_vit"]  # no temp folders left
+    assert sha256_file(tmp_path / "digits_vit" / "manifest.json") == before
