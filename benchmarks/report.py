@@ -66,3 +66,26 @@ def write_report(report: dict, folder: Path) -> list[Path]:
     j.write_text(json.dumps(report, indent=2, default=str))
     m.write_text(render_markdown(report))
     return [j, m]
+
+
+def render_matrix_markdown(reports: list[dict], command: str) -> str:
+    env = reports[0]["environment"] if reports else {}
+    out = ["# vitdeploy benchmark matrix", "", f"Command: `{command}`", "",
+           f"Machine: {one_line(env)}" if env else "", ""]
+    for rep in reports:
+        out += [f"## {rep['model']} (`{rep['source']}`, weights: {rep['weights']}, input {rep['input_shape']})", "",
+                results_table(rep["results"]), ""]
+        steps = rep.get("step_seconds", {})
+        if steps:
+            out.append("Build steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+def write_matrix(reports: list[dict], folder: Path, command: str) -> list[Path]:
+    """report.json (the list of single-model reports) and report.md for a whole matrix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    j, m = folder / "report.json", folder / "report.md"
+    j.write_text(json.dumps({"command": command, "reports": reports}, indent=2, default=str))
+    m.write_text(render_matrix_markdown(reports, command))
+    return [j, m]

@@ -33,6 +33,7 @@ class RunOptions:
     model: str
     targets: list[str] = field(default_factory=lambda: ["onnxruntime"])
     precision: str | None = None  # None: fp32 for one target, every precision for "all"
+    precisions: list[str] | None = None  # restricts the multi-target plan (benchmarks matrix)
     data: str = "digits"
     calib: str | None = None
     calib_size: int = DEFAULT_CALIB_SIZE
@@ -85,18 +86,22 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def plan(targets: list[str], precision: str | None) -> list[tuple[str, str]]:
+TARGET_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"),
+                     "tensorrt": ("fp16", "int8"), "coreml": ("fp16", "int8")}
+
+
+def plan(targets: list[str], precision: str | None, precisions: list[str] | None = None) -> list[tuple[str, str]]:
     """(target, precision) pairs to build, in order."""
+    if precisions:
+        return [(t, p) for t in targets for p in TARGET_PRECISIONS[t] if p in precisions]
     out = []
     for t in targets:
         if precision:
             out.append((t, precision))
         elif len(targets) > 1:
-            mod_precisions = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"),
-                              "tensorrt": ("fp16", "int8"), "coreml": ("fp16", "int8")}[t]
-            out += [(t, p) for p in mod_precisions]
-        else:
-            out.append((t, "fp32"))
+            out += [(t, p) for p in TARGET_PRECISIONS[t]]
+        else:  # one target, no precision flag: FP32 where the target builds it, else its first precision
+            out.append((t, "fp32" if "fp32" in TARGET_PRECISIONS[t] else TARGET_PRECISIONS[t][0]))
     return out
 
 
@@ -133,7 +138,8 @@ def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top
     logits = run_outputs(runner, data, opts.batch)
     acc = compare(ref_logits, logits, data.labels)
     feeds = {runner.input_name: next(data.batches(opts.batch))}
-    lat = measure(runner.infer, feeds, runs=opts.runs, warmup=opts.warmup)
+    timed = art is None or art.status == "built"  # a proxy runner's speed says nothing about the target
+    lat = measure(runner.infer, feeds, runs=opts.runs, warmup=opts.warmup) if timed else None
     tol = tolerance_for(target, precision) if target != "pytorch" else tolerance_for("pytorch", "fp32")
     gate = not (is_random and precision != "fp32")
     passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
@@ -143,10 +149,14 @@ def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top
         res["notes"].append(f"PROXY accuracy: {art.proxy}")
         res["accuracy_kind"] = "proxy"
     d = runner.describe()
-    res.update({"device": d.get("device"), "latency_ms": {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"},
-                "runs": lat.runs, "throughput_ips": round(throughput(lat, opts.batch), 3), "accuracy": acc.to_dict(),
-                "speedup_vs_reference": round(ref_p50 / lat.p50, 3) if ref_p50 else 1.0, "passed": passed,
-                "runtime": d, "tolerance": tol.__dict__})
+    res.update({"device": d.get("device"), "accuracy": acc.to_dict(), "passed": passed, "runtime": d,
+                "tolerance": tol.__dict__})
+    if lat is not None:
+        res.update({"latency_ms": {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"},
+                    "runs": lat.runs, "throughput_ips": round(throughput(lat, opts.batch), 3),
+                    "speedup_vs_reference": round(ref_p50 / lat.p50, 3) if ref_p50 else 1.0})
+    else:
+        res["device"] = f"proxy: {d.get('device')}"
     res["notes"] += [f"FAILED: {w}" for w in why]
     return res
 
@@ -215,7 +225,7 @@ def run(opts: RunOptions) -> dict:
                            batch=opts.batch, threads=threads, calib=calib, device=opts.device,
                            dynamic_batch=opts.dynamic_batch, options=opts.options)
         artifacts: list[Artifact] = []
-        for target, precision in plan(opts.targets, opts.precision):
+        for target, precision in plan(opts.targets, opts.precision, opts.precisions):
             try:
                 mod = target_module(target)
                 reason = mod.available()

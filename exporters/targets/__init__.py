@@ -19,7 +19,6 @@ from runtime.errors import UserError
 
 TARGET_NAMES = ("onnxruntime", "openvino", "tensorrt", "coreml")
 NOT_BUILT: dict[str, str] = {
-    "tensorrt": "the tensorrt target is not built yet (see the issue tracker); use --target onnxruntime or openvino",
     "coreml": "the coreml target is not built yet (see the issue tracker); use --target onnxruntime or openvino",
 }
 

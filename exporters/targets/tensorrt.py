@@ -1,0 +1,135 @@
+"""TensorRT target: explicit-precision ONNX built anywhere, engines built where TensorRT and a GPU are.
+
+- fp16: every tensor FP16 except FP32 islands around LayerNormalization, Softmax and the other
+  reductions (FP16 LayerNorm overflows in TensorRT); inputs/outputs stay FP32 unless --io-fp16;
+- int8: explicit Q/DQ, calibrated on the shared set: weights per-channel symmetric INT8,
+  activations per-tensor symmetric INT8 (TensorRT needs zero points of 0), on the inputs of
+  MatMul/Gemm/Conv, attention matmuls included. LayerNorm, Softmax, GELU and the residual adds
+  are never quantized; the patch embedding and the head stay in higher precision.
+  # reason: NVIDIA Model Optimizer (nvidia-modelopt[onnx]) would be the first choice, but it
+  # installs onnxruntime-gpu beside onnxruntime (two packages, one module) and its attention
+  # pattern expects plain MatMul-Softmax-MatMul; our Swin blocks carry a bias+mask Add between.
+  # ONNX Runtime's QDQ quantizer with these settings gives the same placement on every block.
+
+With TensorRT and a GPU present the engine is built, timed and verified like any target.
+Without them the bundle keeps the TensorRT-ready ONNX, the result is ``status: deferred``
+with a PROXY accuracy (the same ONNX run by ONNX Runtime on the CPU) and the command that
+builds the engine on the device. NOT VERIFIED ON TensorRT HARDWARE in this repository's CI.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+
+import onnx
+
+from exporters.targets import Artifact, BuildContext
+from runtime.backends import require
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
+from runtime.errors import UserError
+
+PRECISIONS = ("fp16", "int8")
+FP32_ISLANDS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt",
+                "Reciprocal", "Exp", "Log"]
+
+
+def available() -> str | None:
+    try:
+        require("onnxruntime")  # the ONNX preparation and the proxy run need it; TensorRT itself is optional
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def engine_available() -> str | None:
+    """None when an engine can be built here, else why not."""
+    try:
+        from runtime.backends.tensorrt import device_info
+        device_info()
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def fp16_onnx(src, dst, io_fp16: bool) -> None:
+    """FP16 graph with FP32 islands; ``onnxruntime.transformers.float16`` inserts the Casts."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    model = onnx.load(str(src))
+    half = convert_float_to_float16(model, keep_io_types=not io_fp16, op_block_list=FP32_ISLANDS,
+                                    disable_shape_infer=False)
+    # reason: the converter appends its Casts at the end of the node list (TensorRT's parser needs
+    # topological order) and leaves value_info entries with their old FP32 types
+    import onnx_ir as ir
+    graph = ir.from_proto(half)
+    graph.graph.sort()
+    half = ir.to_proto(graph)
+    del half.graph.value_info[:]
+    half = onnx.shape_inference.infer_shapes(half, strict_mode=True)
+    onnx.checker.check_model(half)
+    onnx.save(half, str(dst))
+
+
+def int8_onnx(src, dst, calib, batch: int) -> None:
+    """Explicit Q/DQ placement TensorRT fuses: symmetric INT8 on MatMul/Gemm/Conv inputs."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from exporters.onnx import first_last_compute_nodes
+    from exporters.targets.onnxruntime import _Reader
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                        nodes_to_exclude=first_last_compute_nodes(onnx.load(str(src))),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "QDQKeepRemovableActivations": False,
+                                       # reason: ORT otherwise quantizes a bias-free MatMul's output too
+                                       # (patch merging), feeding Q/DQ into the next LayerNorm and Add
+                                       "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]})
+
+
+def build(ctx: BuildContext, precision: str) -> Artifact:
+    if precision not in PRECISIONS:
+        raise UserError(f"tensorrt builds fp16 or int8 (got {precision}); add --fp16 or --int8")
+    dst = ctx.workdir / f"tensorrt-{precision}.onnx"
+    t0 = time.perf_counter()
+    notes = []
+    if precision == "fp16":
+        fp16_onnx(ctx.onnx_path, dst, ctx.options.get("io_fp16", False))
+        notes.append(f"FP16 ONNX with FP32 islands around {', '.join(FP32_ISLANDS[:2])} and reductions; "
+                     f"I/O {'FP16' if ctx.options.get('io_fp16') else 'FP32'}")
+    else:
+        calib = ctx.calib()
+        int8_onnx(ctx.onnx_path, dst, calib, ctx.batch)
+        notes.append(f"explicit Q/DQ: weights per-channel symmetric INT8, activations per-tensor symmetric INT8, "
+                     f"MatMul/Gemm/Conv inputs (attention matmuls included); {len(calib)} calibration samples; "
+                     f"LayerNorm/Softmax/GELU/residual adds unquantized")
+    times = {"onnx": time.perf_counter() - t0}
+    profile = None
+    if ctx.dynamic_batch:
+        shape = [ctx.batch, *ctx.spec.input_shape]
+        profile = {"input": "input", "min": [1, *shape[1:]], "opt": shape, "max": [max(32, ctx.batch), *shape[1:]]}
+    bundle_name = ctx.spec.slug
+    cmd = f"python -m runtime build <OUT>/{bundle_name} --precision {precision}"
+    config = {"onnx": dst.name, "profile": profile, "build_command": cmd}
+    why_not = engine_available()
+    if why_not is None:
+        from runtime.backends.tensorrt import build_engine
+        engine = ctx.workdir / f"tensorrt-{precision}.engine"
+        facts = build_engine(dst, engine, ctx.workdir / "timing.cache", profile=profile)
+        times["engine"] = facts["build_s"]
+        return Artifact("tensorrt", precision, [dst, engine], engine, status="built",
+                        runtime_config={**config, **facts}, build_s=times, notes=notes)
+    notes += [f"DEFERRED: {why_not}", f"build the engine on the device with: {cmd}",
+              "NOT VERIFIED on TensorRT hardware here: the latency and the engine's own accuracy need the device"]
+    return Artifact("tensorrt", precision, [dst], dst, status="deferred", runtime_config=config, build_s=times,
+                    notes=notes, proxy=f"the TensorRT-ready {precision} ONNX run by ONNX Runtime on the CPU")
+
+
+def runner(ctx: BuildContext, art: Artifact):
+    if art.status == "built":
+        from runtime.backends.tensorrt import TensorRTRunner
+        return TensorRTRunner(art.primary)
+    return OnnxRuntimeRunner(art.primary, threads=ctx.threads)

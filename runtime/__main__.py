@@ -1,0 +1,98 @@
+"""``python -m runtime``: predict, time, or build a TensorRT engine from a bundle, without torch.
+
+    python -m runtime BUNDLE IMG [IMG...] [--topk K] [--json] [--target T] [--precision P]
+    python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P]
+    python -m runtime build BUNDLE [--precision fp16|int8]     (TensorRT engine, on the device)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runtime.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", choices=("onnxruntime", "openvino", "tensorrt", "coreml"), default=None,
+                   help="backend (default: the best one installed here: tensorrt, openvino, onnxruntime)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                   help="artefact precision (default: the fastest in the bundle)")
+    p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _predict(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime", description="Top-k predictions from a bundle.")
+    p.add_argument("bundle")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    _common(p)
+    a = p.parse_args(argv)
+    import runtime
+    s = runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads)
+    preds = s.predict(a.images, topk=a.topk)
+    for img, pred in zip(a.images, preds):
+        if a.json:
+            print(json.dumps({"image": img, "target": s.target, "precision": s.precision, **pred.to_dict()}))
+        else:
+            tops = ", ".join(f"{lab} {sc:.3f}" for lab, sc in zip(pred.labels, pred.scores))
+            print(f"{img}: {tops}")
+    return 0
+
+
+def _bench(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime bench", description="Latency of a bundle's artefact, "
+                                "measured as the exporter's report measures it.")
+    p.add_argument("bundle")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    a = p.parse_args(argv)
+    import numpy as np
+
+    import runtime
+    from benchmarks.latency import measure, throughput
+    s = runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads)
+    shape = [s.batch, *s.runner.input_shape[1:]]
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    lat = measure(s.runner.infer, {s.runner.input_name: x}, runs=a.runs, warmup=a.warmup)
+    res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
+           "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe()}
+    if a.json:
+        print(json.dumps(res, default=str))
+    else:
+        print(f"{s.target} {s.precision} batch {shape[0]}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms, "
+              f"p99 {lat.p99:.2f} ms, mean {lat.mean:.2f} ms, {res['throughput_ips']:.1f} img/s ({lat.runs} runs)")
+    return 0
+
+
+def _build(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime build", description="Build the TensorRT engine from the "
+                                "bundle's TensorRT-ready ONNX, on this device, and record it in the manifest.")
+    p.add_argument("bundle")
+    p.add_argument("--precision", choices=("fp16", "int8"), default=None)
+    p.add_argument("--workspace-gb", type=float, default=4.0)
+    a = p.parse_args(argv)
+    from runtime.backends.tensorrt import build_bundle_engine
+    path = build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb)
+    print(f"engine: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = {"bench": _bench, "build": _build}
+    try:
+        if argv and argv[0] in cmds:
+            return cmds[argv[0]](argv[1:])
+        return _predict(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
