@@ -80,10 +80,79 @@ def _rewrites(argv) -> int:
     return 0
 
 
+def _ort_int8(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks ort-int8",
+                                description="ONNX Runtime INT8 variants: latency and digits accuracy in one run.")
+    p.add_argument("--speed-model", default="swin_t")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", type=int, default=40)
+    p.add_argument("--out", default="out/bench")
+    a = p.parse_args(argv)
+    from benchmarks.environment import environment, one_line
+    from benchmarks.ort_int8 import measure_options, render
+    from exporters.pipeline import default_threads
+    threads = a.threads or default_threads()
+    res = measure_options(a.speed_model, threads=threads, runs=a.runs)
+    md = render(res, one_line(environment(threads)), "python -m benchmarks ort-int8 " + " ".join(argv))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "ort-int8.md").write_text(md)
+    (Path(a.out) / "ort-int8.json").write_text(json.dumps(res, indent=2))
+    print(md)
+    return 0
+
+
+def _compare(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks compare",
+                                description="Compare two report.json files; exit 1 when a regression is flagged.")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--threshold", type=float, default=0.10, help="latency rise that counts as a regression "
+                                                                 "(fraction, default 0.10)")
+    p.add_argument("--acc-threshold", type=float, default=0.5, help="top-1 agreement fall, in points (default 0.5)")
+    a = p.parse_args(argv)
+    from benchmarks.compare import compare_reports, load_results, render
+    try:
+        rows = compare_reports(load_results(Path(a.old)), load_results(Path(a.new)), a.threshold, a.acc_threshold)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render(rows))
+    return 1 if any(r["regression"] for r in rows) else 0
+
+
+def _render(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks render", description="Re-render a matrix report.json.")
+    p.add_argument("report")
+    a = p.parse_args(argv)
+    from benchmarks.report import write_matrix
+    data = json.loads(Path(a.report).read_text())
+    for path in write_matrix(data["reports"], Path(a.report).parent, data["command"]):
+        print(f"wrote {path}")
+    return 0
+
+
+def _coreml(argv) -> int:
+    from benchmarks.rewrites import coreml_proof, render_coreml
+    res = [coreml_proof(m) for m in argv]
+    md = render_coreml(res, "python -m benchmarks coreml " + " ".join(argv))
+    Path("out/bench").mkdir(parents=True, exist_ok=True)
+    Path("out/bench/coreml.md").write_text(md)
+    print(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "coreml":
+        return _coreml(argv[1:])
+    if argv and argv[0] == "compare":
+        return _compare(argv[1:])
+    if argv and argv[0] == "render":
+        return _render(argv[1:])
     if argv and argv[0] == "rewrites":
         return _rewrites(argv[1:])
+    if argv and argv[0] == "ort-int8":
+        return _ort_int8(argv[1:])
     return _matrix(argv)
 
 

@@ -1,7 +1,10 @@
 """Latency: one method for every backend.
 
 Warm-up runs, then N timed runs of the runner's ``infer`` on the same input, timed with
-``time.perf_counter`` around the call (CUDA runners synchronise inside ``infer``).
+``time.perf_counter`` around the call (CUDA runners synchronise inside ``infer``). When several
+runners are compared, ``measure_interleaved`` times them in alternating rounds, so that drift
+in the machine's speed (measured here: the same FP32 graph at 69 ms and at 81 ms minutes apart
+on a shared 2-core VM) falls on every runner alike and same-run speedups stay meaningful.
 """
 from __future__ import annotations
 
@@ -50,3 +53,21 @@ def measure(infer, feeds: dict, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_
         infer(feeds)
         ms.append((time.perf_counter() - t0) * 1000.0)
     return summarize(ms)
+
+
+def measure_interleaved(runners: dict, feeds_for, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP,
+                        rounds: int = 5) -> dict:
+    """Time several runners in ``rounds`` alternating blocks; ``{name: Latency}`` with ``runs`` samples each."""
+    times = {k: [] for k in runners}
+    for r in runners.values():
+        for _ in range(warmup):
+            r.infer(feeds_for(r))
+    per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+    for n in per_round:
+        for name, r in runners.items():
+            feeds = feeds_for(r)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r.infer(feeds)
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {k: summarize(v) for k, v in times.items()}

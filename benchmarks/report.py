@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 
@@ -21,7 +23,7 @@ def _fmt(v, digits=2, pct=False):
 
 
 def results_table(results: list[dict]) -> str:
-    head = ("| target | precision | status | device | p50 ms | p90 ms | img/s | speedup | cosine min | "
+    head = ("| target | precision | status | device | p50 ms | p90 ms | img/s | speedup | GFLOP/s | cosine min | "
             "top-1 agree | top-1 | size MB | passed |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in results:
@@ -30,7 +32,7 @@ def results_table(results: list[dict]) -> str:
             r["target"], r["precision"], r.get("status", "built"), str(r.get("device", "")),
             _fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(r.get("throughput_ips"), 1),
             _fmt(r.get("speedup_vs_reference")) + ("×" if r.get("speedup_vs_reference") else ""),
-            _fmt(acc.get("cosine_min"), 6), _fmt(acc.get("top1_agreement"), 2, pct=True),
+            _fmt(r.get("gflops"), 1), _fmt(acc.get("cosine_min"), 6), _fmt(acc.get("top1_agreement"), 2, pct=True),
             _fmt(acc.get("top1"), 2, pct=True), _fmt(r.get("size_mb"), 1),
             {True: "yes", False: "**NO**", None: "–"}[r.get("passed")],
         ]) + " |")
@@ -51,6 +53,8 @@ def render_markdown(report: dict) -> str:
     for r in report["results"]:
         for n in r.get("notes", []):
             out.append(f"- {r['target']} {r['precision']}: {n}")
+    if _roofline_line(report):
+        out += ["", _roofline_line(report)]
     graph = report.get("graph")
     if graph:
         out += ["", f"Graph: {graph['num_nodes']} nodes, contract "
@@ -60,12 +64,21 @@ def render_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _roofline_line(rep: dict) -> str:
+    rl = rep.get("roofline") or {}
+    if not rl.get("flops_per_image"):
+        return ""
+    return (f"Roofline: {rl['flops_per_image'] / 1e9:.2f} GFLOP per image; measured float32 GEMM peak on this "
+            f"machine {rl.get('gemm_peak_gflops', 0):.0f} GFLOP/s ({rep['environment'].get('threads')} threads)")
+
+
 def write_report(report: dict, folder: Path) -> list[Path]:
+    """report.json, report.md, report.html and the PNG plots for one model."""
     folder.mkdir(parents=True, exist_ok=True)
     j, m = folder / "report.json", folder / "report.md"
     j.write_text(json.dumps(report, indent=2, default=str))
     m.write_text(render_markdown(report))
-    return [j, m]
+    return [j, m, *write_html([report], folder, f"python -m exporters {report['model']}")]
 
 
 def render_matrix_markdown(reports: list[dict], command: str) -> str:
@@ -83,9 +96,52 @@ def render_matrix_markdown(reports: list[dict], command: str) -> str:
 
 
 def write_matrix(reports: list[dict], folder: Path, command: str) -> list[Path]:
-    """report.json (the list of single-model reports) and report.md for a whole matrix."""
+    """report.json (the list of single-model reports), report.md, report.html and PNGs for a matrix."""
     folder.mkdir(parents=True, exist_ok=True)
     j, m = folder / "report.json", folder / "report.md"
     j.write_text(json.dumps({"command": command, "reports": reports}, indent=2, default=str))
     m.write_text(render_matrix_markdown(reports, command))
-    return [j, m]
+    return [j, m, *write_html(reports, folder, command)]
+
+
+def _html_table(results: list[dict]) -> str:
+    md = results_table(results).splitlines()
+    head = [c.strip() for c in md[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:]]
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(
+        f"<td class='{'bad' if c == '**NO**' else ''}'>{html.escape(c.replace('**', ''))}</td>" for c in row) + "</tr>"
+        for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
+    """One self-contained report.html (plots embedded as base64 PNG) plus the same plots as PNG files."""
+    from benchmarks.plots import FIGURES
+    pngs, written = {}, []
+    for name, fn in FIGURES.items():
+        pngs[name] = fn(reports)
+        p = folder / f"plot_{name}.png"
+        p.write_bytes(pngs[name])
+        written.append(p)
+    env = reports[0]["environment"] if reports else {}
+    parts = [f"<h1>vitdeploy report</h1><p class='meta'>Command: <code>{html.escape(command)}</code><br>"
+             f"Machine: {html.escape(one_line(env)) if env else ''}</p>"]
+    for rep in reports:
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in rep.get("notes", []))
+        parts.append(f"<h2>{html.escape(rep['model'])} <small>{html.escape(rep['source'])}, weights: "
+                     f"{html.escape(str(rep['weights']))}, input {rep['input_shape']}</small></h2>"
+                     f"<ul class='notes'>{notes}</ul>{_html_table(rep['results'])}"
+                     f"<p>{html.escape(_roofline_line(rep))}</p>")
+    for name, data in pngs.items():
+        parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+                     f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}"
+             "td.bad{background:#fdd;font-weight:bold}.meta,small{color:#555}.notes{color:#a40;font-size:13px}"
+             "figure{display:inline-block;margin:1em}img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vitdeploy report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    h = folder / "report.html"
+    h.write_text(page)
+    return [h, *written]

@@ -11,20 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.latency import summarize
+from benchmarks.latency import measure_interleaved
 
 
 def _interleaved(runners: dict, feeds_for, rounds: int, runs: int, warmup: int) -> dict:
-    times = {k: [] for k in runners}
-    for r in runners.values():
-        for _ in range(warmup):
-            r.infer(feeds_for(r))
-    for _ in range(rounds):
-        for name, r in runners.items():
-            for _ in range(max(1, runs // rounds)):
-                r.infer(feeds_for(r))
-                times[name].append(r.last_latency)
-    return {k: summarize(v).to_dict() for k, v in times.items()}
+    return {k: v.to_dict() for k, v in measure_interleaved(runners, feeds_for, runs, warmup, rounds).items()}
 
 
 def compare_model(name: str, threads: int, runs: int = 60, warmup: int = 10, rounds: int = 4,
@@ -94,3 +85,34 @@ def render(results: list[dict], env_line: str, command: str) -> str:
             lines.append(f"| {op} | {c[0]} | {c[1]} | {c[2]} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def coreml_proof(name: str) -> dict:
+    """Convert the naive and the rewritten model with coremltools (TorchScript path) on this OS."""
+    import time as _time
+
+    from exporters.rewrites import apply_rewrites
+    from exporters.targets.coreml import convert
+    from exporters.zoo import create_model
+    from runtime.errors import UserError
+    model, spec = create_model(name)
+    shape = (1, *spec.input_shape)
+    rewritten, _ = apply_rewrites(model, shape)
+    out = {"model": name}
+    for label, m in (("naive", model), ("rewritten", rewritten)):
+        t0 = _time.perf_counter()
+        try:
+            convert(m, shape, "fp16")
+            out[label] = {"converted": True, "seconds": round(_time.perf_counter() - t0, 1)}
+        except UserError as exc:
+            out[label] = {"converted": False, "error": str(exc)[:200]}
+    return out
+
+
+def render_coreml(results: list[dict], command: str) -> str:
+    lines = ["## Core ML conversion (coremltools, ML Program, FP16, on Linux)", "", f"Command: `{command}`", "",
+             "| model | naive | rewritten |", "|---|---|---|"]
+    for r in results:
+        cell = lambda d: (f"converts ({d['seconds']} s)" if d["converted"] else f"fails: {d['error']}")  # noqa: E731
+        lines.append(f"| {r['model']} | {cell(r['naive'])} | {cell(r['rewritten'])} |")
+    return "\n".join(lines) + "\n"

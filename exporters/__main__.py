@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
                       help="half precision (OpenVINO: FP16 weights, bf16/f16 inference where the CPU has it)")
     prec.add_argument("--int8", action="store_const", const="int8", dest="precision",
                       help="post-training INT8, calibrated on --calib")
+    prec.add_argument("--fp32", action="store_const", const="fp32", dest="precision",
+                      help="FP32 (the default for onnxruntime/openvino; Core ML builds FP16 unless this is given)")
     p.add_argument("--data", default="digits",
                    help="evaluation images: an image folder (class subfolders optional), a .npy/.npz, a .txt "
                         "list, or 'digits' (the built-in hold-out; default)")
@@ -48,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU (default CPU)")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
                                                               "export-friendly rewrites (for comparison)")
-    p.add_argument("--io-fp16", action="store_true", help="TensorRT --fp16: keep the input/output FP16 too")
+    p.add_argument("--io-fp16", action="store_true", help="TensorRT --fp16: make the input/output FP16 too")
+    p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"),
+                   help="Core ML compute units recorded in the package (default ALL)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                       calib=args.calib, calib_size=args.calib_size, eval_size=args.eval_size, weights=args.weights,
                       pretrained=args.pretrained, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
-                      device=args.device, options={"io_fp16": args.io_fp16}, quiet=args.quiet)
+                      device=args.device, options={"io_fp16": args.io_fp16, "compute_units": args.compute_units}, quiet=args.quiet)
     try:
         report = run(opts)
     except UserError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.accuracy import compare, judge
 from benchmarks.environment import environment
-from benchmarks.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure, throughput
+from benchmarks.latency import DEFAULT_RUNS, DEFAULT_WARMUP, throughput
 from benchmarks.report import write_report
 from benchmarks.tolerances import tolerance_for
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
@@ -124,8 +124,9 @@ def run_outputs(runner, data: CalibrationSet, batch: int) -> np.ndarray:
     return np.concatenate(outs)[:len(data)]
 
 
-def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top1, ref_p50, data, opts,
+def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top1, data, opts,
             is_random: bool, bundle: Path) -> dict:
+    """Build one result row with its accuracy against the reference; latency is filled in later."""
     res = {"target": target, "precision": precision, "status": art.status if art else "built",
            "device": None, "artifact": None, "latency_ms": None, "throughput_ips": None, "accuracy": None,
            "speedup_vs_reference": None, "passed": None, "notes": list(art.notes) if art else []}
@@ -137,9 +138,6 @@ def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top
         return res
     logits = run_outputs(runner, data, opts.batch)
     acc = compare(ref_logits, logits, data.labels)
-    feeds = {runner.input_name: next(data.batches(opts.batch))}
-    timed = art is None or art.status == "built"  # a proxy runner's speed says nothing about the target
-    lat = measure(runner.infer, feeds, runs=opts.runs, warmup=opts.warmup) if timed else None
     tol = tolerance_for(target, precision) if target != "pytorch" else tolerance_for("pytorch", "fp32")
     gate = not (is_random and precision != "fp32")
     passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
@@ -151,14 +149,29 @@ def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top
     d = runner.describe()
     res.update({"device": d.get("device"), "accuracy": acc.to_dict(), "passed": passed, "runtime": d,
                 "tolerance": tol.__dict__})
-    if lat is not None:
-        res.update({"latency_ms": {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"},
-                    "runs": lat.runs, "throughput_ips": round(throughput(lat, opts.batch), 3),
-                    "speedup_vs_reference": round(ref_p50 / lat.p50, 3) if ref_p50 else 1.0})
-    else:
+    # a proxy's speed says nothing about the target: only real artefacts are timed
+    res["_timed"] = art is None or (art.status == "built" and not art.proxy)
+    if not res["_timed"]:
         res["device"] = f"proxy: {d.get('device')}"
     res["notes"] += [f"FAILED: {w}" for w in why]
     return res
+
+
+def time_results(timed: list[tuple[dict, object]], data: CalibrationSet, opts: RunOptions, flops: int | None) -> None:
+    """Time every runner in interleaved rounds (the reference first) and fill latency and speedups."""
+    from benchmarks.latency import measure_interleaved
+    from benchmarks.roofline import attained
+    feeds = next(data.batches(opts.batch))
+    runners = {i: runner for i, (_, runner) in enumerate(timed)}
+    lats = measure_interleaved(runners, lambda r: {r.input_name: feeds}, runs=opts.runs, warmup=opts.warmup)
+    ref_p50 = lats[0].p50
+    for i, (res, _) in enumerate(timed):
+        lat = lats[i]
+        res.update({"latency_ms": {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"},
+                    "runs": lat.runs, "throughput_ips": round(throughput(lat, opts.batch), 3),
+                    "speedup_vs_reference": round(ref_p50 / lat.p50, 3)})
+        if flops:
+            res["gflops"] = round(attained(flops, opts.batch, lat.p50), 2)
 
 
 def run(opts: RunOptions) -> dict:
@@ -203,6 +216,9 @@ def run(opts: RunOptions) -> dict:
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "environment": environment(threads), "notes": list(spec.notes), "data": data.describe()}
     is_random = spec.weights == "random"
+    from benchmarks.roofline import gemm_peak_gflops, model_flops
+    report["roofline"] = {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
+                          "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}
     with staged_bundle(Path(opts.out), spec.slug) as work:
         if opts.rewrites:
             with steps("rewrites"):
@@ -218,9 +234,10 @@ def run(opts: RunOptions) -> dict:
         ref = TorchRunner(model, list(input_shape), threads=threads)
         with steps(f"PyTorch reference ({ref.device})"):
             ref_logits = run_outputs(ref, data, opts.batch)
-            ref_res = _result("pytorch", "fp32", ref, None, ref_logits, None, None, data, opts, is_random, work)
-        ref_top1, ref_p50 = ref_res["accuracy"]["top1"], ref_res["latency_ms"]["p50"]
+            ref_res = _result("pytorch", "fp32", ref, None, ref_logits, None, data, opts, is_random, work)
+        ref_top1 = ref_res["accuracy"]["top1"]
         results = [ref_res]
+        timed = [(ref_res, ref)]
         ctx = BuildContext(spec=spec, model=export_model, onnx_path=onnx_export.path, workdir=work,
                            batch=opts.batch, threads=threads, calib=calib, device=opts.device,
                            dynamic_batch=opts.dynamic_batch, options=opts.options)
@@ -239,8 +256,7 @@ def run(opts: RunOptions) -> dict:
                 with steps(f"{target} {precision}"):
                     art = mod.build(ctx, precision)
                     runner = mod.runner(ctx, art)
-                    res = _result(target, precision, runner, art, ref_logits, ref_top1, ref_p50, data, opts,
-                                  is_random, work)
+                    res = _result(target, precision, runner, art, ref_logits, ref_top1, data, opts, is_random, work)
             except UserError as exc:
                 if len(opts.targets) == 1:
                     raise
@@ -249,6 +265,12 @@ def run(opts: RunOptions) -> dict:
                 continue
             artifacts.append(art)
             results.append(res)
+            if res.pop("_timed", False):
+                timed.append((res, runner))
+        ref_res.pop("_timed", None)
+        with steps(f"latency ({len(timed)} runners, interleaved)"):
+            time_results(timed, data, opts, report["roofline"]["flops_per_image"])
+        del timed
         report["results"] = results
         report["step_seconds"] = steps.times
         if "set" in calib_cache:

@@ -17,10 +17,13 @@ from torch import nn
 from exporters.rewrites import Shapes, register, replace_module, scaled_qkv
 
 
-def static_roll(x: torch.Tensor, shift_h: int, shift_w: int) -> torch.Tensor:
-    """``torch.roll(x, (shift_h, shift_w), dims=(1, 2))`` on ``[B, H, W, C]`` with static slices."""
-    for dim, shift in ((1, shift_h), (2, shift_w)):
-        size = x.shape[dim]
+def static_roll(x: torch.Tensor, shift_h: int, shift_w: int, h: int, w: int) -> torch.Tensor:
+    """``torch.roll(x, (shift_h, shift_w), dims=(1, 2))`` on ``[B, h, w, C]`` with static slices.
+
+    The sizes are passed in, never read from ``x.shape``: a traced ``size`` becomes an ``int`` op
+    that coremltools cannot convert.
+    """
+    for dim, shift, size in ((1, shift_h, h), (2, shift_w, w)):
         k = shift % size
         if k:
             x = torch.cat([x.narrow(dim, size - k, k), x.narrow(dim, 0, size - k)], dim=dim)
@@ -52,6 +55,7 @@ class StaticWindowAttention(nn.Module):
                  window: tuple[int, int], shift: tuple[int, int], bias: torch.Tensor, shift_first: bool):
         super().__init__()
         self.qkv, self.proj = qkv, proj
+        self.dim = proj.out_features  # C, static
         self.num_heads = num_heads
         self.attn_dim = qkv.out_features // 3
         self.size, self.window, self.shift, self.shift_first = size, window, shift, shift_first
@@ -73,14 +77,14 @@ class StaticWindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, C]`` -> ``[B, H, W, C]``."""
-        (wh, ww), (sh, sw), (hp, wp) = self.window, self.shift, self.padded
-        c = x.shape[-1]
+        (wh, ww), (sh, sw), (hp, wp), (h, w) = self.window, self.shift, self.padded, self.size
+        c = self.dim
         n, nw, heads = wh * ww, self.num_windows, self.num_heads
         hd = self.attn_dim // heads
         if self.shift_first:
-            x = self._pad(static_roll(x, -sh, -sw))
+            x = self._pad(static_roll(x, -sh, -sw, h, w))
         else:
-            x = static_roll(self._pad(x), -sh, -sw)
+            x = static_roll(self._pad(x), -sh, -sw, hp, wp)
         # partition: [B, Hp, Wp, C] -> [B, nW, N, C]
         x = x.reshape(-1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, nw, n, c)
         qkv = self.qkv(x)  # [B, nW, N, 3A], query rows pre-scaled
@@ -94,8 +98,8 @@ class StaticWindowAttention(nn.Module):
         # reverse: [B, nW, N, C] -> [B, Hp, Wp, C]
         x = x.reshape(-1, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
         if self.shift_first:
-            return static_roll(self._crop(x), sh, sw)
-        return self._crop(static_roll(x, sh, sw))
+            return static_roll(self._crop(x), sh, sw, h, w)
+        return self._crop(static_roll(x, sh, sw, hp, wp))
 
 
 class StaticSwinBlock(nn.Module):
@@ -123,7 +127,7 @@ class StaticPatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.size
-        c = x.shape[-1]
+        c = self.reduction.in_features // 4
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
             h, w = h + h % 2, w + w % 2

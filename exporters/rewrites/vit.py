@@ -78,7 +78,7 @@ class StaticTimmViT(nn.Module):
         """``[B, 3, H, W]`` -> logits ``[B, classes]``."""
         m = self.inner
         x = m.patch_embed.proj(x)  # [B, C, gh, gw]
-        x = x.reshape(-1, x.shape[1], self.grid[0] * self.grid[1]).transpose(1, 2)
+        x = x.reshape(-1, m.patch_embed.proj.out_channels, self.grid[0] * self.grid[1]).transpose(1, 2)
         x = m.patch_embed.norm(x)
         x = self.tokens(x)
         x = m.norm_pre(m.patch_drop(x))

@@ -59,7 +59,7 @@ def test_swin_v2_is_not_matched():
 def test_static_roll_equals_torch_roll():
     x = torch.arange(2 * 5 * 7 * 3, dtype=torch.float32).reshape(2, 5, 7, 3)
     for sh, sw in [(-2, -3), (2, 3), (0, 4), (5, -7)]:
-        assert torch.equal(static_roll(x, sh, sw), torch.roll(x, (sh, sw), dims=(1, 2)))
+        assert torch.equal(static_roll(x, sh, sw, 5, 7), torch.roll(x, (sh, sw), dims=(1, 2)))
 
 
 def test_mask_matches_timm():

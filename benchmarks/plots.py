@@ -1,0 +1,70 @@
+"""Matplotlib figures for the reports: latency bars with p90 whiskers, accuracy drop against
+speedup, artefact size. Each returns PNG bytes (Agg backend, no display needed)."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _label(r: dict) -> str:
+    return f"{r['target']}\n{r['precision']}"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _timed(reports):
+    return [(rep, r) for rep in reports for r in rep["results"] if r.get("latency_ms")]
+
+
+def latency_bars(reports: list[dict]) -> bytes:
+    fig, axes = plt.subplots(1, len(reports), figsize=(max(6, 4.5 * len(reports)), 4), squeeze=False)
+    for ax, rep in zip(axes[0], reports):
+        rows = [r for r in rep["results"] if r.get("latency_ms")]
+        p50 = [r["latency_ms"]["p50"] for r in rows]
+        err = [max(0.0, r["latency_ms"]["p90"] - r["latency_ms"]["p50"]) for r in rows]
+        colors = ["#777" if r["target"] == "pytorch" else "#2b7bba" if r["precision"] == "fp32" else
+                  "#e08214" if r["precision"] == "fp16" else "#1a9641" for r in rows]
+        ax.bar(range(len(rows)), p50, yerr=[[0] * len(err), err], color=colors, capsize=3)
+        ax.set_xticks(range(len(rows)), [_label(r) for r in rows], fontsize=7)
+        ax.set_ylabel("latency p50 ms (whisker: p90)")
+        ax.set_title(f"{rep['model']} (batch {rep['input_shape'][0]})", fontsize=10)
+    return _png(fig)
+
+
+def drop_vs_speedup(reports: list[dict]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rep, r in _timed(reports):
+        acc = r.get("accuracy") or {}
+        if r["target"] == "pytorch" or r.get("speedup_vs_reference") is None:
+            continue
+        drop = (1.0 - acc.get("top1_agreement", 1.0)) * 100
+        ax.scatter(r["speedup_vs_reference"], drop, marker="o" if r.get("passed") else "x")
+        ax.annotate(f"{rep['model']} {r['target']} {r['precision']}", (r["speedup_vs_reference"], drop), fontsize=6)
+    ax.axvline(1.0, color="#999", lw=0.8)
+    ax.set_xlabel("speedup over PyTorch eager FP32 (same run)")
+    ax.set_ylabel("top-1 disagreement with PyTorch (%)")
+    ax.set_title("accuracy cost against speed (x: failed its gate)", fontsize=10)
+    return _png(fig)
+
+
+def size_bars(reports: list[dict]) -> bytes:
+    rows = [(rep["model"], r) for rep in reports for r in rep["results"] if r.get("size_mb")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 2), 4))
+    ax.bar(range(len(rows)), [r["size_mb"] for _, r in rows], color="#6a51a3")
+    ax.set_xticks(range(len(rows)), [f"{m}\n{_label(r)}" for m, r in rows], fontsize=6)
+    ax.set_ylabel("artefact size (MB)")
+    ax.set_title("artefact size", fontsize=10)
+    return _png(fig)
+
+
+FIGURES = {"latency": latency_bars, "accuracy_vs_speedup": drop_vs_speedup, "size": size_bars}

@@ -1,0 +1,188 @@
+"""Core ML target: ML Programs (.mlpackage) from the rewritten PyTorch model, with coremltools.
+
+- fp16 compute precision by default (fp32 with --target coreml and no --fp16/--int8 flag);
+- int8: 8-bit weights, per-channel affine (``linear_quantize_weights``, mode "linear"). Activation
+  quantization needs Core ML to execute the model for calibration, which only macOS can do, so on
+  other systems the result is weight-only and its notes say so;
+- minimum deployment target iOS 17 / macOS 14 (``DEPLOYMENT``): the first with the ML Program
+  opset (CoreML7) whose per-channel affine weight ops we use, and what current devices run;
+- validation where Core ML can't execute (Linux): the package loads as a spec (``skip_model_load``),
+  every op belongs to the deployment target's opset, the weights have the promised dtype, and the
+  input/output names and shapes match the manifest;
+- accuracy there is a labelled PROXY: the same compression applied in PyTorch (FP16 casting,
+  per-channel affine fake-quantized weights) on the evaluation set. Latency needs macOS.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from exporters.targets import Artifact, BuildContext
+from runtime.backends import require
+from runtime.errors import UserError
+
+PRECISIONS = ("fp16", "int8", "fp32")
+DEPLOYMENT = "iOS17"
+OPSET = "CoreML7"
+COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU")
+
+
+def available() -> str | None:
+    try:
+        _ct()
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _ct():
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return require("coremltools")
+
+
+def convert(model, input_shape, precision: str, compute_units: str = "ALL"):
+    """Trace the rewritten model and convert it to an ML Program; a failure names the first bad op."""
+    import torch
+    ct = _ct()
+    example = torch.zeros(input_shape)
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model.eval(), example)
+            ml = ct.convert(traced, source="pytorch", convert_to="mlprogram",
+                            inputs=[ct.TensorType(name="input", shape=tuple(input_shape), dtype=np.float32)],
+                            outputs=[ct.TensorType(name="logits", dtype=np.float32)],
+                            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+                            minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
+                            compute_units=getattr(ct.ComputeUnit, compute_units), skip_model_load=True)
+    except Exception as exc:  # reason: coremltools raises ValueError/NotImplementedError/RuntimeError per op
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"Core ML conversion failed: {first[:240]}")
+    if precision == "int8":
+        cfg = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
+            mode="linear", dtype="int8", granularity="per_channel", weight_threshold=2048))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ml = ct.optimize.coreml.linear_quantize_weights(ml, config=cfg)
+    return ml
+
+
+def validate(path: Path, input_shape, num_classes: int, precision: str) -> dict:
+    """Spec-level checks that need no Core ML runtime. Raises UserError on a failed check."""
+    ct = _ct()
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    checks = {}
+    inp, out = spec.description.input[0], spec.description.output[0]
+    checks["io_names"] = (inp.name, out.name) == ("input", "logits")
+    checks["input_shape"] = list(inp.type.multiArrayType.shape) == list(input_shape)
+    main = spec.mlProgram.functions["main"]
+    opsets = list(main.block_specializations.keys())
+    checks["opset"] = opsets == [OPSET] or opsets == [main.opset]
+    program = main.block_specializations[opsets[0]].operations
+    ops = [op.type for op in program]
+    from coremltools.proto import MIL_pb2
+    weight_types = {MIL_pb2.DataType.Name(op.attributes["val"].type.tensorType.dataType)
+                    for op in program if op.type == "const" and op.attributes["val"].type.tensorType.rank >= 2}
+    if precision == "int8":
+        int8 = [op for op in program if op.type in ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
+                and any(MIL_pb2.DataType.Name(v.type.tensorType.dataType) == "INT8" for v in op.attributes.values())]
+        checks["weights_int8"] = bool(int8)
+    else:
+        want = "FLOAT16" if precision == "fp16" else "FLOAT32"
+        checks[f"weights_{precision}"] = weight_types == {want}
+    checks["spec_version"] = spec.specificationVersion >= 8  # iOS17
+    failed = [k for k, v in checks.items() if not v]
+    if failed:
+        raise UserError(f"Core ML package failed validation: {', '.join(failed)}")
+    counts = {}
+    for t in ops:
+        counts[t] = counts.get(t, 0) + 1
+    return {"checks": checks, "opset": opsets[0], "spec_version": spec.specificationVersion,
+            "op_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
+def _dir_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def build(ctx: BuildContext, precision: str) -> Artifact:
+    units = ctx.options.get("compute_units", "ALL")
+    if units not in COMPUTE_UNITS:
+        raise UserError(f"--compute-units must be one of {', '.join(COMPUTE_UNITS)} (got {units})")
+    shape = (ctx.batch, *ctx.spec.input_shape)
+    t0 = time.perf_counter()
+    ml = convert(ctx.model, shape, precision, units)
+    times = {"convert": time.perf_counter() - t0}
+    dst = ctx.workdir / f"coreml-{precision}.mlpackage"
+    ml.save(str(dst))
+    report = validate(dst, shape, ctx.spec.num_classes, precision)
+    notes = [f"ML Program, minimum deployment target {DEPLOYMENT} (opset {report['opset']}), compute units {units}",
+             "validated as a spec: " + ", ".join(f"{k} ok" for k in report["checks"])]
+    if precision == "int8":
+        notes.append("weight-only INT8 (per-channel affine): activation quantization needs Core ML to run the "
+                     "model for calibration, which only macOS can do" if platform.system() != "Darwin"
+                     else "INT8 weights per-channel affine")
+    on_mac = platform.system() == "Darwin"
+    proxy = None if on_mac else ("PyTorch with the same compression (FP16 weights and activations"
+                                 + (", per-channel affine INT8 fake-quantized weights" if precision == "int8" else "")
+                                 + "); Core ML latency and on-device accuracy need macOS")
+    return Artifact("coreml", precision, _dir_files(dst), dst, status="built",
+                    runtime_config={"compute_units": units, "deployment_target": DEPLOYMENT,
+                                    "validation": report}, build_s=times, notes=notes, proxy=proxy)
+
+
+class _ProxyRunner:
+    """PyTorch run of the compression Core ML applies: the labelled proxy on non-macOS systems."""
+
+    def __init__(self, model, precision: str, input_shape):
+        import copy
+
+        import torch
+        self.torch = torch
+        m = copy.deepcopy(model).eval()
+        if precision == "int8":
+            with torch.no_grad():
+                for mod in m.modules():
+                    if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= 2048:
+                        mod.weight.copy_(fake_quant_affine(mod.weight))
+        self.dtype = torch.float32 if precision == "fp32" else torch.float16
+        self.model = m.to(self.dtype)
+        self.input_name, self.input_shape = "input", list(input_shape)
+        self.last_latency = 0.0
+
+    def infer(self, feeds):
+        x = self.torch.from_numpy(np.asarray(next(iter(feeds.values())), np.float32)).to(self.dtype)
+        with self.torch.no_grad():
+            return {"logits": self.model(x).float().numpy()}
+
+    def describe(self):
+        return {"device": "cpu (PyTorch proxy)", "dtype": str(self.dtype)}
+
+
+def fake_quant_affine(w):
+    """Per-output-channel affine (asymmetric) 8-bit quantize-dequantize, as Core ML's "linear" mode."""
+    import torch
+    flat = w.reshape(w.shape[0], -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    scale = torch.clamp((hi - lo) / 255.0, min=1e-12)
+    zero = torch.round(-lo / scale) - 128
+    q = torch.clamp(torch.round(flat / scale) + zero, -128, 127)
+    return ((q - zero) * scale).reshape(w.shape)
+
+
+def runner(ctx: BuildContext, art: Artifact):
+    if platform.system() == "Darwin":
+        from runtime.backends.coreml import CoreMLRunner
+        return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
+    return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape))
