@@ -35,12 +35,21 @@ def _matrix(argv) -> int:
     precisions = [x for x in a.precisions.split(",") if x]
     threads = a.threads or default_threads()
     reports = []
+    import time
+    from exporters.pipeline import plan
+    combos = len(plan(targets, None, precisions)) + 1  # + the PyTorch reference
+    total, done, t_start = combos * len(a.models), 0, time.perf_counter()
     try:
         for i, model in enumerate(a.models):
-            print(f"[{i + 1}/{len(a.models)}] {model}", file=sys.stderr)
+            eta = ""
+            if done:
+                left = (time.perf_counter() - t_start) / done * (total - done)
+                eta = f", about {left / 60:.1f} min left (from {done} combinations so far)"
+            print(f"[model {i + 1}/{len(a.models)}] {model}: {combos} combinations{eta}", file=sys.stderr)
             reports.append(run(RunOptions(model=model, targets=targets, precisions=precisions, data=a.data,
                                           calib=a.calib, calib_size=a.calib_size, out=Path(a.out) / "bundles",
                                           batch=a.batch, runs=a.runs, threads=threads)))
+            done += combos
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,8 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+_SHORT = {"onnxruntime": "ORT", "openvino": "OpenVINO", "tensorrt": "TensorRT", "coreml": "Core ML",
+          "pytorch": "PyTorch"}
+
+
 def _label(r: dict) -> str:
-    return f"{r['target']}\n{r['precision']}"
+    return f"{_SHORT.get(r['target'], r['target'])}\n{r['precision']}"
 
 
 def _png(fig) -> bytes:

@@ -186,7 +186,9 @@ def create_model(name: str, weights: str | Path | None = None,
             spec.weights = "pretrained"
     if weights is not None:
         load_weights(model, Path(weights), spec.source)
-        spec.weights = str(weights)
+        root = FIXTURES.parents[1]
+        w = Path(weights).resolve()
+        spec.weights = str(w.relative_to(root)) if w.is_relative_to(root) else str(weights)
     elif not pretrained:
         _reinit_zero_linears(model, spec)
         spec.notes.append("RANDOM WEIGHTS: no --weights or --pretrained given; accuracy figures compare "

@@ -123,3 +123,9 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: unknown model")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_pretrained_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a machine without network sees, without waiting on it
+    code, _, err = run_cli(["vit_ti", "--pretrained", "--out", tmp_path / "o"], capsys)
+    _assert_clean_failure(code, err, tmp_path / "o", "could not download pretrained weights")

@@ -88,3 +88,27 @@ def test_failed_build_leaves_no_bundle_and_keeps_the_old_one(tmp_path, monkeypat
         run(RunOptions(model="digits_vit", out=tmp_path, runs=2, warmup=1, quiet=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_vit"]  # no temp folders left
     assert sha256_file(tmp_path / "digits_vit" / "manifest.json") == before
+
+
+def test_dynamic_batch_bundle_runs_at_batch_two(tmp_path, capsys):
+    from tests.conftest import run_cli
+    code, _, err = run_cli(["digits_vit", "--dynamic-batch", "--batch", "2", "--runs", "3", "--out", tmp_path,
+                            "--quiet"], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "digits_vit" / "report.json").read_text())
+    assert rep["graph"]["dynamic_batch"] and rep["input_shape"][0] == 2
+    assert all(r["passed"] for r in rep["results"])
+    import runtime
+    s = runtime.open(tmp_path / "digits_vit")
+    import numpy as np
+    assert s.logits(np.zeros((5, 3, 32, 32), np.float32)).shape == (5, 10)
+
+
+def test_large_models_go_to_external_data_and_the_bundle_hashes_it(tmp_path, monkeypatch):
+    import exporters.onnx as exp
+    from exporters.pipeline import RunOptions, run
+    monkeypatch.setattr(exp, "TWO_GB", 1000)  # pretend the 1 MB digits model is over the limit
+    run(RunOptions(model="digits_vit", out=tmp_path, runs=2, warmup=1, quiet=True))
+    manifest = json.loads((tmp_path / "digits_vit" / "manifest.json").read_text())
+    assert {"model.onnx", "model.onnx.data"} <= set(manifest["sha256"])
+    assert (tmp_path / "digits_vit" / "model.onnx").stat().st_size < 200_000

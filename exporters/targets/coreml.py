@@ -67,7 +67,9 @@ def convert(model, input_shape, precision: str, compute_units: str = "ALL"):
                             compute_units=getattr(ct.ComputeUnit, compute_units), skip_model_load=True)
     except Exception as exc:  # reason: coremltools raises ValueError/NotImplementedError/RuntimeError per op
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"Core ML conversion failed: {first[:240]}")
+        op = _failing_op(exc)
+        where = f" at op '{op[0]}' (node '{op[1]}')" if op else ""
+        raise UserError(f"Core ML conversion failed{where}: {first[:240]}")
     if precision == "int8":
         cfg = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
             mode="linear", dtype="int8", granularity="per_channel", weight_threshold=2048))
@@ -76,6 +78,21 @@ def convert(model, input_shape, precision: str, compute_units: str = "ALL"):
             warnings.simplefilter("ignore")
             ml = ct.optimize.coreml.linear_quantize_weights(ml, config=cfg)
     return ml
+
+
+def _failing_op(exc: BaseException) -> tuple[str, str] | None:
+    """The torch op coremltools was converting when it failed, from its frames' ``node`` local.
+
+    # reason: coremltools re-raises the op converter's own error (e.g. numpy's TypeError for an
+    # ``int`` cast of a traced size) without naming the op it was converting.
+    """
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if node is not None and hasattr(node, "kind") and hasattr(node, "name"):
+            found = (str(node.kind), str(node.name))
+        tb = tb.tb_next
+    return found
 
 
 def validate(path: Path, input_shape, num_classes: int, precision: str) -> dict:
@@ -181,8 +198,39 @@ def fake_quant_affine(w):
     return ((q - zero) * scale).reshape(w.shape)
 
 
+def compute_unit_check(path: Path, units: str, calib, batch: int, runs: int = 20) -> tuple[dict, list[str]]:
+    """macOS only: run CPU_ONLY and each other compute unit on calibration samples; flag disagreement.
+
+    # reason: Core ML's Neural Engine and GPU paths are known upstream to disagree silently with the
+    # CPU for some models; a deployment report must say so rather than average it away.
+    """
+    from benchmarks.accuracy import compare
+    from benchmarks.latency import measure
+    from benchmarks.tolerances import tolerance_for
+    from runtime.backends.coreml import CoreMLRunner
+    xs = list(calib.batches(batch))[:8]
+    outs, facts, flags = {}, {}, []
+    for u in dict.fromkeys(["CPU_ONLY", *([units] if units != "CPU_ONLY" else []), "CPU_AND_NE", "CPU_AND_GPU"]):
+        r = CoreMLRunner(path, compute_units=u)
+        outs[u] = np.concatenate([r.infer({"input": x})["logits"] for x in xs])
+        facts[u] = {"p50_ms": measure(r.infer, {"input": xs[0]}, runs=runs, warmup=3).p50}
+    tol = tolerance_for("coreml", "fp16")
+    for u, o in outs.items():
+        if u == "CPU_ONLY":
+            continue
+        acc = compare(outs["CPU_ONLY"], o)
+        facts[u].update({"cosine_min_vs_cpu": acc.cosine_min, "top1_agreement_vs_cpu": acc.top1_agreement})
+        if acc.cosine_min < tol.cosine_min or acc.top1_agreement < tol.top1_agreement:
+            flags.append(f"FLAGGED: {u} disagrees with CPU_ONLY (cosine_min {acc.cosine_min:.4f}, "
+                         f"top-1 agreement {acc.top1_agreement:.2%})")
+    return facts, flags
+
+
 def runner(ctx: BuildContext, art: Artifact):
     if platform.system() == "Darwin":
+        facts, flags = compute_unit_check(art.primary, art.runtime_config["compute_units"], ctx.calib(), ctx.batch)
+        art.runtime_config["compute_unit_check"] = facts
+        art.notes.extend(flags)
         from runtime.backends.coreml import CoreMLRunner
         return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
     return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape))

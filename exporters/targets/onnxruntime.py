@@ -20,9 +20,9 @@ from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.errors import UserError
 
 PRECISIONS = ("fp32", "int8")
-# Measured on the 2-core CPU (docs/BENCHMARKS.md): unsigned activations with signed per-channel
-# weights (U8S8) were fastest (swin_t 50 ms against 71 ms FP32); signed activations (S8S8) were
-# slower (55 ms). "reduce_range": None means "decide from the CPU": see _reduce_range().
+# Measured on the 2-core CPU (docs/BENCHMARKS.md, `python -m benchmarks ort-int8`): unsigned activations
+# with signed per-channel weights (U8S8) are fastest; signed activations (S8S8) were slower, as the
+# issue reported. "reduce_range": None means "decide from the CPU": see _reduce_range().
 DEFAULT_INT8 = {"activation": "uint8", "weight": "int8", "per_channel": True, "method": "minmax",
                 "op_types": ("MatMul", "Gemm", "Conv"), "reduce_range": None, "keep_first_last": True}
 
@@ -31,8 +31,10 @@ def _reduce_range(opts: dict) -> bool:
     """7-bit weights on x86 without VNNI/AMX.
 
     # reason: ONNX Runtime's U8S8 kernels on AVX2/AVX-512 without VNNI use vpmaddubsw, whose int16
-    # accumulation saturates; measured on digits_swin (AVX2 EPYC): agreement 97.6% and cosine 0.77
-    # at full range, 100% and 0.997 with reduce_range. ORT's own docs recommend this.
+    # accumulation can saturate (ORT's docs recommend reduce_range there). Measured on this AVX2 CPU
+    # (docs/BENCHMARKS.md, `python -m benchmarks ort-int8`): digits_swin cosine_min 0.999 with
+    # reduce_range against 0.973 at full range (both keep top-1), for ~4% more latency on swin_t;
+    # without the first/last-layer exclusion, full range lost 1.5 top-1 points and cosine fell to 0.77.
     """
     if opts["reduce_range"] is not None:
         return bool(opts["reduce_range"])
@@ -47,6 +49,21 @@ def available() -> str | None:
     except UserError as exc:
         return str(exc)
     return None
+
+
+@contextlib.contextmanager
+def quiet_root_logger():
+    """Hide warnings logged on the root logger for the duration of one call, then restore.
+
+    # reason: onnxruntime.quantization logs "consider pre-processing" through logging.warning on the
+    # root logger on every call; we measured that pre-processing and chose not to use it.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 class _Reader:
@@ -73,8 +90,7 @@ def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
     # reason: ORT recommends quant_pre_process, but measured on swin_t (interleaved, one run) its output
     # quantized to a slower graph (68.7 ms against 62.6 ms without it), so the export is quantized as is
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
         ort_q.quantize_static(
             str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
             activation_type=types[opts["activation"]], weight_type=types[opts["weight"]],

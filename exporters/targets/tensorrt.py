@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import time
 
 import onnx
@@ -76,9 +75,8 @@ def int8_onnx(src, dst, calib, batch: int) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from exporters.onnx import first_last_compute_nodes
-    from exporters.targets.onnxruntime import _Reader
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
+    from exporters.targets.onnxruntime import _Reader, quiet_root_logger
+    with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
         quantize_static(str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm", "Conv"],

@@ -52,8 +52,16 @@ class _Unsupported(nn.Module):
 
 def test_unsupported_op_is_named():
     from exporters.targets.coreml import convert
-    with pytest.raises(UserError, match="Core ML conversion failed: .*svd"):
+    with pytest.raises(UserError, match="Core ML conversion failed at op '.*svd.*'"):
         convert(_Unsupported(), (2, 3, 8, 8), "fp16")
+
+
+def test_naive_swin_failure_names_the_op():
+    from exporters.targets.coreml import convert
+    from exporters.zoo import create_model
+    model, _ = create_model("digits_swin")
+    with pytest.raises(UserError, match="Core ML conversion failed at op 'int'"):
+        convert(model, (1, 3, 32, 32), "fp16")
 
 
 @pytest.mark.slow
