@@ -102,8 +102,11 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Save, moving weights to ``<name>.data`` beside it when the file would pass 2 GB."""
     if model.ByteSize() > TWO_GB or sum(i.ByteSize() for i in model.graph.initializer) > TWO_GB:
         data = path.name + ".data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
+        from onnx.external_data_helper import convert_model_to_external_data
+        # convert_attribute: the baked constants (Swin bias+mask tables) are Constant-node attributes
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data, size_threshold=1024,
+                                       convert_attribute=True)
+        onnx.save_model(model, str(path))
         return [path, path.with_name(data)]
     onnx.save_model(model, str(path))
     return [path]
