@@ -150,8 +150,33 @@ def _coreml(argv) -> int:
     return 0
 
 
+def _contract(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks contract",
+                                description="Export every zoo model (or the ones named) with rewrites; check the contract.")
+    p.add_argument("models", nargs="*")
+    p.add_argument("--dynamic-batch", action="store_true")
+    a = p.parse_args(argv)
+    from benchmarks.rewrites import contract_all
+    from exporters.zoo import known_names
+    rows = contract_all(a.models or known_names(), a.dynamic_batch)
+    lines = [f"## Graph contract over the zoo ({'dynamic' if a.dynamic_batch else 'static'} batch)", "",
+             f"Command: `{' '.join(['python -m benchmarks contract', *argv])}`", "",
+             "| model | nodes | contract | rewrites fired |", "|---|---|---|---|"]
+    for r in rows:
+        fired = ", ".join(f"{k} ×{v}" for k, v in r["rewrites"].items() if v)
+        lines.append(f"| {r['model']} | {r['nodes']} | {'pass' if r['passed'] else 'FAIL: ' + '; '.join(r['violations'])}"
+                     f" | {fired} |")
+    md = "\n".join(lines) + "\n"
+    Path("out/bench").mkdir(parents=True, exist_ok=True)
+    Path("out/bench/contract-dynamic.md" if a.dynamic_batch else "out/bench/contract.md").write_text(md)
+    print(md)
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "contract":
+        return _contract(argv[1:])
     if argv and argv[0] == "coreml":
         return _coreml(argv[1:])
     if argv and argv[0] == "compare":

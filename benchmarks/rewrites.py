@@ -116,3 +116,23 @@ def render_coreml(results: list[dict], command: str) -> str:
         cell = lambda d: (f"converts ({d['seconds']} s)" if d["converted"] else f"fails: {d['error']}")  # noqa: E731
         lines.append(f"| {r['model']} | {cell(r['naive'])} | {cell(r['rewritten'])} |")
     return "\n".join(lines) + "\n"
+
+
+def contract_all(names: list[str], dynamic_batch: bool = False) -> list[dict]:
+    """Export each model with rewrites and run the graph contract; one row per model."""
+    import tempfile as _tf
+
+    from exporters.onnx import contract_violations, export_onnx
+    from exporters.rewrites import apply_rewrites
+    from exporters.zoo import create_model
+    rows = []
+    for name in names:
+        model, spec = create_model(name)
+        shape = (1, *spec.input_shape)
+        rewritten, report = apply_rewrites(model, shape)
+        with _tf.TemporaryDirectory() as d:
+            exp = export_onnx(rewritten, shape, Path(d) / "m.onnx", dynamic_batch=dynamic_batch, enforce_contract=False)
+        import onnx as _onnx  # noqa: F401
+        rows.append({"model": name, "nodes": exp.num_nodes, "passed": exp.contract["passed"],
+                     "violations": exp.contract["violations"][:3], "rewrites": report.to_dict()["replaced"]})
+    return rows
