@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--io-fp16", action="store_true", help="TensorRT --fp16: make the input/output FP16 too")
     p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"),
                    help="Core ML compute units recorded in the package (default ALL)")
+    p.add_argument("--image-input", action="store_true",
+                   help="Core ML: take an RGB image (0-255, e.g. a CVPixelBuffer) with the normalisation inside")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                       calib=args.calib, calib_size=args.calib_size, eval_size=args.eval_size, weights=args.weights,
                       pretrained=args.pretrained, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
-                      device=args.device, options={"io_fp16": args.io_fp16, "compute_units": args.compute_units}, quiet=args.quiet)
+                      device=args.device, options={"io_fp16": args.io_fp16, "compute_units": args.compute_units,
+                                                         "image_input": args.image_input}, quiet=args.quiet)
     try:
         report = run(opts)
     except UserError as exc:

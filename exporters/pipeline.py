@@ -257,11 +257,13 @@ def run(opts: RunOptions) -> dict:
                     art = mod.build(ctx, precision)
                     runner = mod.runner(ctx, art)
                     res = _result(target, precision, runner, art, ref_logits, ref_top1, data, opts, is_random, work)
-            except UserError as exc:
+            except Exception as exc:  # reason: under --target all one target's failure must not sink the others
                 if len(opts.targets) == 1:
                     raise
+                msg = str(exc) if isinstance(exc, UserError) else \
+                    f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
                 results.append({"target": target, "precision": precision, "status": "failed", "passed": False,
-                                "latency_ms": None, "accuracy": None, "notes": [str(exc)]})
+                                "latency_ms": None, "accuracy": None, "notes": [msg]})
                 continue
             artifacts.append(art)
             results.append(res)

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from exporters.targets import Artifact, BuildContext
 from runtime.backends import require
@@ -49,18 +50,52 @@ def _ct():
         return require("coremltools")
 
 
-def convert(model, input_shape, precision: str, compute_units: str = "ALL"):
-    """Trace the rewritten model and convert it to an ML Program; a failure names the first bad op."""
+class _Normalize(torch.nn.Module):
+    """``(x - mean) / std`` per channel in front of the model, for an image input of [0, 1] pixels.
+
+    # reason: Core ML's ImageType applies one scalar scale and a per-channel bias, which cannot express
+    # a per-channel std; scale=1/255 there and this exact normalisation in the graph can.
+    """
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) * self.inv_std)
+
+
+def image_input_config(pp) -> dict:
+    """What the manifest records for an image-input package (a Swift app passes a CVPixelBuffer)."""
+    return {"input_type": "image", "color_layout": "RGB", "scale": 1 / 255.0, "bias": [0.0, 0.0, 0.0],
+            "in_graph_normalization": {"mean": list(pp.mean), "std": list(pp.std)},
+            "resize": {"shorter_side": pp.scale_size(), "interpolation": pp.interpolation,
+                       "center_crop": list(pp.input_size)}}
+
+
+def convert(model, input_shape, precision: str, compute_units: str = "ALL", image_input=None):
+    """Trace the rewritten model and convert it to an ML Program; a failure names the first bad op.
+
+    ``image_input``: a ``Preprocessing`` to make the input an RGB image (0-255 pixels) instead of a tensor.
+    """
     import torch
     ct = _ct()
     example = torch.zeros(input_shape)
+    if image_input is not None:
+        model = _Normalize(model, image_input.mean, image_input.std)
+        inp = ct.ImageType(name="input", shape=tuple(input_shape), scale=1 / 255.0, bias=[0.0, 0.0, 0.0],
+                           color_layout=ct.colorlayout.RGB)
+    else:
+        inp = ct.TensorType(name="input", shape=tuple(input_shape), dtype=np.float32)
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model.eval(), example)
             ml = ct.convert(traced, source="pytorch", convert_to="mlprogram",
-                            inputs=[ct.TensorType(name="input", shape=tuple(input_shape), dtype=np.float32)],
+                            inputs=[inp],
                             outputs=[ct.TensorType(name="logits", dtype=np.float32)],
                             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
                             minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
@@ -102,7 +137,10 @@ def validate(path: Path, input_shape, num_classes: int, precision: str) -> dict:
     checks = {}
     inp, out = spec.description.input[0], spec.description.output[0]
     checks["io_names"] = (inp.name, out.name) == ("input", "logits")
-    checks["input_shape"] = list(inp.type.multiArrayType.shape) == list(input_shape)
+    if inp.type.WhichOneof("Type") == "imageType":
+        checks["input_shape"] = [inp.type.imageType.height, inp.type.imageType.width] == list(input_shape[2:])
+    else:
+        checks["input_shape"] = list(inp.type.multiArrayType.shape) == list(input_shape)
     main = spec.mlProgram.functions["main"]
     opsets = list(main.block_specializations.keys())
     checks["opset"] = opsets == [OPSET] or opsets == [main.opset]
@@ -139,7 +177,8 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
         raise UserError(f"--compute-units must be one of {', '.join(COMPUTE_UNITS)} (got {units})")
     shape = (ctx.batch, *ctx.spec.input_shape)
     t0 = time.perf_counter()
-    ml = convert(ctx.model, shape, precision, units)
+    image = ctx.spec.preprocessing if ctx.options.get("image_input") else None
+    ml = convert(ctx.model, shape, precision, units, image_input=image)
     times = {"convert": time.perf_counter() - t0}
     dst = ctx.workdir / f"coreml-{precision}.mlpackage"
     ml.save(str(dst))
@@ -154,9 +193,13 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
     proxy = None if on_mac else ("PyTorch with the same compression (FP16 weights and activations"
                                  + (", per-channel affine INT8 fake-quantized weights" if precision == "int8" else "")
                                  + "); Core ML latency and on-device accuracy need macOS")
-    return Artifact("coreml", precision, _dir_files(dst), dst, status="built",
-                    runtime_config={"compute_units": units, "deployment_target": DEPLOYMENT,
-                                    "validation": report}, build_s=times, notes=notes, proxy=proxy)
+    config = {"compute_units": units, "deployment_target": DEPLOYMENT, "validation": report,
+              "input": image_input_config(image) if image else {"input_type": "tensor", "layout": "NCHW float32"}}
+    if image:
+        notes.append("image input (RGB, 0-255): scale 1/255 in Core ML, per-channel mean/std inside the graph; "
+                     "resize and crop stay with the caller (see the manifest)")
+    return Artifact("coreml", precision, _dir_files(dst), dst, status="built", runtime_config=config,
+                    build_s=times, notes=notes, proxy=proxy)
 
 
 class _ProxyRunner:

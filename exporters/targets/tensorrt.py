@@ -52,10 +52,40 @@ def engine_available() -> str | None:
     return None
 
 
+def unshare_island_initializers(model: onnx.ModelProto) -> int:
+    """Give every FP32-island consumer of a shared initializer its own copy; returns how many were made.
+
+    # reason: onnxslim merges identical constants (e.g. the all-ones LayerNorm weights of a randomly
+    # initialised model) into one initializer; ORT's float16 converter then inserts one Cast per
+    # consumer with the same output name, and the model becomes invalid ("redeclared").
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                users[name] = users.get(name, 0) + 1
+    made = 0
+    for idx, node in enumerate(model.graph.node):
+        if node.op_type not in FP32_ISLANDS:
+            continue
+        for k, name in enumerate(node.input):
+            if users.get(name, 0) > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{idx}"
+                model.graph.initializer.append(copy)
+                node.input[k] = copy.name
+                users[name] -= 1
+                made += 1
+    return made
+
+
 def fp16_onnx(src, dst, io_fp16: bool) -> None:
     """FP16 graph with FP32 islands; ``onnxruntime.transformers.float16`` inserts the Casts."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     model = onnx.load(str(src))
+    unshare_island_initializers(model)
     half = convert_float_to_float16(model, keep_io_types=not io_fp16, op_block_list=FP32_ISLANDS,
                                     disable_shape_infer=False)
     # reason: the converter appends its Casts at the end of the node list (TensorRT's parser needs

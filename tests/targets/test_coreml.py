@@ -45,6 +45,28 @@ def test_validation_checks_opset_dtype_and_io(coreml_reports):
         validate(out / "digits_vit" / "coreml-int8.mlpackage", (1, 3, 64, 64), 10, "int8")
 
 
+def test_image_input_package_is_exact_and_recorded(tmp_path, capsys):
+    import json
+
+    from tests.conftest import run_cli
+    code, _, err = run_cli(["digits_vit", "--target", "coreml", "--image-input", "--out", tmp_path, "--runs", "2",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "digits_vit" / "manifest.json").read_text())
+    cfg = next(a for a in manifest["artifacts"] if a["target"] == "coreml")["runtime_config"]["input"]
+    assert cfg["input_type"] == "image" and cfg["in_graph_normalization"]["mean"] == [0.5, 0.5, 0.5]
+    spec = ct.models.MLModel(str(tmp_path / "digits_vit" / "coreml-fp16.mlpackage"), skip_model_load=True).get_spec()
+    assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
+    # the in-graph normalisation on [0, 1] pixels equals the model on normalised inputs
+    from exporters.targets.coreml import _Normalize
+    from exporters.zoo import create_model
+    model, spec_ = create_model("digits_vit")
+    px = torch.rand(2, 3, 32, 32)
+    norm = (px - 0.5) / 0.5
+    with torch.no_grad():
+        assert torch.allclose(_Normalize(model, (0.5,) * 3, (0.5,) * 3)(px), model(norm), atol=1e-5)
+
+
 class _Unsupported(nn.Module):
     def forward(self, x):
         return torch.linalg.svd(x.flatten(1) @ x.flatten(1).T).S

@@ -81,6 +81,21 @@ def test_deferred_result_with_proxy_accuracy(trt_bundles, name):
         assert r["passed"] is True and (ref - r["accuracy"]["top1"]) * 100 <= 1.0
 
 
+def test_fp16_conversion_with_shared_layernorm_constants(tmp_path):
+    """Random-init models have identical LayerNorm weights, which onnxslim merges into one initializer."""
+    from exporters.onnx import export_onnx
+    from exporters.rewrites import apply_rewrites
+    from exporters.targets.tensorrt import fp16_onnx
+    from exporters.zoo import build_digits
+    model, _ = apply_rewrites(build_digits("digits_swin").eval(), (1, 3, 32, 32))
+    exp = export_onnx(model, (1, 3, 32, 32), tmp_path / "m.onnx")
+    src = onnx.load(str(exp.path))
+    ln_inputs = [n.input[1] for n in src.graph.node if n.op_type == "LayerNormalization"]
+    assert len(set(ln_inputs)) < len(ln_inputs)  # the sharing this test is about is really there
+    fp16_onnx(exp.path, tmp_path / "h.onnx", io_fp16=False)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "h.onnx")), full_check=True)
+
+
 def test_deferred_cli_exits_zero_and_manifest_records_it(tmp_path, capsys):
     code, out, err = run_cli(["digits_vit", "--target", "tensorrt", "--int8", "--out", tmp_path, "--runs", "2",
                               "--quiet"], capsys)
