@@ -14,6 +14,15 @@ from pathlib import Path
 from runtime.errors import UserError
 
 
+def _emit(out: Path, stem: str, md: str, data: dict | None = None) -> None:
+    """Write ``stem.md`` (and ``stem.json``) under ``out`` and print the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(md)
+    if data is not None:
+        (out / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    print(md)
+
+
 def _matrix(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="Build (or rebuild), verify and time every "
                                 "model × target × precision; write one report for the matrix.")
@@ -28,18 +37,18 @@ def _matrix(argv) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
+    import time
+
     from benchmarks.report import write_matrix
-    from exporters.pipeline import RunOptions, default_threads, run
+    from exporters.pipeline import RunOptions, default_threads, plan, run
 
     targets = [t for t in a.targets.split(",") if t]
     precisions = [x for x in a.precisions.split(",") if x]
     threads = a.threads or default_threads()
     reports = []
-    import time
-    from exporters.pipeline import plan
-    combos = len(plan(targets, None, precisions)) + 1  # + the PyTorch reference
-    total, done, t_start = combos * len(a.models), 0, time.perf_counter()
     try:
+        combos = len(plan(targets, None, precisions)) + 1  # + the PyTorch reference
+        total, done, t_start = combos * len(a.models), 0, time.perf_counter()
         for i, model in enumerate(a.models):
             eta = ""
             if done:
@@ -78,14 +87,10 @@ def _rewrites(argv) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     env = environment(threads)
-    stem = "rewrites-dynamic" if a.dynamic_batch else "rewrites"
-    (out / f"{stem}.json").write_text(json.dumps({"environment": env, "results": results}, indent=2))
     md = render(results, one_line(env), "python -m benchmarks rewrites " + " ".join(argv))
-    (out / f"{stem}.md").write_text(md)
-    print(md)
+    _emit(Path(a.out), "rewrites-dynamic" if a.dynamic_batch else "rewrites", md,
+          {"environment": env, "results": results})
     return 0
 
 
@@ -103,10 +108,7 @@ def _ort_int8(argv) -> int:
     threads = a.threads or default_threads()
     res = measure_options(a.speed_model, threads=threads, runs=a.runs)
     md = render(res, one_line(environment(threads)), "python -m benchmarks ort-int8 " + " ".join(argv))
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "ort-int8.md").write_text(md)
-    (Path(a.out) / "ort-int8.json").write_text(json.dumps(res, indent=2))
-    print(md)
+    _emit(Path(a.out), "ort-int8", md, res)
     return 0
 
 
@@ -143,10 +145,7 @@ def _render(argv) -> int:
 def _coreml(argv) -> int:
     from benchmarks.rewrites import coreml_proof, render_coreml
     res = [coreml_proof(m) for m in argv]
-    md = render_coreml(res, "python -m benchmarks coreml " + " ".join(argv))
-    Path("out/bench").mkdir(parents=True, exist_ok=True)
-    Path("out/bench/coreml.md").write_text(md)
-    print(md)
+    _emit(Path("out/bench"), "coreml", render_coreml(res, "python -m benchmarks coreml " + " ".join(argv)))
     return 0
 
 
@@ -166,27 +165,18 @@ def _contract(argv) -> int:
         fired = ", ".join(f"{k} ×{v}" for k, v in r["rewrites"].items() if v)
         lines.append(f"| {r['model']} | {r['nodes']} | {'pass' if r['passed'] else 'FAIL: ' + '; '.join(r['violations'])}"
                      f" | {fired} |")
-    md = "\n".join(lines) + "\n"
-    Path("out/bench").mkdir(parents=True, exist_ok=True)
-    Path("out/bench/contract-dynamic.md" if a.dynamic_batch else "out/bench/contract.md").write_text(md)
-    print(md)
+    _emit(Path("out/bench"), "contract-dynamic" if a.dynamic_batch else "contract", "\n".join(lines) + "\n")
     return 0 if all(r["passed"] for r in rows) else 1
+
+
+SUBCOMMANDS = {"rewrites": _rewrites, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
+               "coreml": _coreml, "contract": _contract}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "contract":
-        return _contract(argv[1:])
-    if argv and argv[0] == "coreml":
-        return _coreml(argv[1:])
-    if argv and argv[0] == "compare":
-        return _compare(argv[1:])
-    if argv and argv[0] == "render":
-        return _render(argv[1:])
-    if argv and argv[0] == "rewrites":
-        return _rewrites(argv[1:])
-    if argv and argv[0] == "ort-int8":
-        return _ort_int8(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     return _matrix(argv)
 
 

@@ -33,9 +33,10 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
     import torch
 
     from benchmarks.accuracy import compare
-    from benchmarks.rewrites import _interleaved
+    from benchmarks.latency import measure_interleaved
     from calibration import load_set
-    from exporters.targets.onnxruntime import DEFAULT_INT8, _quantize
+    from exporters.pipeline import run_outputs
+    from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
     from runtime.backends.onnxruntime import OnnxRuntimeRunner
     out = {"speed_model": speed_model, "accuracy_model": accuracy_model, "latency_ms": {}, "accuracy": {}}
     with tempfile.TemporaryDirectory() as d:
@@ -44,11 +45,11 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
         paths = {"fp32": src}
         for k, v in VARIANTS.items():
             paths[k] = d / f"{speed_model}-{k}.onnx"
-            _quantize(src, paths[k], calib, 1, {**DEFAULT_INT8, **v})
+            quantize_qdq(src, paths[k], calib, 1, {**DEFAULT_INT8, **v})
         runners = {k: OnnxRuntimeRunner(p, threads=threads) for k, p in paths.items()}
         x = np.random.default_rng(0).standard_normal((1, *spec.input_shape), dtype=np.float32)
-        lat = _interleaved(runners, lambda r: {r.input_name: x}, 4, runs, 5)
-        out["latency_ms"] = {k: round(v["p50"], 2) for k, v in lat.items()}
+        lat = measure_interleaved(runners, lambda r: {r.input_name: x}, runs, 5, rounds=4)
+        out["latency_ms"] = {k: round(v.p50, 2) for k, v in lat.items()}
         model, spec, src, calib = _build(accuracy_model, d, 128)
         ev = load_set("digits", spec.preprocessing, size=None, part="holdout", progress=False)
         with torch.no_grad():
@@ -57,9 +58,9 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
             p = src
             if v is not None:
                 p = d / f"{accuracy_model}-{k}.onnx"
-                _quantize(src, p, calib, 1, {**DEFAULT_INT8, **v})
+                quantize_qdq(src, p, calib, 1, {**DEFAULT_INT8, **v})
             r = OnnxRuntimeRunner(p, threads=threads)
-            logits = np.concatenate([r.infer({"input": ev.inputs[i:i + 1]})["logits"] for i in range(len(ev))])
+            logits = run_outputs(r, ev, 1)
             a = compare(ref, logits, ev.labels)
             out["accuracy"][k] = {"top1": round(a.top1 * 100, 2), "top1_agreement": round(a.top1_agreement * 100, 2),
                                   "cosine_min": round(a.cosine_min, 4)}

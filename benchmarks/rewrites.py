@@ -7,6 +7,7 @@ in alternating rounds so drift on the machine hits both equally.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ import numpy as np
 from benchmarks.latency import measure_interleaved
 
 
-def _interleaved(runners: dict, feeds_for, rounds: int, runs: int, warmup: int) -> dict:
-    return {k: v.to_dict() for k, v in measure_interleaved(runners, feeds_for, runs, warmup, rounds).items()}
+def _timed(runners: dict, x, runs: int, warmup: int, rounds: int) -> dict:
+    """``{name: latency dict}`` for runners fed the same input, timed interleaved."""
+    lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs, warmup, rounds)
+    return {k: v.to_dict() for k, v in lats.items()}
 
 
 def compare_model(name: str, threads: int, runs: int = 60, warmup: int = 10, rounds: int = 4,
@@ -41,12 +44,12 @@ def compare_model(name: str, threads: int, runs: int = 60, warmup: int = 10, rou
                           for k, e in (("naive_raw", raw), ("naive", naive), ("rewritten", ours))}}
         ort = {"naive": OnnxRuntimeRunner(naive.path, threads=threads),
                "rewritten": OnnxRuntimeRunner(ours.path, threads=threads)}
-        out["onnxruntime_fp32"] = _interleaved(ort, lambda r: {r.input_name: x}, rounds, runs, warmup)
+        out["onnxruntime_fp32"] = _timed(ort, x, runs, warmup, rounds)
         del ort
         try:
             ov = {"naive": OpenVinoRunner(naive.path, threads=threads),
                   "rewritten": OpenVinoRunner(ours.path, threads=threads)}
-            out["openvino_fp32"] = _interleaved(ov, lambda r: {r.input_name: x}, rounds, runs, warmup)
+            out["openvino_fp32"] = _timed(ov, x, runs, warmup, rounds)
         except Exception as exc:  # reason: OpenVINO is an optional extra
             out["openvino_fp32"] = {"error": str(exc)}
     for k in ("onnxruntime_fp32", "openvino_fp32"):
@@ -89,8 +92,6 @@ def render(results: list[dict], env_line: str, command: str) -> str:
 
 def coreml_proof(name: str) -> dict:
     """Convert the naive and the rewritten model with coremltools (TorchScript path) on this OS."""
-    import time as _time
-
     from exporters.rewrites import apply_rewrites
     from exporters.targets.coreml import convert
     from exporters.zoo import create_model
@@ -100,10 +101,10 @@ def coreml_proof(name: str) -> dict:
     rewritten, _ = apply_rewrites(model, shape)
     out = {"model": name}
     for label, m in (("naive", model), ("rewritten", rewritten)):
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         try:
             convert(m, shape, "fp16")
-            out[label] = {"converted": True, "seconds": round(_time.perf_counter() - t0, 1)}
+            out[label] = {"converted": True, "seconds": round(time.perf_counter() - t0, 1)}
         except UserError as exc:
             out[label] = {"converted": False, "error": str(exc)[:200]}
     return out
@@ -120,9 +121,7 @@ def render_coreml(results: list[dict], command: str) -> str:
 
 def contract_all(names: list[str], dynamic_batch: bool = False) -> list[dict]:
     """Export each model with rewrites and run the graph contract; one row per model."""
-    import tempfile as _tf
-
-    from exporters.onnx import contract_violations, export_onnx
+    from exporters.onnx import export_onnx
     from exporters.rewrites import apply_rewrites
     from exporters.zoo import create_model
     rows = []
@@ -130,9 +129,8 @@ def contract_all(names: list[str], dynamic_batch: bool = False) -> list[dict]:
         model, spec = create_model(name)
         shape = (1, *spec.input_shape)
         rewritten, report = apply_rewrites(model, shape)
-        with _tf.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as d:
             exp = export_onnx(rewritten, shape, Path(d) / "m.onnx", dynamic_batch=dynamic_batch, enforce_contract=False)
-        import onnx as _onnx  # noqa: F401
         rows.append({"model": name, "nodes": exp.num_nodes, "passed": exp.contract["passed"],
                      "violations": exp.contract["violations"][:3], "rewrites": report.to_dict()["replaced"]})
     return rows

@@ -86,22 +86,19 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-TARGET_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"),
-                     "tensorrt": ("fp16", "int8"), "coreml": ("fp16", "int8")}
-
-
 def plan(targets: list[str], precision: str | None, precisions: list[str] | None = None) -> list[tuple[str, str]]:
-    """(target, precision) pairs to build, in order."""
+    """(target, precision) pairs to build, in order, from each target module's ``PRECISIONS``."""
+    offered = {t: target_module(t).PRECISIONS for t in targets}
     if precisions:
-        return [(t, p) for t in targets for p in TARGET_PRECISIONS[t] if p in precisions]
+        return [(t, p) for t in targets for p in offered[t] if p in precisions]
     out = []
     for t in targets:
         if precision:
             out.append((t, precision))
         elif len(targets) > 1:
-            out += [(t, p) for p in TARGET_PRECISIONS[t]]
+            out += [(t, p) for p in offered[t]]
         else:  # one target, no precision flag: FP32 where the target builds it, else its first precision
-            out.append((t, "fp32" if "fp32" in TARGET_PRECISIONS[t] else TARGET_PRECISIONS[t][0]))
+            out.append((t, "fp32" if "fp32" in offered[t] else offered[t][0]))
     return out
 
 
@@ -149,9 +146,7 @@ def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top
     d = runner.describe()
     res.update({"device": d.get("device"), "accuracy": acc.to_dict(), "passed": passed, "runtime": d,
                 "tolerance": tol.__dict__})
-    # a proxy's speed says nothing about the target: only real artefacts are timed
-    res["_timed"] = art is None or (art.status == "built" and not art.proxy)
-    if not res["_timed"]:
+    if art is not None and not art.timeable:
         res["device"] = f"proxy: {d.get('device')}"
     res["notes"] += [f"FAILED: {w}" for w in why]
     return res
@@ -267,9 +262,8 @@ def run(opts: RunOptions) -> dict:
                 continue
             artifacts.append(art)
             results.append(res)
-            if res.pop("_timed", False):
+            if art.timeable:
                 timed.append((res, runner))
-        ref_res.pop("_timed", None)
         with steps(f"latency ({len(timed)} runners, interleaved)"):
             time_results(timed, data, opts, report["roofline"]["flops_per_image"])
         del timed

@@ -1,7 +1,7 @@
 """Targets: one module per runtime, each exposing plain functions, registered by name.
 
 Each target module has:
-- ``PRECISIONS``: the precisions it builds;
+- ``PRECISIONS``: the precisions ``--target all`` and the matrix build, the default first;
 - ``available() -> str | None``: ``None`` when usable here, else the reason (with install hint);
 - ``build(ctx, precision) -> Artifact``: files written into ``ctx.workdir``;
 - ``runner(ctx, artifact)``: a runner (see ``runtime.backends``) for verification and timing,
@@ -48,6 +48,11 @@ class Artifact:
     build_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     proxy: str | None = None  # what a proxy accuracy stands for, when the real one can't run here
+
+    @property
+    def timeable(self) -> bool:
+        """Only real artefacts are timed: a proxy's speed says nothing about the target."""
+        return self.status == "built" and not self.proxy
 
     @property
     def size_mb(self) -> float:

@@ -1,6 +1,6 @@
 """Core ML target: ML Programs (.mlpackage) from the rewritten PyTorch model, with coremltools.
 
-- fp16 compute precision by default (fp32 with --target coreml and no --fp16/--int8 flag);
+- fp16 compute precision by default (fp32 with --fp32, for comparison);
 - int8: 8-bit weights, per-channel affine (``linear_quantize_weights``, mode "linear"). Activation
   quantization needs Core ML to execute the model for calibration, which only macOS can do, so on
   other systems the result is weight-only and its notes say so;
@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -29,10 +30,11 @@ from exporters.targets import Artifact, BuildContext
 from runtime.backends import require
 from runtime.errors import UserError
 
-PRECISIONS = ("fp16", "int8", "fp32")
+PRECISIONS = ("fp16", "int8")  # --fp32 also builds, for comparison; "all" and the matrix build these
 DEPLOYMENT = "iOS17"
 OPSET = "CoreML7"
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU")
+WEIGHT_THRESHOLD = 2048  # weights with fewer elements stay FP16 in the INT8 package, and in its proxy
 
 
 def available() -> str | None:
@@ -80,7 +82,6 @@ def convert(model, input_shape, precision: str, compute_units: str = "ALL", imag
 
     ``image_input``: a ``Preprocessing`` to make the input an RGB image (0-255 pixels) instead of a tensor.
     """
-    import torch
     ct = _ct()
     example = torch.zeros(input_shape)
     if image_input is not None:
@@ -107,7 +108,7 @@ def convert(model, input_shape, precision: str, compute_units: str = "ALL", imag
         raise UserError(f"Core ML conversion failed{where}: {first[:240]}")
     if precision == "int8":
         cfg = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
-            mode="linear", dtype="int8", granularity="per_channel", weight_threshold=2048))
+            mode="linear", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -160,11 +161,8 @@ def validate(path: Path, input_shape, num_classes: int, precision: str) -> dict:
     failed = [k for k, v in checks.items() if not v]
     if failed:
         raise UserError(f"Core ML package failed validation: {', '.join(failed)}")
-    counts = {}
-    for t in ops:
-        counts[t] = counts.get(t, 0) + 1
     return {"checks": checks, "opset": opsets[0], "spec_version": spec.specificationVersion,
-            "op_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+            "op_counts": dict(collections.Counter(ops).most_common())}
 
 
 def _dir_files(path: Path) -> list[Path]:
@@ -207,14 +205,11 @@ class _ProxyRunner:
 
     def __init__(self, model, precision: str, input_shape):
         import copy
-
-        import torch
-        self.torch = torch
         m = copy.deepcopy(model).eval()
         if precision == "int8":
             with torch.no_grad():
                 for mod in m.modules():
-                    if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= 2048:
+                    if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= WEIGHT_THRESHOLD:
                         mod.weight.copy_(fake_quant_affine(mod.weight))
         self.dtype = torch.float32 if precision == "fp32" else torch.float16
         self.model = m.to(self.dtype)
@@ -222,8 +217,8 @@ class _ProxyRunner:
         self.last_latency = 0.0
 
     def infer(self, feeds):
-        x = self.torch.from_numpy(np.asarray(next(iter(feeds.values())), np.float32)).to(self.dtype)
-        with self.torch.no_grad():
+        x = torch.from_numpy(np.asarray(next(iter(feeds.values())), np.float32)).to(self.dtype)
+        with torch.no_grad():
             return {"logits": self.model(x).float().numpy()}
 
     def describe(self):
@@ -232,7 +227,6 @@ class _ProxyRunner:
 
 def fake_quant_affine(w):
     """Per-output-channel affine (asymmetric) 8-bit quantize-dequantize, as Core ML's "linear" mode."""
-    import torch
     flat = w.reshape(w.shape[0], -1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     scale = torch.clamp((hi - lo) / 255.0, min=1e-12)

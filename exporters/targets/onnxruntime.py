@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from exporters.targets import Artifact, BuildContext
-from runtime.backends import require
+from runtime.backends import missing, require
 from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.errors import UserError
 
@@ -44,11 +44,7 @@ def _reduce_range(opts: dict) -> bool:
 
 
 def available() -> str | None:
-    try:
-        require("onnxruntime")
-    except UserError as exc:
-        return str(exc)
-    return None
+    return missing("onnxruntime")
 
 
 @contextlib.contextmanager
@@ -79,7 +75,12 @@ class _Reader:
         pass
 
 
-def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
+def quantize_qdq(src, dst, calib, batch: int, opts: dict) -> None:
+    """Static QDQ quantization of ``src`` on the calibration set; ``opts`` as in ``DEFAULT_INT8``.
+
+    The one quantizer behind ONNX Runtime INT8 and TensorRT's explicit Q/DQ ONNX; ``opts["extra_options"]``
+    adds ONNX Runtime quantizer options to the symmetric-weight defaults.
+    """
     ort_q = require("onnxruntime.quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -89,7 +90,6 @@ def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
     from exporters.onnx import first_last_compute_nodes
     # reason: ORT recommends quant_pre_process, but measured on swin_t (interleaved, one run) its output
     # quantized to a slower graph (68.7 ms against 62.6 ms without it), so the export is quantized as is
-
     with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
         ort_q.quantize_static(
             str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
@@ -97,7 +97,8 @@ def _quantize(src, dst, calib, batch: int, opts: dict) -> None:
             per_channel=opts["per_channel"], calibrate_method=methods[opts["method"]],
             op_types_to_quantize=list(opts["op_types"]), reduce_range=opts["reduce_range"],
             nodes_to_exclude=first_last_compute_nodes(onnx.load(str(src))) if opts["keep_first_last"] else [],
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": opts["activation"] == "int8"})
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": opts["activation"] == "int8",
+                           **opts.get("extra_options", {})})
 
 
 def build(ctx: BuildContext, precision: str) -> Artifact:
@@ -113,7 +114,7 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
     calib = ctx.calib()
     dst = ctx.workdir / "model.ort-int8.onnx"
     t0 = time.perf_counter()
-    _quantize(ctx.onnx_path, dst, calib, ctx.batch, opts)
+    quantize_qdq(ctx.onnx_path, dst, calib, ctx.batch, opts)
     return Artifact("onnxruntime", "int8", [dst], dst, build_s={"quantize": time.perf_counter() - t0},
                     runtime_config={"providers": ["CPUExecutionProvider"]},
                     notes=[f"static QDQ: activations {opts['activation']} per-tensor, weights {opts['weight']} "

@@ -16,26 +16,15 @@ import logging
 import time
 
 from exporters.targets import Artifact, BuildContext
-from runtime.backends import require
-from runtime.backends.openvino import OpenVinoRunner, available_devices, half_hint
-from runtime.errors import UserError
+from runtime.backends import missing, require
+from runtime.backends.openvino import OpenVinoRunner, check_device, half_hint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_HINT = "f32"  # unquantized ops of the INT8 IR: f32 keeps the comparison with FP32 honest
 
 
 def available() -> str | None:
-    try:
-        require("openvino")
-    except UserError as exc:
-        return str(exc)
-    return None
-
-
-def _check_device(device: str) -> None:
-    devices = available_devices()
-    if device.split(".")[0] not in [d.split(".")[0] for d in devices]:
-        raise UserError(f"OpenVINO device '{device}' is not present; available: {', '.join(devices)}")
+    return missing("openvino")
 
 
 def first_last_compute_ops(model) -> list[str]:
@@ -50,7 +39,7 @@ def first_last_compute_ops(model) -> list[str]:
 
 def build(ctx: BuildContext, precision: str) -> Artifact:
     ov = require("openvino")
-    _check_device(ctx.device)
+    check_device(ctx.device)
     times = {}
     t0 = time.perf_counter()
     model = ov.convert_model(str(ctx.onnx_path))

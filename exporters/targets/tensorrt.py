@@ -18,14 +18,12 @@ builds the engine on the device. NOT VERIFIED ON TensorRT HARDWARE in this repos
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 
 import onnx
 
 from exporters.targets import Artifact, BuildContext
-from runtime.backends import require
+from runtime.backends import missing
 from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.errors import UserError
 
@@ -35,11 +33,7 @@ FP32_ISLANDS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Red
 
 
 def available() -> str | None:
-    try:
-        require("onnxruntime")  # the ONNX preparation and the proxy run need it; TensorRT itself is optional
-    except UserError as exc:
-        return str(exc)
-    return None
+    return missing("onnxruntime")  # the ONNX preparation and the proxy run need it; TensorRT is optional
 
 
 def engine_available() -> str | None:
@@ -102,20 +96,13 @@ def fp16_onnx(src, dst, io_fp16: bool) -> None:
 
 def int8_onnx(src, dst, calib, batch: int) -> None:
     """Explicit Q/DQ placement TensorRT fuses: symmetric INT8 on MatMul/Gemm/Conv inputs."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from exporters.onnx import first_last_compute_nodes
-    from exporters.targets.onnxruntime import _Reader, quiet_root_logger
-    with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
-        quantize_static(str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-                        nodes_to_exclude=first_last_compute_nodes(onnx.load(str(src))),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "QDQKeepRemovableActivations": False,
-                                       # reason: ORT otherwise quantizes a bias-free MatMul's output too
-                                       # (patch merging), feeding Q/DQ into the next LayerNorm and Add
-                                       "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]})
+    from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
+    quantize_qdq(src, dst, calib, batch, {
+        **DEFAULT_INT8, "activation": "int8", "reduce_range": False,  # TensorRT: zero points of 0, full range
+        "extra_options": {"QDQKeepRemovableActivations": False,
+                          # reason: ORT otherwise quantizes a bias-free MatMul's output too
+                          # (patch merging), feeding Q/DQ into the next LayerNorm and Add
+                          "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]}})
 
 
 def build(ctx: BuildContext, precision: str) -> Artifact:

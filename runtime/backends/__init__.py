@@ -34,6 +34,15 @@ INSTALL_HINTS = {
 }
 
 
+def missing(module: str) -> str | None:
+    """``None`` when ``module`` imports, else the one-line reason with its install hint."""
+    try:
+        require(module)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def require(module: str):
     """Import an SDK or raise a one-line ``UserError`` with its install hint."""
     try:

@@ -15,6 +15,13 @@ def available_devices() -> list[str]:
     return list(ov.Core().available_devices)
 
 
+def check_device(device: str, devices: list[str] | None = None) -> None:
+    """Refuse a device OpenVINO does not see here, listing the ones it does."""
+    devices = available_devices() if devices is None else devices
+    if device.split(".")[0] not in [d.split(".")[0] for d in devices]:
+        raise UserError(f"OpenVINO device '{device}' is not present; available: {', '.join(devices)}")
+
+
 def cpu_capabilities() -> list[str]:
     ov = require("openvino")
     try:
@@ -42,9 +49,7 @@ class OpenVinoRunner:
                  inference_precision: str = "f32"):
         ov = require("openvino")
         core = ov.Core()
-        devices = list(core.available_devices)
-        if device.split(".")[0] not in [d.split(".")[0] for d in devices]:
-            raise UserError(f"OpenVINO device '{device}' is not present; available: {', '.join(devices)}")
+        check_device(device, list(core.available_devices))
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
         if device == "CPU":
             config["NUM_STREAMS"] = "1"
