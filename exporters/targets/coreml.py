@@ -142,6 +142,7 @@ def validate(path: Path, input_shape, num_classes: int, precision: str) -> dict:
         checks["input_shape"] = [inp.type.imageType.height, inp.type.imageType.width] == list(input_shape[2:])
     else:
         checks["input_shape"] = list(inp.type.multiArrayType.shape) == list(input_shape)
+    checks["output_shape"] = list(out.type.multiArrayType.shape) == [input_shape[0], num_classes]
     main = spec.mlProgram.functions["main"]
     opsets = list(main.block_specializations.keys())
     checks["opset"] = opsets == [OPSET] or opsets == [main.opset]

@@ -43,6 +43,8 @@ def test_validation_checks_opset_dtype_and_io(coreml_reports):
     assert v["opset"] == OPSET and all(v["checks"].values())
     with pytest.raises(UserError, match="input_shape"):
         validate(out / "digits_vit" / "coreml-int8.mlpackage", (1, 3, 64, 64), 10, "int8")
+    with pytest.raises(UserError, match="output_shape"):
+        validate(out / "digits_vit" / "coreml-int8.mlpackage", (1, 3, 32, 32), 1000, "int8")
 
 
 def test_image_input_package_is_exact_and_recorded(tmp_path, capsys):
