@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test bench fixtures clean
+.PHONY: install demo test lint bench fixtures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: install
 	$(PY) -m exporters swin_t
 	@echo "report: out/swin_t/report.md"
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
+
+# the layer contract (import-linter, pyproject.toml) and the linter; both run in `make test`, so in CI
+lint: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) -m benchmarks swin_t vit_b

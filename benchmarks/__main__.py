@@ -39,8 +39,8 @@ def _matrix(argv) -> int:
     a = p.parse_args(argv)
     import time
 
-    from benchmarks.report import write_matrix
     from exporters.pipeline import RunOptions, default_threads, plan, run
+    from exporters.report import write_matrix
 
     targets = [t for t in a.targets.split(",") if t]
     precisions = [x for x in a.precisions.split(",") if x]
@@ -77,9 +77,9 @@ def _rewrites(argv) -> int:
     p.add_argument("--dynamic-batch", action="store_true", help="export both graphs with a dynamic batch")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.environment import environment, one_line
     from benchmarks.rewrites import compare_model, render
     from exporters.pipeline import default_threads
+    from runtime.environment import environment, one_line
 
     threads = a.threads or default_threads()
     try:
@@ -102,9 +102,9 @@ def _ort_int8(argv) -> int:
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.environment import environment, one_line
     from benchmarks.ort_int8 import measure_options, render
     from exporters.pipeline import default_threads
+    from runtime.environment import environment, one_line
     threads = a.threads or default_threads()
     res = measure_options(a.speed_model, threads=threads, runs=a.runs)
     md = render(res, one_line(environment(threads)), "python -m benchmarks ort-int8 " + " ".join(argv))
@@ -135,7 +135,7 @@ def _render(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks render", description="Re-render a matrix report.json.")
     p.add_argument("report")
     a = p.parse_args(argv)
-    from benchmarks.report import write_matrix
+    from exporters.report import write_matrix
     data = json.loads(Path(a.report).read_text())
     for path in write_matrix(data["reports"], Path(a.report).parent, data["command"]):
         print(f"wrote {path}")

@@ -32,12 +32,12 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
                     runs: int = 40) -> dict:
     import torch
 
-    from benchmarks.accuracy import compare
-    from benchmarks.latency import measure_interleaved
     from calibration import load_set
     from exporters.pipeline import run_outputs
     from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
+    from runtime.accuracy import compare
     from runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from runtime.latency import measure_interleaved
     out = {"speed_model": speed_model, "accuracy_model": accuracy_model, "latency_ms": {}, "accuracy": {}}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -49,6 +49,8 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
         runners = {k: OnnxRuntimeRunner(p, threads=threads) for k, p in paths.items()}
         x = np.random.default_rng(0).standard_normal((1, *spec.input_shape), dtype=np.float32)
         lat = measure_interleaved(runners, lambda r: {r.input_name: x}, runs, 5, rounds=4)
+        for r in runners.values():
+            r.close()
         out["latency_ms"] = {k: round(v.p50, 2) for k, v in lat.items()}
         model, spec, src, calib = _build(accuracy_model, d, 128)
         ev = load_set("digits", spec.preprocessing, size=None, part="holdout", progress=False)
@@ -59,8 +61,8 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
             if v is not None:
                 p = d / f"{accuracy_model}-{k}.onnx"
                 quantize_qdq(src, p, calib, 1, {**DEFAULT_INT8, **v})
-            r = OnnxRuntimeRunner(p, threads=threads)
-            logits = run_outputs(r, ev, 1)
+            with OnnxRuntimeRunner(p, threads=threads) as r:
+                logits = run_outputs(r, ev, 1)
             a = compare(ref, logits, ev.labels)
             out["accuracy"][k] = {"top1": round(a.top1 * 100, 2), "top1_agreement": round(a.top1_agreement * 100, 2),
                                   "cosine_min": round(a.cosine_min, 4)}

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.latency import measure_interleaved
+from runtime.latency import measure_interleaved
 
 
 def _timed(runners: dict, x, runs: int, warmup: int, rounds: int) -> dict:
-    """``{name: latency dict}`` for runners fed the same input, timed interleaved."""
-    lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs, warmup, rounds)
+    """``{name: latency dict}`` for runners fed the same input, timed interleaved; closes the runners."""
+    try:
+        lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs, warmup, rounds)
+    finally:
+        for r in runners.values():
+            r.close()
     return {k: v.to_dict() for k, v in lats.items()}
 
 
@@ -39,13 +43,13 @@ def compare_model(name: str, threads: int, runs: int = 60, warmup: int = 10, rou
         raw = export_onnx(model, shape, d / "raw.onnx", enforce_contract=False, simplify=False, **dyn)
         naive = export_onnx(model, shape, d / "naive.onnx", enforce_contract=False, **dyn)
         ours = export_onnx(rewritten, shape, d / "rewritten.onnx", enforce_contract=False, **dyn)
-        out = {"model": name, "dynamic_batch": dynamic_batch, "source": spec.source, "input_shape": list(shape), "rewrites": report.to_dict(),
+        out = {"model": name, "dynamic_batch": dynamic_batch, "source": spec.source, "input_shape": list(shape),
+               "rewrites": report.to_dict(),
                "graphs": {k: {"num_nodes": e.num_nodes, "op_counts": e.op_counts, "contract": e.contract}
                           for k, e in (("naive_raw", raw), ("naive", naive), ("rewritten", ours))}}
         ort = {"naive": OnnxRuntimeRunner(naive.path, threads=threads),
                "rewritten": OnnxRuntimeRunner(ours.path, threads=threads)}
         out["onnxruntime_fp32"] = _timed(ort, x, runs, warmup, rounds)
-        del ort
         try:
             ov = {"naive": OpenVinoRunner(naive.path, threads=threads),
                   "rewritten": OpenVinoRunner(ours.path, threads=threads)}

@@ -1,18 +1,18 @@
 """scikit-learn's bundled handwritten digits as 32x32 RGB images, with a fixed train/hold-out split.
 
-The split indices are committed in ``tests/fixtures/digits_split.json`` so that training,
+The split indices ship as package data (``calibration/data/digits_split.json``) so that training,
 evaluation and calibration always agree.
 """
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-SPLIT_FILE = FIXTURES / "digits_split.json"
+SPLIT_FILE = Path(str(resources.files("calibration") / "data" / "digits_split.json"))
 IMAGE_SIZE = 32
 HOLDOUT_FRACTION = 0.3
 SPLIT_SEED = 0

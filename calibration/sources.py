@@ -102,7 +102,8 @@ def from_array(path: Path, input_shape: tuple[int, int, int]) -> RawSamples:
         raise UserError(f"{path}: expected [N, H, W, 3] images or [N, 3, H, W] inputs, got shape {arr.shape}")
     pre = arr.shape[1:] == tuple(input_shape) and arr.dtype != np.uint8
     if not pre and not (arr.shape[-1] == 3 and arr.dtype == np.uint8):
-        raise UserError(f"{path}: {arr.dtype} {arr.shape} is neither uint8 [N,H,W,3] nor float [N,{','.join(map(str, input_shape))}]")
+        want = ",".join(map(str, input_shape))
+        raise UserError(f"{path}: {arr.dtype} {arr.shape} is neither uint8 [N,H,W,3] nor float [N,{want}]")
     labels = labels if labels is not None else [None] * len(arr)
     return RawSamples([f"{path.name}:{i}" for i in range(len(arr))], list(arr), labels, "array", preprocessed=pre)
 

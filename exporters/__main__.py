@@ -7,10 +7,20 @@ from pathlib import Path
 
 from runtime.errors import UserError
 
-TARGET_CHOICES = ("onnxruntime", "openvino", "tensorrt", "coreml", "all")
+
+def _target_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per field of every target's options dataclass; only flags the user gives are kept."""
+    from exporters.targets import option_fields
+    for flag, owners in option_fields().items():
+        _, f = owners[0]
+        names = " and ".join(t for t, _ in owners)
+        kw = {"action": "store_true"} if f.type in (bool, "bool") else {"choices": f.metadata.get("choices")}
+        p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, **kw,
+                       help=f"[{names}] {f.metadata.get('help', '')}")
 
 
 def parser() -> argparse.ArgumentParser:
+    from exporters.targets import targets
     p = argparse.ArgumentParser(
         prog="python -m exporters",
         description="Export a ViT/Swin classifier with export-friendly rewrites, build artefacts for a target, "
@@ -18,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
                     "report.json and report.md.")
     p.add_argument("model", help="zoo name (vit_ti, vit_s, vit_b, deit_t, swin_t, swin_s, swin_b, digits_vit, "
                                  "digits_swin), timm:<name>, or tv:swin_t|swin_s|swin_b|vit_b_16")
-    p.add_argument("--target", default="onnxruntime", choices=TARGET_CHOICES,
+    p.add_argument("--target", default="onnxruntime", choices=[*targets(), "all"],
                    help="runtime to build for (default onnxruntime, FP32 on the CPU); 'all' builds every "
                         "target and precision available here")
     prec = p.add_mutually_exclusive_group()
@@ -47,14 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
     p.add_argument("--runs", type=int, default=50, help="timed runs after 10 warm-up runs (default 50)")
     p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
-    p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU (default CPU)")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
                                                               "export-friendly rewrites (for comparison)")
-    p.add_argument("--io-fp16", action="store_true", help="TensorRT --fp16: make the input/output FP16 too")
-    p.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU"),
-                   help="Core ML compute units recorded in the package (default ALL)")
-    p.add_argument("--image-input", action="store_true",
-                   help="Core ML: take an RGB image (0-255, e.g. a CVPixelBuffer) with the normalisation inside")
+    _target_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -62,15 +67,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from exporters.pipeline import RunOptions, run
-    from exporters.targets import TARGET_NAMES
+    from exporters.targets import option_fields, targets
 
-    targets = list(TARGET_NAMES) if args.target == "all" else [args.target]
-    opts = RunOptions(model=args.model, targets=targets, precision=args.precision, data=args.data,
+    names = list(targets()) if args.target == "all" else [args.target]
+    given = {f.name: getattr(args, f.name) for owners in option_fields().values() for _, f in owners[:1]
+             if hasattr(args, f.name)}
+    opts = RunOptions(model=args.model, targets=names, precision=args.precision, data=args.data,
                       calib=args.calib, calib_size=args.calib_size, eval_size=args.eval_size, weights=args.weights,
                       pretrained=args.pretrained, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
-                      device=args.device, options={"io_fp16": args.io_fp16, "compute_units": args.compute_units,
-                                                         "image_input": args.image_input}, quiet=args.quiet)
+                      options=given, quiet=args.quiet)
     try:
         report = run(opts)
     except UserError as exc:
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
-    from benchmarks.report import results_table
+    from exporters.report import results_table
     print(results_table(report["results"]))
     print(f"\nreport: {report['bundle']}/report.md")
     failed = [r for r in report["results"] if r.get("passed") is False]

@@ -10,7 +10,6 @@ import collections
 import contextlib
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path

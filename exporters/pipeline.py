@@ -1,29 +1,31 @@
-"""The end-to-end job: model -> rewrites -> ONNX (+contract) -> targets -> verified, timed bundle.
+"""The end-to-end job as named stages: prepare -> export -> reference -> build + verify -> time -> write.
 
-``run(RunOptions) -> report dict``. Data moves one way; the PyTorch reference is one more
-runner, and every runner gets the same inputs, batch size and thread count.
+``run(RunOptions) -> report dict`` (the report.json form). Data moves one way; the PyTorch
+reference is one more runner, and every runner gets the same inputs, batch size and thread count.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from benchmarks.accuracy import compare, judge
-from benchmarks.environment import environment
-from benchmarks.latency import DEFAULT_RUNS, DEFAULT_WARMUP, throughput
-from benchmarks.report import write_report
-from benchmarks.tolerances import tolerance_for
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters.bundle import check_writable, staged_bundle
-from exporters.targets import Artifact, BuildContext, target_module
+from exporters.report import write_report
+from exporters.result import Result
+from exporters.targets import Artifact, BuildContext, resolve_options, target, targets
+from runtime.accuracy import compare, judge
+from runtime.backends import Runner
+from runtime.environment import environment
 from runtime.errors import UserError
-from runtime.manifest import MANIFEST, file_hashes
+from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, throughput
+from runtime.manifest import Manifest, TensorSpec, file_hashes
+from runtime.tolerances import tolerance_for
 
 BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (digits models use all)
 
@@ -32,7 +34,7 @@ BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (d
 class RunOptions:
     model: str
     targets: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    precision: str | None = None  # None: fp32 for one target, every precision for "all"
+    precision: str | None = None  # None: fp32 for one target, every precision for several
     precisions: list[str] | None = None  # restricts the multi-target plan (benchmarks matrix)
     data: str = "digits"
     calib: str | None = None
@@ -47,8 +49,7 @@ class RunOptions:
     threads: int | None = None
     rewrites: bool = True
     dynamic_batch: bool = False
-    device: str = "CPU"
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
 
 
@@ -79,6 +80,36 @@ class Steps:
         return _Step()
 
 
+@dataclass
+class Job:
+    """What ``prepare`` resolved: the model, its evaluation set and the run's fixed facts."""
+
+    opts: RunOptions
+    model: object  # torch.nn.Module, the reference
+    spec: object  # exporters.zoo.ModelSpec
+    data: CalibrationSet
+    threads: int
+    target_options: dict
+    steps: Steps
+    report: dict  # the report being assembled (report.json form)
+    calib: Callable[[], CalibrationSet]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.opts.batch, *self.spec.input_shape)
+
+    @property
+    def is_random(self) -> bool:
+        return self.spec.weights == "random"
+
+
+@dataclass
+class Reference:
+    runner: Runner
+    logits: np.ndarray
+    result: Result
+
+
 def default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -86,16 +117,16 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def plan(targets: list[str], precision: str | None, precisions: list[str] | None = None) -> list[tuple[str, str]]:
-    """(target, precision) pairs to build, in order, from each target module's ``PRECISIONS``."""
-    offered = {t: target_module(t).PRECISIONS for t in targets}
+def plan(names: list[str], precision: str | None, precisions: list[str] | None = None) -> list[tuple[str, str]]:
+    """(target, precision) pairs to build, in order, from each target's declared precisions."""
+    offered = {t: target(t).precisions for t in names}
     if precisions:
-        return [(t, p) for t in targets for p in offered[t] if p in precisions]
+        return [(t, p) for t in names for p in offered[t] if p in precisions]
     out = []
-    for t in targets:
+    for t in names:
         if precision:
             out.append((t, precision))
-        elif len(targets) > 1:
+        elif len(names) > 1:
             out += [(t, p) for p in offered[t]]
         else:  # one target, no precision flag: FP32 where the target builds it, else its first precision
             out.append((t, "fp32" if "fp32" in offered[t] else offered[t][0]))
@@ -113,77 +144,34 @@ def label_index(spec) -> dict[str, int]:
     return idx
 
 
-def run_outputs(runner, data: CalibrationSet, batch: int) -> np.ndarray:
+def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
     """Logits ``[N, classes]`` of ``runner`` over the whole set, in static batches."""
-    outs = []
-    for chunk in data.batches(batch):
-        outs.append(next(iter(runner.infer({runner.input_name: chunk}).values())))
+    outs = [next(iter(runner.infer({runner.input_name: chunk}).values())) for chunk in data.batches(batch)]
     return np.concatenate(outs)[:len(data)]
 
 
-def _result(target, precision, runner, art: Artifact | None, ref_logits, ref_top1, data, opts,
-            is_random: bool, bundle: Path) -> dict:
-    """Build one result row with its accuracy against the reference; latency is filled in later."""
-    res = {"target": target, "precision": precision, "status": art.status if art else "built",
-           "device": None, "artifact": None, "latency_ms": None, "throughput_ips": None, "accuracy": None,
-           "speedup_vs_reference": None, "passed": None, "notes": list(art.notes) if art else []}
-    if art is not None:
-        res["artifact"] = str(art.primary.relative_to(bundle)) if art.primary else None
-        res["size_mb"] = round(art.size_mb, 3)
-        res["build_s"] = {k: round(v, 3) for k, v in art.build_s.items()}
-    if runner is None:
-        return res
-    logits = run_outputs(runner, data, opts.batch)
-    acc = compare(ref_logits, logits, data.labels)
-    tol = tolerance_for(target, precision) if target != "pytorch" else tolerance_for("pytorch", "fp32")
-    gate = not (is_random and precision != "fp32")
-    passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
-    if not gate:
-        res["notes"].append("random weights: top-1 agreement is reported but not gated for reduced precision")
-    if art is not None and art.proxy:
-        res["notes"].append(f"PROXY accuracy: {art.proxy}")
-        res["accuracy_kind"] = "proxy"
-    d = runner.describe()
-    res.update({"device": d.get("device"), "accuracy": acc.to_dict(), "passed": passed, "runtime": d,
-                "tolerance": tol.__dict__})
-    if art is not None and not art.timeable:
-        res["device"] = f"proxy: {d.get('device')}"
-    res["notes"] += [f"FAILED: {w}" for w in why]
-    return res
-
-
-def time_results(timed: list[tuple[dict, object]], data: CalibrationSet, opts: RunOptions, flops: int | None) -> None:
-    """Time every runner in interleaved rounds (the reference first) and fill latency and speedups."""
-    from benchmarks.latency import measure_interleaved
-    from benchmarks.roofline import attained
-    feeds = next(data.batches(opts.batch))
-    runners = {i: runner for i, (_, runner) in enumerate(timed)}
-    lats = measure_interleaved(runners, lambda r: {r.input_name: feeds}, runs=opts.runs, warmup=opts.warmup)
-    ref_p50 = lats[0].p50
-    for i, (res, _) in enumerate(timed):
-        lat = lats[i]
-        res.update({"latency_ms": {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"},
-                    "runs": lat.runs, "throughput_ips": round(throughput(lat, opts.batch), 3),
-                    "speedup_vs_reference": round(ref_p50 / lat.p50, 3)})
-        if flops:
-            res["gflops"] = round(attained(flops, opts.batch, lat.p50), 2)
-
-
-def run(opts: RunOptions) -> dict:
-    """Build, verify and time every requested (target, precision); write the bundle; return the report."""
-    from exporters.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
-    from exporters.reference import TorchRunner
-    from exporters.rewrites import apply_rewrites
-    from exporters.zoo import create_model
-
-    if len(opts.targets) == 1:
-        target_module(opts.targets[0])  # an unknown or not-built target fails here, before any work
+def _validate(opts: RunOptions) -> None:
+    for name in opts.targets:
+        target(name)  # an unknown target fails here, before any work
+    if len(opts.targets) == 1 and opts.precision:
+        target(opts.targets[0]).check_precision(opts.precision)
     if opts.calib_size is not None and opts.calib_size < 1:
         raise UserError(f"--calib-size must be at least 1 (got {opts.calib_size})")
     if opts.batch < 1 or opts.runs < 1:
         raise UserError("--batch and --runs must be at least 1")
+    if opts.threads is not None and opts.threads < 1:
+        raise UserError(f"--threads must be at least 1 (got {opts.threads})")
+
+
+def prepare(opts: RunOptions) -> Job:
+    """Check the options, load the model and the evaluation set; nothing is written yet."""
+    from exporters.reference import gpu_name
+    from exporters.roofline import gemm_peak_gflops, model_flops
+    from exporters.zoo import create_model
+
+    _validate(opts)
+    target_options = resolve_options(opts.targets, opts.options)
     threads = opts.threads or default_threads()
-    opts.threads = threads
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
     with steps("model"):
@@ -196,103 +184,190 @@ def run(opts: RunOptions) -> dict:
     if str(opts.data) == "digits" and not spec.source.startswith("digits:") and data.labels is not None:
         data.labels = None  # digit labels 0-9 are not this model's classes
         data.notes.append("digits labels do not match this model's classes: dataset top-1 not computed")
-    input_shape = (opts.batch, *spec.input_shape)
-    calib_cache: dict = {}
+    cache: dict = {}
 
     def calib() -> CalibrationSet:
-        if "set" not in calib_cache:
+        if "set" not in cache:
             src = opts.calib or opts.data
             with steps(f"calibration set ({src})"):
-                calib_cache["set"] = load_set(src, spec.preprocessing, size=opts.calib_size,
-                                              part="train", label_index=label_index(spec), progress=not opts.quiet)
-        return calib_cache["set"]
+                cache["set"] = load_set(src, spec.preprocessing, size=opts.calib_size, part="train",
+                                        label_index=label_index(spec), progress=not opts.quiet)
+        return cache["set"]
+    calib.cache = cache  # type: ignore[attr-defined]  # the write stage records the set if one was loaded
 
-    report = {"model": spec.name, "source": spec.source, "weights": spec.weights, "input_shape": list(input_shape),
+    report = {"model": spec.name, "source": spec.source, "weights": spec.weights,
+              "input_shape": [opts.batch, *spec.input_shape],
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "environment": environment(threads), "notes": list(spec.notes), "data": data.describe()}
-    is_random = spec.weights == "random"
-    from benchmarks.roofline import gemm_peak_gflops, model_flops
-    report["roofline"] = {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
-                          "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}
-    with staged_bundle(Path(opts.out), spec.slug) as work:
-        if opts.rewrites:
-            with steps("rewrites"):
-                export_model, rw = apply_rewrites(model, input_shape)
-            report["rewrites"] = rw.to_dict()
+              "environment": environment(threads, gpu=gpu_name()), "notes": list(spec.notes),
+              "data": data.describe(),
+              "roofline": {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
+                           "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}}
+    return Job(opts=opts, model=model, spec=spec, data=data, threads=threads, target_options=target_options,
+               steps=steps, report=report, calib=calib)
+
+
+def export_stage(job: Job, work: Path):
+    """Rewrites (unless disabled) and the contract-checked ONNX; returns (export model, OnnxExport)."""
+    from exporters.onnx import OPSET, export_onnx
+    from exporters.rewrites import apply_rewrites
+    if job.opts.rewrites:
+        with job.steps("rewrites"):
+            export_model, rw = apply_rewrites(job.model, job.input_shape)
+        job.report["rewrites"] = rw.to_dict()
+    else:
+        export_model, job.report["rewrites"] = job.model, {"replaced": {}, "fired": [], "disabled": True}
+    with job.steps("ONNX export"):
+        exp = export_onnx(export_model, job.input_shape, work / "model.onnx", dynamic_batch=job.opts.dynamic_batch,
+                          enforce_contract=job.opts.rewrites)
+    job.report["graph"] = {"num_nodes": exp.num_nodes, "op_counts": exp.op_counts, "contract": exp.contract,
+                           "opset": OPSET, "dynamic_batch": job.opts.dynamic_batch}
+    return export_model, exp
+
+
+def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None) -> np.ndarray:
+    """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
+    logits = run_outputs(runner, job.data, job.opts.batch)
+    ref_logits = logits if ref is None else ref.logits
+    acc = compare(ref_logits, logits, job.data.labels)
+    tol = tolerance_for(result.target, result.precision)
+    gate = not (job.is_random and result.precision != "fp32")
+    ref_top1 = None if ref is None else ref.result.accuracy.top1
+    passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
+    if not gate:
+        result.notes.append("random weights: top-1 agreement is reported but not gated for reduced precision")
+    result.accuracy_kind = "direct"
+    if art is not None and art.proxy:
+        result.notes.append(f"PROXY accuracy: {art.proxy}")
+        result.accuracy_kind = "proxy"
+    result.runtime = runner.describe()
+    result.device = result.runtime.get("device")
+    if art is not None and not art.timeable:
+        result.device = f"proxy: {result.device}"
+    result.accuracy, result.tolerance, result.passed, result.failures = acc, tol, passed, why
+    result.notes += [f"FAILED: {w}" for w in why]
+    return logits
+
+
+def reference_stage(job: Job) -> Reference:
+    from exporters.reference import TorchRunner
+    runner = TorchRunner(job.model, list(job.input_shape), threads=job.threads)
+    res = Result(target="pytorch", precision="fp32", status="built")
+    with job.steps(f"PyTorch reference ({runner.device})"):
+        logits = verify(job, res, runner, None, None)
+    return Reference(runner=runner, logits=logits, result=res)
+
+
+def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
+                ref: Reference) -> tuple[Result, Artifact | None, Runner | None]:
+    """Build one (target, precision), open it and verify it. A missing SDK is a skipped row."""
+    t = target(name)
+    why = t.available()
+    if why:
+        return Result.not_built(name, precision, "skipped", why), None, None
+    t.check_precision(precision)
+    with job.steps(f"{name} {precision}"):
+        art = t.build(ctx, precision, job.target_options[name])
+        t0 = time.perf_counter()
+        runner = t.runner(ctx, art, job.threads)
+        art.build_s["open"] = time.perf_counter() - t0
+        res = Result(target=name, precision=precision, status=art.status, notes=list(art.notes),
+                     artifact=art.primary.relative_to(ctx.workdir).as_posix() if art.primary else None,
+                     size_mb=round(art.size_mb, 3), build_s={k: round(v, 3) for k, v in art.build_s.items()})
+        verify(job, res, runner, ref, art)
+    return res, art, runner
+
+
+def build_all(job: Job, ctx: BuildContext, ref: Reference) -> tuple[list[Result], list[Artifact], list]:
+    """Every planned (target, precision); under several targets one failure does not sink the others."""
+    results, artifacts, timed = [], [], []
+    for name, precision in plan(job.opts.targets, job.opts.precision, job.opts.precisions):
+        try:
+            res, art, runner = build_stage(job, ctx, name, precision, ref)
+        except Exception as exc:  # reason: under --target all one target's failure must not sink the others
+            if len(job.opts.targets) == 1:
+                raise
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            msg = str(exc) if isinstance(exc, UserError) else f"internal error: {type(exc).__name__}: {first}"
+            results.append(Result.not_built(name, precision, "failed", msg))
+            continue
+        results.append(res)
+        if art is None:
+            continue
+        artifacts.append(art)
+        if art.timeable:
+            timed.append((res, runner))
         else:
-            export_model, report["rewrites"] = model, {"replaced": {}, "fired": [], "disabled": True}
-        with steps("ONNX export"):
-            onnx_export = export_onnx(export_model, input_shape, work / "model.onnx",
-                                      dynamic_batch=opts.dynamic_batch, enforce_contract=opts.rewrites)
-        report["graph"] = {"num_nodes": onnx_export.num_nodes, "op_counts": onnx_export.op_counts,
-                           "contract": onnx_export.contract, "opset": 18, "dynamic_batch": opts.dynamic_batch}
-        ref = TorchRunner(model, list(input_shape), threads=threads)
-        with steps(f"PyTorch reference ({ref.device})"):
-            ref_logits = run_outputs(ref, data, opts.batch)
-            ref_res = _result("pytorch", "fp32", ref, None, ref_logits, None, data, opts, is_random, work)
-        ref_top1 = ref_res["accuracy"]["top1"]
-        results = [ref_res]
-        timed = [(ref_res, ref)]
-        ctx = BuildContext(spec=spec, model=export_model, onnx_path=onnx_export.path, workdir=work,
-                           batch=opts.batch, threads=threads, calib=calib, device=opts.device,
-                           dynamic_batch=opts.dynamic_batch, options=opts.options)
-        artifacts: list[Artifact] = []
-        for target, precision in plan(opts.targets, opts.precision, opts.precisions):
-            try:
-                mod = target_module(target)
-                reason = mod.available()
-            except UserError as exc:  # a target not built yet, under --target all
-                mod, reason = None, str(exc)
-            if reason:
-                results.append({"target": target, "precision": precision, "status": "skipped", "passed": None,
-                                "latency_ms": None, "accuracy": None, "notes": [reason]})
-                continue
-            try:
-                with steps(f"{target} {precision}"):
-                    art = mod.build(ctx, precision)
-                    runner = mod.runner(ctx, art)
-                    res = _result(target, precision, runner, art, ref_logits, ref_top1, data, opts, is_random, work)
-            except Exception as exc:  # reason: under --target all one target's failure must not sink the others
-                if len(opts.targets) == 1:
-                    raise
-                msg = str(exc) if isinstance(exc, UserError) else \
-                    f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-                results.append({"target": target, "precision": precision, "status": "failed", "passed": False,
-                                "latency_ms": None, "accuracy": None, "notes": [msg]})
-                continue
-            artifacts.append(art)
-            results.append(res)
-            if art.timeable:
-                timed.append((res, runner))
-        with steps(f"latency ({len(timed)} runners, interleaved)"):
-            time_results(timed, data, opts, report["roofline"]["flops_per_image"])
-        del timed
-        report["results"] = results
-        report["step_seconds"] = steps.times
-        if "set" in calib_cache:
-            report["calibration"] = calib_cache["set"].describe()
-        manifest = _manifest(spec, report, artifacts, onnx_export, work, INPUT_NAME, OUTPUT_NAME, opts)
-        write_report(report, work)
-        (work / MANIFEST).write_text(__import__("json").dumps(manifest, indent=2))
-    report["bundle"] = str(Path(opts.out) / spec.slug)
-    return report
+            runner.close()
+    return results, artifacts, timed
 
 
-def _manifest(spec, report, artifacts, onnx_export, work, input_name, output_name, opts) -> dict:
-    files = list(onnx_export.files) + [f for a in artifacts for f in a.files]
-    return {
-        "format": "vitdeploy-bundle/1", "model": spec.name, "source": spec.source, "weights": spec.weights,
-        "input": {"name": input_name, "shape": report["input_shape"], "dtype": "float32",
-                  "dynamic_batch": opts.dynamic_batch, "layout": "NCHW"},
-        "output": {"name": output_name, "shape": [report["input_shape"][0], spec.num_classes], "dtype": "float32"},
-        "preprocessing": spec.preprocessing.to_dict(), "labels": spec.labels,
-        "onnx": str(onnx_export.path.relative_to(work)),
-        "artifacts": [{"target": a.target, "precision": a.precision, "status": a.status,
-                       "primary": str(a.primary.relative_to(work)) if a.primary else None,
-                       "files": [str(f.relative_to(work)) for f in a.files], "runtime_config": a.runtime_config}
-                      for a in artifacts],
-        "rewrites": report.get("rewrites"), "graph": report.get("graph"),
-        "calibration": report.get("calibration"), "evaluation": report.get("data"),
-        "versions": report["environment"]["versions"], "created": report["created"],
-        "sha256": file_hashes(work, files),
-    }
+def time_stage(job: Job, timed: list[tuple[Result, Runner]]) -> None:
+    """Time every runner in interleaved rounds (the reference first) and fill latency and speedups."""
+    from exporters.roofline import attained
+    feeds = next(job.data.batches(job.opts.batch))
+    runners = {i: runner for i, (_, runner) in enumerate(timed)}
+    with job.steps(f"latency ({len(timed)} runners, interleaved)"):
+        lats = measure_interleaved(runners, lambda r: {r.input_name: feeds}, runs=job.opts.runs,
+                                   warmup=job.opts.warmup)
+    ref_p50 = lats[0].p50
+    flops = job.report["roofline"]["flops_per_image"]
+    for i, (res, _) in enumerate(timed):
+        lat = lats[i]
+        res.latency_ms = {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"}
+        res.runs = lat.runs
+        res.throughput_ips = round(throughput(lat, job.opts.batch), 3)
+        res.speedup_vs_reference = round(ref_p50 / lat.p50, 3)
+        if flops:
+            res.gflops = round(attained(flops, job.opts.batch, lat.p50), 2)
+
+
+def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manifest:
+    from exporters.onnx import INPUT_NAME, OUTPUT_NAME
+    files = list(exp.files) + [f for a in artifacts for f in a.files]
+    rep, shape = job.report, job.report["input_shape"]
+    return Manifest(
+        model=job.spec.name, source=job.spec.source, weights=job.spec.weights,
+        input=TensorSpec(name=INPUT_NAME, shape=shape, dtype="float32", dynamic_batch=job.opts.dynamic_batch,
+                         layout="NCHW"),
+        output=TensorSpec(name=OUTPUT_NAME, shape=[shape[0], job.spec.num_classes], dtype="float32"),
+        preprocessing=job.spec.preprocessing.to_dict(), labels=job.spec.labels,
+        onnx=exp.path.relative_to(work).as_posix(), artifacts=[a.entry(work) for a in artifacts],
+        rewrites=rep.get("rewrites"), graph=rep.get("graph"), calibration=rep.get("calibration"),
+        evaluation=rep.get("data"), versions=rep["environment"]["versions"], created=rep["created"],
+        sha256=file_hashes(work, files))
+
+
+def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Artifact], exp) -> None:
+    job.report["results"] = [r.to_dict() for r in results]
+    job.report["step_seconds"] = job.steps.times
+    if "set" in job.calib.cache:
+        job.report["calibration"] = job.calib.cache["set"].describe()
+    manifest = manifest_for(job, work, artifacts, exp)
+    write_report(job.report, work)
+    manifest.write(work)
+
+
+def run(opts: RunOptions) -> dict:
+    """Build, verify and time every requested (target, precision); write the bundle; return the report."""
+    job = prepare(opts)
+    timed: list[tuple[Result, Runner]] = []
+    try:
+        with staged_bundle(Path(opts.out), job.spec.slug) as work:
+            export_model, exp = export_stage(job, work)
+            ref = reference_stage(job)
+            timed.append((ref.result, ref.runner))
+            ctx = BuildContext(spec=job.spec, model=export_model, onnx_path=exp.path, workdir=work,
+                               batch=opts.batch, threads=job.threads, calib=job.calib,
+                               dynamic_batch=opts.dynamic_batch)
+            results, artifacts, built = build_all(job, ctx, ref)
+            timed += built
+            time_stage(job, timed)
+            write_stage(job, work, [ref.result, *results], artifacts, exp)
+    finally:
+        for _, runner in timed:
+            runner.close()
+    job.report["bundle"] = str(Path(opts.out) / job.spec.slug)
+    return job.report
+
+
+__all__ = ["RunOptions", "run", "plan", "default_threads", "run_outputs", "targets"]

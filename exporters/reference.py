@@ -1,39 +1,42 @@
 """The PyTorch reference as one more runner: CUDA when a GPU is present, else the CPU."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
+
+from runtime.backends import Runner
 
 
 def reference_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class TorchRunner:
+def gpu_name() -> str | None:
+    """The CUDA GPU the reference would use, for the environment line; None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return f"{torch.cuda.get_device_name(0)} (cc {'.'.join(map(str, torch.cuda.get_device_capability(0)))})"
+
+
+class TorchRunner(Runner):
     """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` in eager FP32."""
 
     def __init__(self, model: torch.nn.Module, input_shape: list[int], device: str | None = None,
                  threads: int | None = None):
+        super().__init__()
         self.device = device or reference_device()
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
         self.threads = threads
         self.model = model.to(self.device).eval()
         self.input_name, self.input_shape = "input", list(input_shape)
-        self.last_latency = 0.0
 
     @torch.inference_mode()
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32)).to(self.device)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(x).to(self.device)
         y = self.model(x)
         if self.device == "cuda":
             torch.cuda.synchronize()  # reason: CUDA launches are asynchronous; time the finished work
-        self.last_latency = (time.perf_counter() - t0) * 1000.0
         return {"logits": y.float().cpu().numpy()}
 
     def describe(self) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from runtime.errors import UserError
 from runtime.preprocess import Preprocessing
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+DATA = Path(str(resources.files("exporters") / "data"))  # the trained digits checkpoints, shipped as package data
 
 # short name -> "timm:<name>" or "tv:<name>"
 ALIASES = {
@@ -171,7 +172,7 @@ def create_model(name: str, weights: str | Path | None = None,
         raise UserError("give either --weights or --pretrained, not both")
     if name in DIGITS:
         model, spec = _digits_model(name)
-        weights = weights or FIXTURES / f"{name}.safetensors"
+        weights = weights or DATA / f"{name}.safetensors"
     else:
         target = ALIASES.get(name, name)
         if target.startswith("timm:"):
@@ -186,9 +187,8 @@ def create_model(name: str, weights: str | Path | None = None,
             spec.weights = "pretrained"
     if weights is not None:
         load_weights(model, Path(weights), spec.source)
-        root = FIXTURES.parents[1]
         w = Path(weights).resolve()
-        spec.weights = str(w.relative_to(root)) if w.is_relative_to(root) else str(weights)
+        spec.weights = f"exporters/data/{w.name}" if w.parent == DATA.resolve() else str(weights)
     elif not pretrained:
         _reinit_zero_linears(model, spec)
         spec.notes.append("RANDOM WEIGHTS: no --weights or --pretrained given; accuracy figures compare "

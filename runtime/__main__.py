@@ -14,8 +14,10 @@ from runtime.errors import UserError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", choices=("onnxruntime", "openvino", "tensorrt", "coreml"), default=None,
-                   help="backend (default: the best one installed here: tensorrt, openvino, onnxruntime)")
+    from runtime.backends import backends
+    names = list(backends())
+    p.add_argument("--target", choices=names, default=None,
+                   help=f"backend (default: the best one that runs here, in this order: {', '.join(names)})")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
                    help="artefact precision (default: the fastest in the bundle)")
     p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
@@ -31,8 +33,8 @@ def _predict(argv) -> int:
     _common(p)
     a = p.parse_args(argv)
     import runtime
-    s = runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads)
-    preds = s.predict(a.images, topk=a.topk)
+    with runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads) as s:
+        preds = s.predict(a.images, topk=a.topk)
     for img, pred in zip(a.images, preds):
         if a.json:
             print(json.dumps({"image": img, "target": s.target, "precision": s.precision, **pred.to_dict()}))
@@ -54,13 +56,16 @@ def _bench(argv) -> int:
     import numpy as np
 
     import runtime
-    from benchmarks.latency import measure, throughput
+    from runtime.latency import measure, throughput
+    if a.runs < 1 or a.warmup < 0:
+        raise UserError(f"--runs must be at least 1 and --warmup at least 0 (got {a.runs}, {a.warmup})")
     s = runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads)
     shape = [s.batch, *s.runner.input_shape[1:]]
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    lat = measure(s.runner.infer, {s.runner.input_name: x}, runs=a.runs, warmup=a.warmup)
-    res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
-           "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe()}
+    with s:
+        lat = measure(s.runner, {s.runner.input_name: x}, runs=a.runs, warmup=a.warmup)
+        res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
+               "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe()}
     if a.json:
         print(json.dumps(res, default=str))
     else:

@@ -1,13 +1,133 @@
-"""Bundle manifest: what was built, from what, and the sha256 of every artefact file."""
+"""The bundle manifest: one schema (pydantic), read and written by this module only.
+
+``read_manifest(bundle) -> Manifest`` validates ``manifest.json``; ``Manifest.write(folder)`` writes
+it. Every path in a manifest is relative, has no ``..`` and resolves inside the bundle (symlinks
+included); every file the runtime opens is listed in ``sha256`` and checked before use.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runtime.errors import UserError
 
 MANIFEST = "manifest.json"
+FORMAT = "vitdeploy-bundle/1"
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+def _relative(p: str) -> str:
+    pp = PurePosixPath(p)
+    if not p or "\\" in p or pp.is_absolute() or ".." in pp.parts or p.startswith("~"):
+        raise ValueError(f"'{p}' must be a relative path inside the bundle (no '..', no absolute path)")
+    return p
+
+
+RelPath = Annotated[str, AfterValidator(_relative)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArtifactEntry(_Model):
+    target: str
+    precision: Precision
+    status: Literal["built", "deferred"]
+    primary: RelPath | None
+    files: list[RelPath]
+    runtime_config: dict = Field(default_factory=dict)
+    engine: dict | None = None  # set by `python -m runtime build`
+
+    @model_validator(mode="after")
+    def _primary_is_listed(self):
+        if self.primary is not None and self.primary not in self.files and not any(
+                self.primary.startswith(f.rstrip("/") + "/") or f.startswith(self.primary.rstrip("/") + "/")
+                for f in self.files):
+            raise ValueError(f"primary '{self.primary}' is not among the artefact's files")
+        return self
+
+
+class TensorSpec(_Model):
+    name: str
+    shape: list[Annotated[int, Field(ge=-1)]]
+    dtype: Literal["float32", "float16"]
+    dynamic_batch: bool = False
+    layout: str | None = None
+
+
+class PreprocessingSpec(_Model):
+    input_size: Annotated[list[Annotated[int, Field(gt=0, le=8192)]], Field(min_length=2, max_length=2)]
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+    crop_pct: Annotated[float, Field(gt=0, le=4)]
+    crop_mode: Literal["center", "squash"] = "center"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    resize_size: Annotated[int, Field(gt=0, le=16384)] | None = None
+
+
+class Manifest(_Model):
+    format: Literal["vitdeploy-bundle/1"] = FORMAT
+    model: str
+    source: str
+    weights: str
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: PreprocessingSpec
+    labels: list[str] | None = None
+    onnx: RelPath
+    artifacts: list[ArtifactEntry]
+    sha256: dict[RelPath, Sha256]
+    rewrites: dict | None = None
+    graph: dict | None = None
+    calibration: dict | None = None
+    evaluation: dict | None = None
+    versions: dict = Field(default_factory=dict)
+    created: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        classes = self.output.shape[-1] if self.output.shape else -1
+        if self.labels is not None and classes > 0 and len(self.labels) != classes:
+            raise ValueError(f"{len(self.labels)} labels for {classes} output classes")
+        for art in self.artifacts:
+            unhashed = [f for f in art.files if f not in self.sha256]
+            if unhashed:
+                raise ValueError(f"{art.target} {art.precision}: no sha256 for {unhashed[0]}")
+        return self
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
+        return path
+
+    def verify(self, bundle: Path, files: list[str]) -> None:
+        """Refuse any of ``files`` that is unlisted, outside the bundle, missing or not matching its sha256."""
+        for rel in files:
+            if rel not in self.sha256:
+                raise UserError(f"the manifest has no sha256 for {rel}: refusing to open it")
+            p = resolve_inside(Path(bundle), rel)
+            if not p.is_file():
+                raise UserError(f"bundle file missing: {rel}")
+            if sha256_file(p) != self.sha256[rel]:
+                raise UserError(f"sha256 mismatch for {rel}: the file differs from the manifest (tampered or corrupt)")
+
+
+def resolve_inside(bundle: Path, rel: str) -> Path:
+    """``bundle / rel``, refusing a path (or a symlink on it) that leaves the bundle."""
+    _relative(rel)
+    root = Path(os.path.realpath(bundle))
+    path = Path(os.path.realpath(root / rel))
+    if path != root and root not in path.parents:
+        raise UserError(f"{rel} resolves outside the bundle: refused")
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -20,27 +140,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def file_hashes(root: Path, files: list[Path]) -> dict[str, str]:
     """``relative path -> sha256`` for each file under ``root``."""
-    return {str(Path(f).relative_to(root)): sha256_file(Path(f)) for f in sorted(set(files))}
+    return {Path(f).relative_to(root).as_posix(): sha256_file(Path(f)) for f in sorted(set(files))}
 
 
-def read_manifest(bundle: Path) -> dict:
-    path = Path(bundle) / MANIFEST
-    if not Path(bundle).is_dir():
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"]) or "top level"
+    return f"{where}: {err['msg']}" + (f" ({exc.error_count()} problems in all)" if exc.error_count() > 1 else "")
+
+
+def read_manifest(bundle: Path) -> Manifest:
+    """Read and validate ``bundle/manifest.json``; any problem is one ``UserError`` line."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.is_dir():
         raise UserError(f"bundle not found: {bundle}")
     if not path.is_file():
         raise UserError(f"{bundle} is not a bundle: it has no {MANIFEST}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}")
-
-
-def verify_files(bundle: Path, hashes: dict[str, str]) -> None:
-    """Refuse a bundle whose files are missing or differ from the manifest's sha256."""
-    for rel, digest in hashes.items():
-        p = Path(bundle) / rel
-        if not p.is_file():
-            raise UserError(f"bundle file missing: {rel}")
-        actual = sha256_file(p)
-        if actual != digest:
-            raise UserError(f"sha256 mismatch for {rel}: manifest {digest[:12]}…, file {actual[:12]}… (tampered or corrupt)")
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{path} is not a valid vitdeploy manifest: {_first_error(exc)}") from None

@@ -1,18 +1,17 @@
 """A bundle opened for inference: verified artefact, chosen backend, manifest preprocessing."""
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from runtime.backends import backends, runner_from_artifact
 from runtime.errors import UserError
-from runtime.manifest import read_manifest, verify_files
+from runtime.manifest import ArtifactEntry, Manifest, read_manifest
 from runtime.preprocess import Preprocessing, preprocess_batch
 
-PREFERENCE = ("tensorrt", "openvino", "onnxruntime", "coreml")  # when no target is asked for
-PRECISION_PREFERENCE = ("int8", "fp16", "fp32")
+PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # without a measured choice: the smallest type first
 
 
 @dataclass
@@ -25,49 +24,32 @@ class Prediction:
         return {"labels": self.labels, "indices": self.indices, "scores": self.scores}
 
 
-def _importable(target: str) -> bool:
-    import importlib.util
-    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coremltools"}[target]
-    if target == "coreml" and platform.system() != "Darwin":
-        return False
-    return importlib.util.find_spec(mod) is not None
+def choose_artifact(manifest: Manifest, target: str | None, precision: str | None) -> ArtifactEntry:
+    """The artefact to run: the one asked for, else the best built one whose backend runs here.
 
-
-def choose_artifact(manifest: dict, target: str | None, precision: str | None) -> dict:
-    arts = [a for a in manifest.get("artifacts", []) if a.get("status") == "built" and a.get("primary")]
+    Preference comes from the backend registry's ranks, then ``PRECISION_PREFERENCE``.
+    """
+    arts = [a for a in manifest.artifacts if a.status == "built" and a.primary]
     if target:
-        arts = [a for a in arts if a["target"] == target]
+        arts = [a for a in arts if a.target == target]
         if not arts:
-            have = sorted({a["target"] for a in manifest.get("artifacts", [])})
+            have = sorted({a.target for a in manifest.artifacts})
             raise UserError(f"the bundle has no built {target} artefact; it has: {', '.join(have) or 'none'}")
     if precision:
-        arts = [a for a in arts if a["precision"] == precision]
+        arts = [a for a in arts if a.precision == precision]
         if not arts:
             raise UserError(f"the bundle has no {target or ''} {precision} artefact".replace("  ", " "))
-    usable = [a for a in arts if _importable(a["target"])]
+    known = backends()
+    unknown = [a.target for a in arts if a.target not in known]
+    if target and unknown:
+        raise UserError(f"unknown target in manifest: {unknown[0]}")
+    usable = [a for a in arts if a.target in known and known[a.target].available() is None]
     if not usable:
-        raise UserError("no artefact in the bundle can run here (install onnxruntime or openvino)")
-    usable.sort(key=lambda a: (PREFERENCE.index(a["target"]), PRECISION_PREFERENCE.index(a["precision"])))
+        why = "; ".join(sorted({known[a.target].available() for a in arts if a.target in known} - {None}))
+        raise UserError(f"no artefact in the bundle can run here ({why or 'none is built'})")
+    ranks = list(known)
+    usable.sort(key=lambda a: (ranks.index(a.target), PRECISION_PREFERENCE.index(a.precision)))
     return usable[0]
-
-
-def runner_for(bundle: Path, art: dict, device: str | None, threads: int | None):
-    path = bundle / art["primary"]
-    cfg = art.get("runtime_config", {})
-    if art["target"] == "onnxruntime":
-        from runtime.backends.onnxruntime import OnnxRuntimeRunner
-        return OnnxRuntimeRunner(path, threads=threads, providers=cfg.get("providers"))
-    if art["target"] == "openvino":
-        from runtime.backends.openvino import OpenVinoRunner
-        return OpenVinoRunner(path, device=device or cfg.get("device", "CPU"), threads=threads,
-                              inference_precision=cfg.get("inference_precision", "f32"))
-    if art["target"] == "tensorrt":
-        from runtime.backends.tensorrt import TensorRTRunner
-        return TensorRTRunner(path)
-    if art["target"] == "coreml":
-        from runtime.backends.coreml import CoreMLRunner
-        return CoreMLRunner(path, compute_units=cfg.get("compute_units", "ALL"))
-    raise UserError(f"unknown target in manifest: {art['target']}")
 
 
 class Session:
@@ -78,14 +60,20 @@ class Session:
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         self.artifact = choose_artifact(self.manifest, target, precision)
-        files = {f: self.manifest["sha256"][f] for f in self.artifact["files"] if f in self.manifest["sha256"]}
-        if len(files) != len(self.artifact["files"]):
-            raise UserError("the manifest has no sha256 for some of the artefact's files")
-        verify_files(self.bundle, files)
-        self.runner = runner_for(self.bundle, self.artifact, device, threads)
-        self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
-        self.labels = self.manifest.get("labels")
-        self.target, self.precision = self.artifact["target"], self.artifact["precision"]
+        self.manifest.verify(self.bundle, self.artifact.files)
+        self.runner = runner_from_artifact(self.bundle, self.artifact, device, threads)
+        self.preprocessing = Preprocessing.from_dict(self.manifest.preprocessing.model_dump())
+        self.labels = self.manifest.labels
+        self.target, self.precision = self.artifact.target, self.artifact.precision
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def batch(self) -> int:

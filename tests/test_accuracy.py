@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.accuracy import compare, cosine_per_sample, judge, top1_accuracy, topk_agreement
-from benchmarks.tolerances import Tolerance, tolerance_for
+from runtime.accuracy import compare, cosine_per_sample, judge, top1_accuracy, topk_agreement
+from runtime.tolerances import Tolerance, tolerance_for
 
 
 def test_cosine_hand_computed():

@@ -39,7 +39,7 @@ def test_unreadable_weights(tmp_path, capsys):
 
 
 def test_checkpoint_of_another_model(tmp_path, capsys):
-    code, _, err = run_cli(["digits_vit", "--weights", ROOT / "tests/fixtures/digits_swin.safetensors",
+    code, _, err = run_cli(["digits_vit", "--weights", ROOT / "exporters/data/digits_swin.safetensors",
                             "--out", tmp_path / "o"], capsys)
     _assert_clean_failure(code, err, tmp_path / "o", "does not fit")
 
@@ -129,3 +129,15 @@ def test_pretrained_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a machine without network sees, without waiting on it
     code, _, err = run_cli(["vit_ti", "--pretrained", "--out", tmp_path / "o"], capsys)
     _assert_clean_failure(code, err, tmp_path / "o", "could not download pretrained weights")
+
+
+def test_flag_for_another_target_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(["digits_vit", "--target", "openvino", "--io-fp16", "--out", tmp_path / "o"], capsys)
+    _assert_clean_failure(code, err, tmp_path / "o", "--io-fp16 applies to tensorrt")
+    code, _, err = run_cli(["digits_vit", "--device", "CPU", "--out", tmp_path / "o"], capsys)
+    _assert_clean_failure(code, err, tmp_path / "o", "--device applies to openvino, not to onnxruntime")
+
+
+def test_negative_threads_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["digits_vit", "--threads", "-1", "--out", tmp_path / "o"], capsys)
+    _assert_clean_failure(code, err, tmp_path / "o", "--threads must be at least 1")

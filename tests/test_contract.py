@@ -1,7 +1,6 @@
 """The graph contract: rewritten exports are free of shape plumbing; violations name the node."""
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from exporters.onnx import check_contract, contract_violations, export_onnx

@@ -1,7 +1,10 @@
 """Latency statistics against hand-computed values."""
+import numpy as np
 import pytest
 
-from benchmarks.latency import measure, summarize, throughput
+from runtime.backends import Runner
+from runtime.errors import UserError
+from runtime.latency import measure, summarize, throughput
 
 
 def test_percentiles_hand_computed():
@@ -19,10 +22,44 @@ def test_throughput_uses_batch_and_median():
     assert throughput(lat, batch=4) == pytest.approx(200.0)  # 4 images / 20 ms
 
 
-def test_measure_counts_warmup_and_runs():
-    calls = []
-    lat = measure(lambda feeds: calls.append(1), {}, runs=7, warmup=3)
-    assert len(calls) == 10 and lat.runs == 7
+class _Counting(Runner):
+    """A runner whose n-th call 'takes' n ms, so the statistics are known exactly."""
+
+    input_shape = [1, 2]
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def infer_impl(self, x):
+        self.calls += 1
+        return {"y": x}
+
+    def infer(self, feeds):
+        out = super().infer(feeds)
+        self.last_latency = float(self.calls)  # replace the measured time with a known one
+        return out
+
+
+def test_measure_counts_warmup_and_takes_the_runners_own_times():
+    r = _Counting()
+    lat = measure(r, {"input": np.zeros((1, 2), np.float32)}, runs=7, warmup=3)
+    assert r.calls == 10 and lat.runs == 7
+    assert lat.mean == pytest.approx(sum(range(4, 11)) / 7) and lat.p50 == pytest.approx(7.0)
+
+
+def test_runner_checks_its_input_once_for_every_backend():
+    r = _Counting()
+    with pytest.raises(UserError, match="missing"):
+        r.infer({"x": np.zeros((1, 2))})
+    with pytest.raises(UserError, match=r"shape \[1, 3\]"):
+        r.infer({"input": np.zeros((1, 3))})
+    out = r.infer({"input": np.zeros((1, 2), np.float64)})
+    assert out["y"].dtype == np.float32  # converted to the runner's input dtype
+    with r:
+        pass
+    with pytest.raises(UserError, match="closed"):
+        r.infer({"input": np.zeros((1, 2))})
 
 
 def test_summarize_rejects_empty():

@@ -1,6 +1,5 @@
 """Reports: the HTML is self-contained and its embedded plots decode; compare flags regressions."""
 import base64
-import copy
 import io
 import json
 from html.parser import HTMLParser
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.compare import compare_reports, load_results, render
-from benchmarks.report import write_matrix
+from exporters.report import write_matrix
 
 
 class _Images(HTMLParser):

@@ -36,7 +36,13 @@ def test_predict_matches_the_pytorch_reference(digits_bundles):
         preds = s.predict([Image.fromarray(im) for im in images], topk=3)
         assert [int(p.labels[0]) for p in preds] == ref.argmax(-1).tolist()
         np.testing.assert_allclose(s.logits(preprocess_batch(images, s.preprocessing)), ref, atol=1e-4)
-        assert all(abs(sum(p.scores) - 1) < 1 and p.scores == sorted(p.scores, reverse=True) for p in preds)
+        z = np.exp(ref - ref.max(-1, keepdims=True))
+        probs = z / z.sum(-1, keepdims=True)  # the softmax of the reference, computed here
+        for p, want in zip(preds, probs):
+            assert p.scores == sorted(p.scores, reverse=True)
+            np.testing.assert_allclose(p.scores, np.sort(want)[::-1][:3], atol=1e-4)
+        full = s.predict([Image.fromarray(images[0])], topk=10)[0]
+        assert sum(full.scores) == pytest.approx(1.0, abs=1e-5) and sorted(full.indices) == list(range(10))
 
 
 def test_runtime_preprocessing_equals_the_exporters(tmp_path, sample_photos):

@@ -1,10 +1,12 @@
-"""Export-friendly rewrites: pure ``module -> module`` passes that swap submodules.
+"""Export-friendly rewrites as rules (onnxscript's rewriter idea): match, check, replace.
 
-Each pass is registered under a name in ``PASSES`` and has the signature
-``pass_fn(model, shapes) -> (model, replaced)``, where ``shapes`` maps every submodule's
-qualified name to the shape of its first input in a dry run at the export resolution.
-``apply_rewrites`` deep-copies the model first, so the original stays the reference.
-No pass monkeypatches a library or flips a global flag.
+A ``Rule`` names what it rewrites: ``match(module)`` is a cheap type test, ``check(name, module,
+shapes)`` the preconditions (a module that fails them is left alone), ``replace(name, module,
+shapes) -> nn.Module`` builds the export-friendly equivalent. ``shapes`` maps every submodule's
+qualified name to the shape of its first input in a dry run at the export resolution, so a rule
+only touches modules that ran. One driver, ``apply_rule``, walks the model and returns the count;
+``apply_rewrites`` runs the rules in ``ORDER`` on a deep copy, so the original stays the reference.
+No rule monkeypatches a library or flips a global flag.
 """
 from __future__ import annotations
 
@@ -16,15 +18,52 @@ import torch
 from torch import nn
 
 Shapes = dict[str, tuple[int, ...]]
-PassFn = Callable[[nn.Module, Shapes], "tuple[nn.Module, int]"]
-PASSES: dict[str, PassFn] = {}
+
+# The order rules run in, and why it matters: vit_embed wraps the root model, which moves every
+# submodule under "inner." so the dry-run shapes (keyed by the original names) no longer find them;
+# every rule that rewrites submodules of a ViT must run before it. The others are independent.
+ORDER = ("gelu_fusable", "swin_window_attention", "swin_patch_merging", "vit_attention", "vit_embed")
 
 
-def register(name: str):
-    def deco(fn: PassFn) -> PassFn:
-        PASSES[name] = fn
-        return fn
-    return deco
+def _always(name: str, module: nn.Module, shapes: Shapes) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: Callable[[nn.Module], bool]
+    replace: Callable[[str, nn.Module, Shapes], nn.Module]
+    check: Callable[[str, nn.Module, Shapes], bool] = _always
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    RULES[rule.name] = rule
+    return rule
+
+
+def load_rules() -> dict[str, Rule]:
+    """Import the rule modules (which register themselves) and return every rule by name."""
+    from exporters.rewrites import common, swin, vit  # noqa: F401
+    return RULES
+
+
+def apply_rule(model: nn.Module, rule: Rule, shapes: Shapes) -> tuple[nn.Module, int]:
+    """Replace every module that ran (is in ``shapes``), matches and passes the check; return the count.
+
+    A match on the root (name ``""``) returns the replacement as the new model.
+    """
+    todo = [(name, rule.replace(name, mod, shapes)) for name, mod in model.named_modules()
+            if name in shapes and rule.match(mod) and rule.check(name, mod, shapes)]
+    for name, new in todo:
+        if name == "":
+            model = new
+        else:
+            replace_module(model, name, new)
+    return model, len(todo)
 
 
 @dataclass
@@ -72,21 +111,22 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def apply_rewrites(model: nn.Module, input_shape: tuple[int, ...],
                    passes: list[str] | None = None) -> tuple[nn.Module, RewriteReport]:
-    """Run the registered passes (all by default) on a deep copy of ``model``.
+    """Run the rules in ``ORDER`` (or only those named in ``passes``) on a deep copy of ``model``.
 
     ``input_shape`` is ``[B, 3, H, W]`` or ``[3, H, W]``: the export resolution the constants are baked for.
     """
-    from exporters.rewrites import common, swin, vit  # noqa: F401  (registers the passes)
-
+    rules = load_rules()
+    unknown = sorted(set(passes or ()) - set(ORDER))
+    if unknown:
+        raise ValueError(f"unknown rewrite rule(s): {', '.join(unknown)}; known: {', '.join(ORDER)}")
     if len(input_shape) == 3:
         input_shape = (1, *input_shape)
     input_shape = (1, *input_shape[1:])
     model = copy.deepcopy(model).eval()
     shapes = record_input_shapes(model, input_shape)
     report = RewriteReport()
-    for name in passes if passes is not None else list(PASSES):
-        model, n = PASSES[name](model, shapes)
-        report.replaced[name] = n
+    for name in ORDER if passes is None else [n for n in ORDER if n in passes]:
+        model, report.replaced[name] = apply_rule(model, rules[name], shapes)
     return model.eval(), report
 
 

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from exporters.rewrites import Shapes, register, replace_module
+from exporters.rewrites import Rule, register
 
 _INV_SQRT2_DIV = math.sqrt(2.0)
 
@@ -27,11 +27,9 @@ class FusableGELU(nn.Module):
         return (x * (torch.erf(x / _INV_SQRT2_DIV) + 1.0)) * 0.5
 
 
-@register("gelu_fusable")
-def gelu_fusable(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
-    """Every exact ``nn.GELU`` -> ``FusableGELU`` (tanh-approximate GELU is left alone)."""
-    todo = [name for name, mod in model.named_modules()
-            if type(mod) is nn.GELU and mod.approximate == "none" and name in shapes]
-    for name in todo:
-        replace_module(model, name, FusableGELU())
-    return model, len(todo)
+# Every exact ``nn.GELU`` -> ``FusableGELU`` (tanh-approximate GELU is left alone).
+GELU_FUSABLE = register(Rule(
+    name="gelu_fusable",
+    match=lambda m: type(m) is nn.GELU,
+    check=lambda name, m, shapes: m.approximate == "none",
+    replace=lambda name, m, shapes: FusableGELU()))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.rewrites import Shapes, register, replace_module, scaled_qkv
+from exporters.rewrites import Rule, Shapes, register, scaled_qkv
 
 
 def static_roll(x: torch.Tensor, shift_h: int, shift_w: int, h: int, w: int) -> torch.Tensor:
@@ -171,36 +171,35 @@ def _tv_attention(attn: nn.Module, shape: tuple[int, ...]) -> StaticWindowAttent
     return StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift, bias, shift_first=False)
 
 
-@register("swin_window_attention")
-def swin_window_attention(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
-    """timm ``SwinTransformerBlock`` -> ``StaticSwinBlock``; torchvision ``ShiftedWindowAttention`` -> static."""
+def _attention_types() -> tuple[type, type]:
     from timm.models.swin_transformer import SwinTransformerBlock as TimmBlock
-    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
-
-    todo = []
-    for name, mod in model.named_modules():
-        if name not in shapes:
-            continue  # never ran at this resolution: leave it
-        if type(mod) is TimmBlock:
-            todo.append((name, _timm_block(mod, shapes[name])))
-        elif type(mod) is ShiftedWindowAttention and not isinstance(mod, ShiftedWindowAttentionV2):
-            todo.append((name, _tv_attention(mod, shapes[name])))
-    for name, new in todo:
-        replace_module(model, name, new)
-    return model, len(todo)
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+    return TimmBlock, ShiftedWindowAttention
 
 
-@register("swin_patch_merging")
-def swin_patch_merging(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
-    """timm and torchvision (v1) ``PatchMerging`` -> ``StaticPatchMerging``."""
+def _attention_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
+    if type(mod) is _attention_types()[0]:
+        return _timm_block(mod, shapes[name])
+    return _tv_attention(mod, shapes[name])
+
+
+# timm ``SwinTransformerBlock`` -> ``StaticSwinBlock``; torchvision (v1) ``ShiftedWindowAttention`` -> static.
+# ``type(m) is``: torchvision's V2 attention subclasses V1 and is not matched.
+SWIN_WINDOW_ATTENTION = register(Rule(name="swin_window_attention", match=lambda m: type(m) in _attention_types(),
+                                      replace=_attention_replace))
+
+
+def _merging_types() -> tuple[type, type]:
     from timm.models.swin_transformer import PatchMerging as TimmMerge
     from torchvision.models.swin_transformer import PatchMerging as TvMerge
+    return TimmMerge, TvMerge
 
-    todo = []
-    for name, mod in model.named_modules():
-        if name in shapes and type(mod) in (TimmMerge, TvMerge):
-            _, h, w, _ = shapes[name]
-            todo.append((name, StaticPatchMerging(mod.norm, mod.reduction, (h, w))))
-    for name, new in todo:
-        replace_module(model, name, new)
-    return model, len(todo)
+
+def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
+    _, h, w, _ = shapes[name]
+    return StaticPatchMerging(mod.norm, mod.reduction, (h, w))
+
+
+# timm and torchvision (v1) ``PatchMerging`` -> ``StaticPatchMerging``.
+SWIN_PATCH_MERGING = register(Rule(name="swin_patch_merging", match=lambda m: type(m) in _merging_types(),
+                                   replace=_merging_replace))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.rewrites import Shapes, register, replace_module, scaled_qkv
+from exporters.rewrites import Rule, Shapes, register, scaled_qkv
 
 
 class StaticAttention(nn.Module):
@@ -106,35 +106,39 @@ def _timm_attention_ok(mod: nn.Module) -> bool:
             and isinstance(getattr(mod, "norm", nn.Identity()), nn.Identity) and getattr(mod, "gate", None) is None)
 
 
-@register("vit_attention")
-def vit_attention(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
-    """timm ``Attention`` and torchvision ``EncoderBlock`` -> ``StaticAttention`` forms."""
+def _attention_types() -> tuple[type, type]:
     from timm.layers.attention import Attention as TimmAttention
     from torchvision.models.vision_transformer import EncoderBlock
+    return TimmAttention, EncoderBlock
 
-    todo = []
-    for name, mod in model.named_modules():
-        if name not in shapes:
-            continue
-        if type(mod) is TimmAttention and _timm_attention_ok(mod):
-            n = shapes[name][1]
-            qkv = scaled_qkv(mod.qkv, mod.attn_dim, mod.scale)
-            todo.append((name, StaticAttention(qkv, mod.proj, mod.num_heads, n)))
-        elif type(mod) is EncoderBlock:
-            mha = mod.self_attention
-            if not (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None):
-                continue
-            e, heads = mha.embed_dim, mha.num_heads
-            lin = nn.Linear(e, 3 * e, bias=mha.in_proj_bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(mha.in_proj_weight)
-                if mha.in_proj_bias is not None:
-                    lin.bias.copy_(mha.in_proj_bias)
-            attn = StaticAttention(scaled_qkv(lin, e, (e // heads) ** -0.5), mha.out_proj, heads, shapes[name][1])
-            todo.append((name, StaticEncoderBlock(mod, attn)))
-    for name, new in todo:
-        replace_module(model, name, new)
-    return model, len(todo)
+
+def _attention_check(name: str, mod: nn.Module, shapes: Shapes) -> bool:
+    timm_attn, _ = _attention_types()
+    if type(mod) is timm_attn:
+        return _timm_attention_ok(mod)
+    mha = mod.self_attention
+    return bool(mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None)
+
+
+def _attention_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
+    timm_attn, _ = _attention_types()
+    n = shapes[name][1]
+    if type(mod) is timm_attn:
+        return StaticAttention(scaled_qkv(mod.qkv, mod.attn_dim, mod.scale), mod.proj, mod.num_heads, n)
+    mha = mod.self_attention
+    e, heads = mha.embed_dim, mha.num_heads
+    lin = nn.Linear(e, 3 * e, bias=mha.in_proj_bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(mha.in_proj_weight)
+        if mha.in_proj_bias is not None:
+            lin.bias.copy_(mha.in_proj_bias)
+    attn = StaticAttention(scaled_qkv(lin, e, (e // heads) ** -0.5), mha.out_proj, heads, n)
+    return StaticEncoderBlock(mod, attn)
+
+
+# timm ``Attention`` and torchvision ``EncoderBlock`` -> ``StaticAttention`` forms.
+VIT_ATTENTION = register(Rule(name="vit_attention", match=lambda m: type(m) in _attention_types(),
+                              check=_attention_check, replace=_attention_replace))
 
 
 def _timm_tokens(m: nn.Module, grid: tuple[int, int]) -> StaticTokens:
@@ -158,26 +162,35 @@ def _timm_tokens(m: nn.Module, grid: tuple[int, int]) -> StaticTokens:
     return StaticTokens(tokens, p)
 
 
-@register("vit_embed")
-def vit_embed(model: nn.Module, shapes: Shapes) -> tuple[nn.Module, int]:
-    """Wrap a timm / torchvision ViT so tokens and position embedding are one baked constant."""
-    from timm.layers import PatchEmbed
+def _vit_types() -> tuple[type, type]:
     from timm.models.vision_transformer import VisionTransformer as TimmViT
     from torchvision.models.vision_transformer import VisionTransformer as TvViT
+    return TimmViT, TvViT
 
-    if "" not in shapes:
-        return model, 0
-    _, _, h, w = shapes[""]
-    if type(model) is TimmViT:
+
+def _embed_check(name: str, model: nn.Module, shapes: Shapes) -> bool:
+    from timm.layers import PatchEmbed
+    if name != "":
+        return False  # the wrapper replaces the whole model
+    if type(model) is _vit_types()[0]:
         pe = model.patch_embed
         # the wrapper runs the patch conv and flattens itself, so timm's flatten/NHWC setting doesn't matter
-        if type(pe) is not PatchEmbed or model.pos_embed is None or getattr(pe, "dynamic_img_pad", False):
-            return model, 0
+        return type(pe) is PatchEmbed and model.pos_embed is not None and not getattr(pe, "dynamic_img_pad", False)
+    return True
+
+
+def _embed_replace(name: str, model: nn.Module, shapes: Shapes) -> nn.Module:
+    _, _, h, w = shapes[""]
+    if type(model) is _vit_types()[0]:
+        pe = model.patch_embed
         grid = (h // pe.patch_size[0], w // pe.patch_size[1])
-        return StaticTimmViT(model, _timm_tokens(model, grid), grid), 1
-    if type(model) is TvViT:
-        grid = (h // model.patch_size, w // model.patch_size)
-        pos = model.encoder.pos_embedding.detach().clone()
-        pos[:, :1] += model.class_token.detach()
-        return StaticTvViT(model, StaticTokens(pos, 1), grid), 1
-    return model, 0
+        return StaticTimmViT(model, _timm_tokens(model, grid), grid)
+    grid = (h // model.patch_size, w // model.patch_size)
+    pos = model.encoder.pos_embedding.detach().clone()
+    pos[:, :1] += model.class_token.detach()
+    return StaticTvViT(model, StaticTokens(pos, 1), grid)
+
+
+# A timm / torchvision ViT -> a wrapper whose tokens and position embedding are one baked constant.
+VIT_EMBED = register(Rule(name="vit_embed", match=lambda m: type(m) in _vit_types(), check=_embed_check,
+                          replace=_embed_replace))

@@ -1,24 +1,30 @@
-"""Targets: one module per runtime, each exposing plain functions, registered by name.
+"""Targets: one module per deployment target, each declaring a ``TARGET``; the registry is derived.
 
-Each target module has:
-- ``PRECISIONS``: the precisions ``--target all`` and the matrix build, the default first;
-- ``available() -> str | None``: ``None`` when usable here, else the reason (with install hint);
-- ``build(ctx, precision) -> Artifact``: files written into ``ctx.workdir``;
-- ``runner(ctx, artifact)``: a runner (see ``runtime.backends``) for verification and timing,
-  or ``None`` when the artefact can't execute on this machine (a deferred TensorRT engine,
-  a Core ML package on Linux).
+A target module (``exporters/targets/<name>.py``) defines ``TARGET = Target(...)``:
+- ``name`` and ``precisions`` (what ``--target all`` and the matrix build, the default first),
+  ``accepts`` (every precision ``build`` takes; a superset, e.g. Core ML's comparison FP32);
+- ``options``: a dataclass of the flags it takes (each field becomes ``--field-name`` on the CLI;
+  its ``metadata["help"]`` is the help text, ``metadata["choices"]`` the allowed values);
+- ``sdk`` / ``install``: what must import to build, and the one-line hint when it does not;
+- ``build(ctx, precision, options) -> Artifact``: files written into ``ctx.workdir``;
+- ``backend``: the ``runtime.backends`` name whose runner opens its artefacts, and optionally
+  ``open(ctx, artifact) -> Runner`` for a proxy where the artefact can't execute here.
+The exporter CLI's choices, its per-target flags, ``--target all`` and the matrix all come from
+``targets()``. Adding a target is one module here plus its runtime backend.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from runtime.backends import Runner, missing, runner_from_artifact
 from runtime.errors import UserError
-
-TARGET_NAMES = ("onnxruntime", "openvino", "tensorrt", "coreml")
-NOT_BUILT: dict[str, str] = {}  # targets registered but not implemented yet: name -> one-line message
+from runtime.manifest import ArtifactEntry
 
 
 @dataclass
@@ -32,18 +38,18 @@ class BuildContext:
     batch: int
     threads: int | None
     calib: Callable[[], object]  # -> calibration.CalibrationSet, loaded on first use
-    device: str = "CPU"
     dynamic_batch: bool = False
-    options: dict = field(default_factory=dict)
 
 
 @dataclass
 class Artifact:
+    """What a target built: its files (inside the staging bundle) and how the runtime opens them."""
+
     target: str
     precision: str
     files: list[Path]
     primary: Path | None
-    status: str = "built"  # built | deferred | skipped | failed
+    status: str = "built"  # built | deferred
     runtime_config: dict = field(default_factory=dict)  # how to open it (precision hints, providers)
     build_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -58,10 +64,91 @@ class Artifact:
     def size_mb(self) -> float:
         return sum(f.stat().st_size for f in self.files if f.is_file()) / 1e6
 
+    def entry(self, bundle: Path) -> ArtifactEntry:
+        """The manifest's record of this artefact, paths relative to ``bundle``."""
+        rel = lambda p: Path(p).relative_to(bundle).as_posix()  # noqa: E731
+        return ArtifactEntry(target=self.target, precision=self.precision, status=self.status,
+                             primary=rel(self.primary) if self.primary else None,
+                             files=[rel(f) for f in self.files], runtime_config=self.runtime_config)
 
-def target_module(name: str):
-    if name not in TARGET_NAMES:
-        raise UserError(f"unknown target '{name}'; choose from {', '.join(TARGET_NAMES)} or all")
-    if name in NOT_BUILT:
-        raise UserError(NOT_BUILT[name])
-    return importlib.import_module(f"exporters.targets.{name}")
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A target that takes no flags of its own."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    precisions: tuple[str, ...]
+    build: Callable[..., Artifact]  # (ctx, precision, options) -> Artifact
+    backend: str
+    sdk: str
+    install: str
+    order: int  # position in CLI choices and --target all
+    accepts: tuple[str, ...] = ()  # defaults to precisions
+    options: type = NoOptions
+    open: Callable[[BuildContext, Artifact], Runner] | None = None
+    refusals: tuple[tuple[str, str], ...] = ()  # (precision, why it is not offered and what to use instead)
+
+    def available(self) -> str | None:
+        return missing(self.sdk, self.install)
+
+    def check_precision(self, precision: str) -> None:
+        """A one-line ``UserError`` when ``build`` does not take ``precision``."""
+        accepted = self.accepts or self.precisions
+        if precision not in accepted:
+            why = dict(self.refusals).get(precision)
+            raise UserError(why or f"{self.name} builds {', '.join(accepted)} (got {precision})")
+
+    def runner(self, ctx: BuildContext, art: Artifact, threads: int | None) -> Runner:
+        """The runner that verifies ``art``: the target's own proxy, or the runtime's backend."""
+        if self.open is not None:
+            return self.open(ctx, art)
+        return runner_from_artifact(ctx.workdir, art.entry(ctx.workdir), threads=threads)
+
+
+@functools.lru_cache(maxsize=None)
+def targets() -> dict[str, Target]:
+    """Every target module's ``TARGET``, by name, in ``order``."""
+    found = [importlib.import_module(f"{__name__}.{m.name}").TARGET for m in pkgutil.iter_modules(__path__)]
+    return {t.name: t for t in sorted(found, key=lambda t: t.order)}
+
+
+def target(name: str) -> Target:
+    if name not in targets():
+        raise UserError(f"unknown target '{name}'; choose from {', '.join(targets())} or all")
+    return targets()[name]
+
+
+def option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """``flag -> [(target, field)]`` over every target's options dataclass."""
+    out: dict[str, list] = {}
+    for t in targets().values():
+        for f in dataclasses.fields(t.options):
+            out.setdefault("--" + f.name.replace("_", "-"), []).append((t.name, f))
+    return out
+
+
+def resolve_options(names: list[str], given: dict[str, object]) -> dict[str, object]:
+    """Each named target's options instance from the flags ``given`` (``field name -> value``).
+
+    A flag that none of ``names`` takes is a ``UserError``: it would otherwise be silently ignored.
+    """
+    taken = {f.name for n in names for f in dataclasses.fields(targets()[n].options)}
+    for key in given:
+        if key not in taken:
+            owners = [t for t, _ in option_fields().get("--" + key.replace("_", "-"), [])]
+            raise UserError(f"--{key.replace('_', '-')} applies to {' and '.join(owners) or 'no target'}, "
+                            f"not to {', '.join(names)}")
+    out = {}
+    for n in names:
+        cls = targets()[n].options
+        mine = {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+        for f in dataclasses.fields(cls):
+            choices = f.metadata.get("choices")
+            if choices and f.name in mine and mine[f.name] not in choices:
+                raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)} "
+                                f"(got {mine[f.name]})")
+        out[n] = cls(**mine)
+    return out

@@ -21,13 +21,15 @@ import logging
 import platform
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from exporters.targets import Artifact, BuildContext
-from runtime.backends import require
+from exporters.targets import Artifact, BuildContext, Target
+from runtime.backends import Runner, require
+from runtime.backends.coreml import INSTALL
 from runtime.errors import UserError
 
 PRECISIONS = ("fp16", "int8")  # --fp32 also builds, for comparison; "all" and the matrix build these
@@ -37,19 +39,19 @@ COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU")
 WEIGHT_THRESHOLD = 2048  # weights with fewer elements stay FP16 in the INT8 package, and in its proxy
 
 
-def available() -> str | None:
-    try:
-        _ct()
-    except UserError as exc:
-        return str(exc)
-    return None
+@dataclass(frozen=True)
+class CoreMLOptions:
+    compute_units: str = field(default="ALL", metadata={
+        "help": "Core ML compute units recorded in the package (default ALL)", "choices": COMPUTE_UNITS})
+    image_input: bool = field(default=False, metadata={
+        "help": "Core ML: take an RGB image (0-255, e.g. a CVPixelBuffer) with the normalisation inside"})
 
 
 def _ct():
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return require("coremltools")
+        return require("coremltools", INSTALL)
 
 
 class _Normalize(torch.nn.Module):
@@ -170,13 +172,13 @@ def _dir_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def build(ctx: BuildContext, precision: str) -> Artifact:
-    units = ctx.options.get("compute_units", "ALL")
+def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact:
+    units = options.compute_units
     if units not in COMPUTE_UNITS:
         raise UserError(f"--compute-units must be one of {', '.join(COMPUTE_UNITS)} (got {units})")
     shape = (ctx.batch, *ctx.spec.input_shape)
     t0 = time.perf_counter()
-    image = ctx.spec.preprocessing if ctx.options.get("image_input") else None
+    image = ctx.spec.preprocessing if options.image_input else None
     ml = convert(ctx.model, shape, precision, units, image_input=image)
     times = {"convert": time.perf_counter() - t0}
     dst = ctx.workdir / f"coreml-{precision}.mlpackage"
@@ -201,10 +203,11 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
                     build_s=times, notes=notes, proxy=proxy)
 
 
-class _ProxyRunner:
+class _ProxyRunner(Runner):
     """PyTorch run of the compression Core ML applies: the labelled proxy on non-macOS systems."""
 
     def __init__(self, model, precision: str, input_shape):
+        super().__init__()
         import copy
         m = copy.deepcopy(model).eval()
         if precision == "int8":
@@ -215,10 +218,9 @@ class _ProxyRunner:
         self.dtype = torch.float32 if precision == "fp32" else torch.float16
         self.model = m.to(self.dtype)
         self.input_name, self.input_shape = "input", list(input_shape)
-        self.last_latency = 0.0
 
-    def infer(self, feeds):
-        x = torch.from_numpy(np.asarray(next(iter(feeds.values())), np.float32)).to(self.dtype)
+    def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(x).to(self.dtype)
         with torch.no_grad():
             return {"logits": self.model(x).float().numpy()}
 
@@ -242,16 +244,17 @@ def compute_unit_check(path: Path, units: str, calib, batch: int, runs: int = 20
     # reason: Core ML's Neural Engine and GPU paths are known upstream to disagree silently with the
     # CPU for some models; a deployment report must say so rather than average it away.
     """
-    from benchmarks.accuracy import compare
-    from benchmarks.latency import measure
-    from benchmarks.tolerances import tolerance_for
+    from runtime.accuracy import compare
     from runtime.backends.coreml import CoreMLRunner
+    from runtime.latency import measure
+    from runtime.tolerances import tolerance_for
     xs = list(calib.batches(batch))[:8]
     outs, facts, flags = {}, {}, []
     for u in dict.fromkeys(["CPU_ONLY", *([units] if units != "CPU_ONLY" else []), "CPU_AND_NE", "CPU_AND_GPU"]):
         r = CoreMLRunner(path, compute_units=u)
-        outs[u] = np.concatenate([r.infer({"input": x})["logits"] for x in xs])
-        facts[u] = {"p50_ms": measure(r.infer, {"input": xs[0]}, runs=runs, warmup=3).p50}
+        outs[u] = np.concatenate([r.infer({"input": x})["logits"] for x in xs])  # closed below, after timing
+        with r:
+            facts[u] = {"p50_ms": measure(r, {"input": xs[0]}, runs=runs, warmup=3).p50}
     tol = tolerance_for("coreml", "fp16")
     for u, o in outs.items():
         if u == "CPU_ONLY":
@@ -264,7 +267,8 @@ def compute_unit_check(path: Path, units: str, calib, batch: int, runs: int = 20
     return facts, flags
 
 
-def runner(ctx: BuildContext, art: Artifact):
+def open_for_verification(ctx: BuildContext, art: Artifact) -> Runner:
+    """On macOS the package itself (after the compute-unit check); elsewhere the labelled PyTorch proxy."""
     if platform.system() == "Darwin":
         facts, flags = compute_unit_check(art.primary, art.runtime_config["compute_units"], ctx.calib(), ctx.batch)
         art.runtime_config["compute_unit_check"] = facts
@@ -272,3 +276,8 @@ def runner(ctx: BuildContext, art: Artifact):
         from runtime.backends.coreml import CoreMLRunner
         return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
     return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape))
+
+
+TARGET = Target(name="coreml", precisions=PRECISIONS, accepts=("fp16", "int8", "fp32"), build=build,
+                backend="coreml", sdk="coremltools", install=INSTALL, order=40, options=CoreMLOptions,
+                open=open_for_verification)

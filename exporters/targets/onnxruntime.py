@@ -12,12 +12,9 @@ import io
 import logging
 import time
 
-import numpy as np
-
-from exporters.targets import Artifact, BuildContext
-from runtime.backends import missing, require
-from runtime.backends.onnxruntime import OnnxRuntimeRunner
-from runtime.errors import UserError
+from exporters.targets import Artifact, BuildContext, Target
+from runtime.backends import require
+from runtime.backends.onnxruntime import INSTALL
 
 PRECISIONS = ("fp32", "int8")
 # Measured on the 2-core CPU (docs/BENCHMARKS.md, `python -m benchmarks ort-int8`): unsigned activations
@@ -39,12 +36,9 @@ def _reduce_range(opts: dict) -> bool:
     if opts["reduce_range"] is not None:
         return bool(opts["reduce_range"])
     import platform
-    from benchmarks.environment import has_int8_dot
+
+    from runtime.environment import has_int8_dot
     return platform.machine().lower() in ("x86_64", "amd64") and not has_int8_dot()
-
-
-def available() -> str | None:
-    return missing("onnxruntime")
 
 
 @contextlib.contextmanager
@@ -87,6 +81,7 @@ def quantize_qdq(src, dst, calib, batch: int, opts: dict) -> None:
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     import onnx
+
     from exporters.onnx import first_last_compute_nodes
     # reason: ORT recommends quant_pre_process, but measured on swin_t (interleaved, one run) its output
     # quantized to a slower graph (68.7 ms against 62.6 ms without it), so the export is quantized as is
@@ -101,15 +96,15 @@ def quantize_qdq(src, dst, calib, batch: int, opts: dict) -> None:
                            **opts.get("extra_options", {})})
 
 
-def build(ctx: BuildContext, precision: str) -> Artifact:
-    if precision == "fp16":
-        raise UserError("onnxruntime --fp16 is not offered on the CPU: ONNX Runtime's CPU provider has no fast "
-                        "FP16 kernels for these ops; use --target openvino --fp16 (bf16/f16 on this CPU) "
-                        "or --target tensorrt --fp16")
+FP16_REFUSAL = ("onnxruntime --fp16 is not offered on the CPU: ONNX Runtime's CPU provider has no fast FP16 "
+                "kernels for these ops; use --target openvino --fp16 (bf16/f16 on this CPU) or --target tensorrt --fp16")
+
+
+def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
     if precision == "fp32":
         return Artifact("onnxruntime", "fp32", [ctx.onnx_path], ctx.onnx_path,
                         runtime_config={"providers": ["CPUExecutionProvider"]})
-    opts = {**DEFAULT_INT8, **ctx.options.get("ort_int8", {})}
+    opts = dict(DEFAULT_INT8)
     opts["reduce_range"] = _reduce_range(opts)
     calib = ctx.calib()
     dst = ctx.workdir / "model.ort-int8.onnx"
@@ -125,5 +120,5 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
                            + ("; patch embedding and head kept FP32" if opts["keep_first_last"] else "")])
 
 
-def runner(ctx: BuildContext, art: Artifact):
-    return OnnxRuntimeRunner(art.primary, threads=ctx.threads, providers=art.runtime_config.get("providers"))
+TARGET = Target(name="onnxruntime", precisions=PRECISIONS, build=build, backend="onnxruntime",
+                sdk="onnxruntime", install=INSTALL, order=10, refusals=(("fp16", FP16_REFUSAL),))

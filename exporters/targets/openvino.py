@@ -14,17 +14,19 @@ import contextlib
 import io
 import logging
 import time
+from dataclasses import dataclass, field
 
-from exporters.targets import Artifact, BuildContext
-from runtime.backends import missing, require
-from runtime.backends.openvino import OpenVinoRunner, check_device, half_hint
+from exporters.targets import Artifact, BuildContext, Target
+from runtime.backends import require
+from runtime.backends.openvino import INSTALL, check_device, half_hint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_HINT = "f32"  # unquantized ops of the INT8 IR: f32 keeps the comparison with FP32 honest
 
 
-def available() -> str | None:
-    return missing("openvino")
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    device: str = field(default="CPU", metadata={"help": "OpenVINO device: CPU, GPU, NPU (default CPU)"})
 
 
 def first_last_compute_ops(model) -> list[str]:
@@ -37,9 +39,10 @@ def first_last_compute_ops(model) -> list[str]:
     return list(dict.fromkeys([ops[0].get_friendly_name(), ops[-1].get_friendly_name()])) if ops else []
 
 
-def build(ctx: BuildContext, precision: str) -> Artifact:
-    ov = require("openvino")
-    check_device(ctx.device)
+def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifact:
+    ov = require("openvino", INSTALL)
+    device = options.device
+    check_device(device)
     times = {}
     t0 = time.perf_counter()
     model = ov.convert_model(str(ctx.onnx_path))
@@ -47,7 +50,7 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
     notes = []
     hint = "f32"
     if precision == "int8":
-        nncf = require("nncf")
+        nncf = require("nncf", INSTALL)
         calib = ctx.calib()
         t0 = time.perf_counter()
         logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -61,18 +64,14 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
         notes.append(f"NNCF PTQ (transformer mode, mixed preset) on {len(calib)} calibration samples; "
                      f"kept in FP32: {', '.join(keep)} (patch embedding and classifier head)")
     elif precision == "fp16":
-        hint = half_hint(ctx.device)
-        notes.append(f"FP16 weights; inference precision hint {hint} on {ctx.device}")
+        hint = half_hint(device)
+        notes.append(f"FP16 weights; inference precision hint {hint} on {device}")
     xml = ctx.workdir / f"openvino-{precision}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
     files = [xml, xml.with_suffix(".bin")]
     return Artifact("openvino", precision, files, xml, build_s=times,
-                    runtime_config={"device": ctx.device, "inference_precision": hint}, notes=notes)
+                    runtime_config={"device": device, "inference_precision": hint}, notes=notes)
 
 
-def runner(ctx: BuildContext, art: Artifact):
-    t0 = time.perf_counter()
-    r = OpenVinoRunner(art.primary, device=art.runtime_config["device"], threads=ctx.threads,
-                       inference_precision=art.runtime_config["inference_precision"])
-    art.build_s["compile"] = time.perf_counter() - t0
-    return r
+TARGET = Target(name="openvino", precisions=PRECISIONS, build=build, backend="openvino", sdk="openvino",
+                install=INSTALL, order=20, options=OpenVinoOptions)

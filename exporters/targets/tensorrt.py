@@ -19,11 +19,12 @@ builds the engine on the device. NOT VERIFIED ON TensorRT HARDWARE in this repos
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import onnx
 
-from exporters.targets import Artifact, BuildContext
-from runtime.backends import missing
+from exporters.targets import Artifact, BuildContext, Target
+from runtime.backends.onnxruntime import INSTALL as ORT_INSTALL
 from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.errors import UserError
 
@@ -32,8 +33,9 @@ FP32_ISLANDS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Red
                 "Reciprocal", "Exp", "Log"]
 
 
-def available() -> str | None:
-    return missing("onnxruntime")  # the ONNX preparation and the proxy run need it; TensorRT is optional
+@dataclass(frozen=True)
+class TensorRTOptions:
+    io_fp16: bool = field(default=False, metadata={"help": "TensorRT --fp16: make the input/output FP16 too"})
 
 
 def engine_available() -> str | None:
@@ -105,16 +107,14 @@ def int8_onnx(src, dst, calib, batch: int) -> None:
                           "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]}})
 
 
-def build(ctx: BuildContext, precision: str) -> Artifact:
-    if precision not in PRECISIONS:
-        raise UserError(f"tensorrt builds fp16 or int8 (got {precision}); add --fp16 or --int8")
+def build(ctx: BuildContext, precision: str, options: TensorRTOptions) -> Artifact:
     dst = ctx.workdir / f"tensorrt-{precision}.onnx"
     t0 = time.perf_counter()
     notes = []
     if precision == "fp16":
-        fp16_onnx(ctx.onnx_path, dst, ctx.options.get("io_fp16", False))
+        fp16_onnx(ctx.onnx_path, dst, options.io_fp16)
         notes.append(f"FP16 ONNX with FP32 islands around {', '.join(FP32_ISLANDS[:2])} and reductions; "
-                     f"I/O {'FP16' if ctx.options.get('io_fp16') else 'FP32'}")
+                     f"I/O {'FP16' if options.io_fp16 else 'FP32'}")
     else:
         calib = ctx.calib()
         int8_onnx(ctx.onnx_path, dst, calib, ctx.batch)
@@ -143,8 +143,15 @@ def build(ctx: BuildContext, precision: str) -> Artifact:
                     notes=notes, proxy=f"the TensorRT-ready {precision} ONNX run by ONNX Runtime on the CPU")
 
 
-def runner(ctx: BuildContext, art: Artifact):
+def open_for_verification(ctx: BuildContext, art: Artifact):
+    """The engine where one was built here; else the labelled proxy: the same ONNX in ONNX Runtime."""
     if art.status == "built":
         from runtime.backends.tensorrt import TensorRTRunner
         return TensorRTRunner(art.primary)
     return OnnxRuntimeRunner(art.primary, threads=ctx.threads)
+
+
+# the ONNX preparation and the proxy run need ONNX Runtime; TensorRT itself is optional here
+TARGET = Target(name="tensorrt", precisions=PRECISIONS, build=build, backend="tensorrt", sdk="onnxruntime",
+                install=ORT_INSTALL, order=30, options=TensorRTOptions, open=open_for_verification,
+                refusals=(("fp32", "tensorrt builds fp16 or int8 (got fp32); add --fp16 or --int8"),))

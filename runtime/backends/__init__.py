@@ -1,52 +1,99 @@
-"""Backends: one runner contract for every runtime (Polygraphy's runner idea).
+"""Backends: one module per runtime, each declaring a ``BACKEND``; the registry is derived from them.
 
-A runner has ``infer(dict[str, np.ndarray]) -> dict[str, np.ndarray]``, ``input_name``,
-``input_shape`` (``[B, 3, H, W]``, ``B`` may be -1 when dynamic), ``last_latency`` (ms of the
-last ``infer``), and ``describe() -> dict`` (device, precision hints, versions).
-SDKs are imported inside each backend module, so a missing SDK is a clear error only
-when that backend is asked for.
+A backend module (``runtime/backends/<name>.py``) defines ``BACKEND = Backend(...)``: its name
+(the manifest's ``target``), the SDK module it needs and the install hint, its rank in the
+runtime's default choice, and ``open(path, runtime_config, device, threads) -> Runner``.
+The runtime's ``--target`` choices, its preference order and its availability checks all come
+from here: adding a backend is one module. SDKs are imported inside each module's functions, so
+a missing SDK is a one-line ``UserError`` only when that backend is asked for.
 """
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Protocol
+import pkgutil
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-import numpy as np
-
+from runtime.backends.base import Runner
 from runtime.errors import UserError
 
-
-class Runner(Protocol):
-    input_name: str
-    input_shape: list[int]
-    last_latency: float
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def describe(self) -> dict: ...
+__all__ = ["Backend", "Runner", "backend", "backends", "missing", "require", "runner_from_artifact"]
 
 
-INSTALL_HINTS = {
-    "onnxruntime": "pip install onnxruntime",
-    "openvino": "pip install 'vitdeploy[openvino]'",
-    "tensorrt": "install TensorRT 10.x/11.x from NVIDIA (JetPack on a Jetson) and cuda-python",
-    "coremltools": "pip install 'vitdeploy[coreml]' (execution needs macOS)",
-}
+@dataclass(frozen=True)
+class Backend:
+    name: str  # the manifest's "target" for artefacts this backend opens
+    sdk: str  # module that must import for the backend to run here
+    install: str  # one-line install hint
+    rank: int  # the runtime's default choice: lower first
+    open: Callable[..., Runner]  # (path, runtime_config, device, threads) -> Runner
+    systems: tuple[str, ...] = ()  # platform.system() values it runs on; empty: any
+
+    def available(self) -> str | None:
+        """``None`` when artefacts of this backend can run here, else why not (with the install hint)."""
+        if self.systems and platform.system() not in self.systems:
+            return f"{self.name} runs only on {', '.join(self.systems)} (this is {platform.system()})"
+        return missing(self.sdk, self.install)
 
 
-def missing(module: str) -> str | None:
+@functools.lru_cache(maxsize=None)
+def backends() -> dict[str, Backend]:
+    """Every backend module's ``BACKEND``, by name, in preference order."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "base":
+            continue
+        found.append(importlib.import_module(f"{__name__}.{info.name}").BACKEND)
+    return {b.name: b for b in sorted(found, key=lambda b: b.rank)}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return backends()[name]
+    except KeyError:
+        raise UserError(f"unknown backend '{name}'; known: {', '.join(backends())}") from None
+
+
+def require(module: str, install: str | None = None):
+    """Import an SDK or raise a one-line ``UserError`` with its install hint."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        hint = install or _hint(module)
+        raise UserError(f"{module} is not installed ({exc.name}); install it with: {hint}") from None
+
+
+def missing(module: str, install: str | None = None) -> str | None:
     """``None`` when ``module`` imports, else the one-line reason with its install hint."""
     try:
-        require(module)
+        require(module, install)
     except UserError as exc:
         return str(exc)
     return None
 
 
-def require(module: str):
-    """Import an SDK or raise a one-line ``UserError`` with its install hint."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        hint = INSTALL_HINTS.get(module.split(".")[0], f"pip install {module}")
-        raise UserError(f"{module} is not installed ({exc.name}); install it with: {hint}")
+def _hint(module: str) -> str:
+    top = module.split(".")[0]
+    for b in backends().values():
+        if b.sdk.split(".")[0] == top:
+            return b.install
+    return f"pip install {top}"
+
+
+def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: int | None = None) -> Runner:
+    """Open a manifest artefact entry (``runtime.manifest.ArtifactEntry``) of ``bundle`` as a runner.
+
+    The one way from a bundle artefact to a runner: the export pipeline and ``runtime`` both use it.
+    The path is resolved inside the bundle; hashes are checked by the caller (``Manifest.verify``).
+    """
+    from runtime.manifest import resolve_inside
+    b = backend(art.target)
+    why = b.available()
+    if why:
+        raise UserError(why)
+    if not art.primary:
+        raise UserError(f"the {art.target} {art.precision} artefact has no file to open (status {art.status})")
+    return b.open(resolve_inside(Path(bundle), art.primary), dict(art.runtime_config), device, threads)

@@ -1,14 +1,16 @@
 """ONNX Runtime runner (CPU by default; CUDA or TensorRT execution providers where present)."""
 from __future__ import annotations
 
-import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import require
+from runtime.backends import Backend, require
+from runtime.backends.base import Runner
 from runtime.errors import UserError
+
+INSTALL = "pip install onnxruntime"
 
 _ORT_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
@@ -25,7 +27,7 @@ def installed_distributions() -> list[str]:
 
 
 def ort_info() -> dict:
-    ort = require("onnxruntime")
+    ort = require("onnxruntime", INSTALL)
     dists = installed_distributions()
     info = {"version": ort.__version__, "module": str(Path(ort.__file__).parent),
             "providers": ort.get_available_providers(), "distributions": dists}
@@ -35,11 +37,12 @@ def ort_info() -> dict:
     return info
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     """``infer({'input': [B,3,H,W] float32}) -> {'logits': [B, classes]}`` through an ORT session."""
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
-        ort = require("onnxruntime")
+        super().__init__()
+        ort = require("onnxruntime", INSTALL)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -57,15 +60,22 @@ class OnnxRuntimeRunner:
         self.input_shape = [d if isinstance(d, int) else -1 for d in inp.shape]
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.last_latency = 0.0
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtype) for k, v in feeds.items()}
-        t0 = time.perf_counter()
-        outs = self.session.run(self.output_names, feeds)
-        self.last_latency = (time.perf_counter() - t0) * 1000.0
+    def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: x})
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs)}
 
     def describe(self) -> dict:
         return {"device": "CPU" if self.providers == ["CPUExecutionProvider"] else ",".join(self.session.get_providers()),
                 "threads": self.threads, "providers": self.session.get_providers(), "onnxruntime": ort_info()}
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> OnnxRuntimeRunner:
+    return OnnxRuntimeRunner(path, threads=threads, providers=config.get("providers"))
+
+
+BACKEND = Backend(name="onnxruntime", sdk="onnxruntime", install=INSTALL, rank=30, open=open_artifact)

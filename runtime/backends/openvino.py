@@ -1,17 +1,19 @@
 """OpenVINO runner: compiles an IR (or ONNX) on a device with pinned, recorded precision hints."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import require
+from runtime.backends import Backend, require
+from runtime.backends.base import Runner
 from runtime.errors import UserError
+
+INSTALL = "pip install 'vitdeploy[openvino]'"
 
 
 def available_devices() -> list[str]:
-    ov = require("openvino")
+    ov = require("openvino", INSTALL)
     return list(ov.Core().available_devices)
 
 
@@ -23,7 +25,7 @@ def check_device(device: str, devices: list[str] | None = None) -> None:
 
 
 def cpu_capabilities() -> list[str]:
-    ov = require("openvino")
+    ov = require("openvino", INSTALL)
     try:
         return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # reason: some plugins don't expose the property
@@ -42,12 +44,13 @@ def half_hint(device: str = "CPU") -> str:
     return "f16"
 
 
-class OpenVinoRunner:
-    """``infer({'input': ...}) -> {'logits': ...}`` through a compiled OpenVINO model."""
+class OpenVinoRunner(Runner):
+    """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` through a compiled OpenVINO model."""
 
     def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
                  inference_precision: str = "f32"):
-        ov = require("openvino")
+        super().__init__()
+        ov = require("openvino", INSTALL)
         core = ov.Core()
         check_device(device, list(core.available_devices))
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
@@ -67,17 +70,13 @@ class OpenVinoRunner:
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self.device, self.threads = device, threads
         self.config = config
-        self.last_latency = 0.0
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
-        t0 = time.perf_counter()
-        res = self.request.infer(feeds)
-        self.last_latency = (time.perf_counter() - t0) * 1000.0
+    def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.request.infer({self.input_name: x})
         return {o.get_any_name(): np.array(v, dtype=np.float32) for o, v in res.items()}
 
     def describe(self) -> dict:
-        ov = require("openvino")
+        ov = require("openvino", INSTALL)
         actual = {}
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
             try:
@@ -86,3 +85,15 @@ class OpenVinoRunner:
                 pass
         return {"device": self.device, "threads": self.threads, "requested": self.config, "compiled": actual,
                 "openvino": ov.__version__}
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+        super().close()
+
+
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> OpenVinoRunner:
+    return OpenVinoRunner(path, device=device or config.get("device", "CPU"), threads=threads,
+                          inference_precision=config.get("inference_precision", "f32"))
+
+
+BACKEND = Backend(name="openvino", sdk="openvino", install=INSTALL, rank=20, open=open_artifact)

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import require
+from runtime.backends import Backend, require
+from runtime.backends.base import Runner
 from runtime.errors import UserError
+
+INSTALL = "install TensorRT 10.x/11.x from NVIDIA (JetPack on a Jetson) and cuda-python"
 
 
 def _cudart():
@@ -46,7 +49,7 @@ def _check(result):
 
 def device_info() -> dict:
     """TensorRT version and the GPU's compute capability, or a UserError naming what is missing."""
-    trt = require("tensorrt")
+    trt = require("tensorrt", INSTALL)
     cudart = _cudart()
     count = _check(cudart.cudaGetDeviceCount())
     if count < 1:
@@ -69,7 +72,7 @@ def build_engine(onnx_path: Path, engine_path: Path, timing_cache: Path, profile
     ``profile`` is ``{"input": name, "min": [...], "opt": [...], "max": [...]}`` for a dynamic batch.
     The timing cache is read from and written back to ``timing_cache``. Returns build facts.
     """
-    trt = require("tensorrt")
+    trt = require("tensorrt", INSTALL)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -97,11 +100,12 @@ def build_engine(onnx_path: Path, engine_path: Path, timing_cache: Path, profile
     return {"build_s": build_s, "timing_cache_reused": bool(cache_bytes), "engine": str(engine_path)}
 
 
-class TensorRTRunner:
-    """``infer({'input': ...}) -> {'logits': ...}`` on a serialised engine, buffers by cuda-python."""
+class TensorRTRunner(Runner):
+    """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` on a serialised engine, buffers by cuda-python."""
 
     def __init__(self, engine_path: str | Path):
-        trt = require("tensorrt")
+        super().__init__()
+        trt = require("tensorrt", INSTALL)
         self.cudart = _cudart()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -116,8 +120,8 @@ class TensorRTRunner:
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.input_name = self.inputs[0]
         self.input_shape = list(self.engine.get_tensor_shape(self.input_name))
+        self.input_dtype = self.dtypes[self.input_name]
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
-        self.last_latency = 0.0
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -128,12 +132,10 @@ class TensorRTRunner:
             self._buffers[name] = (ptr, nbytes)
         return self._buffers[name][0]
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         cu = self.cudart
         H2D, D2H = cu.cudaMemcpyKind.cudaMemcpyHostToDevice, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        t0 = time.perf_counter()
-        for name in self.inputs:
-            x = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+        for name in self.inputs:  # one input: the image batch
             self.context.set_input_shape(name, x.shape)
             ptr = self._device_buffer(name, x.nbytes)
             _check(cu.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, H2D, self.stream))
@@ -147,46 +149,54 @@ class TensorRTRunner:
             raise UserError("TensorRT execution failed")
         for name, arr in host.items():
             _check(cu.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes, D2H, self.stream))
-        _check(cu.cudaStreamSynchronize(self.stream))
-        self.last_latency = (time.perf_counter() - t0) * 1000.0
+        _check(cu.cudaStreamSynchronize(self.stream))  # reason: CUDA is asynchronous; time finished work
         return {n: a.astype(np.float32) for n, a in host.items()}
 
     def describe(self) -> dict:
         return {"device": "cuda:0", **device_info(), "io": {"inputs": self.inputs, "outputs": self.outputs}}
 
-    def __del__(self):
-        for ptr, _ in getattr(self, "_buffers", {}).values():
-            try:
-                self.cudart.cudaFree(ptr)
-            except Exception:  # reason: interpreter shutdown may have torn cuda-python down already
-                pass
+    def close(self) -> None:
+        """Free the device buffers and the stream; the runner can't infer afterwards."""
+        if not self.closed:
+            for ptr, _ in self._buffers.values():
+                _check(self.cudart.cudaFree(ptr))
+            self._buffers.clear()
+            _check(self.cudart.cudaStreamDestroy(self.stream))
+            self.context = self.engine = None
+        super().close()
 
 
 def build_bundle_engine(bundle: str | Path, precision: str | None = None, workspace_gb: float = 4.0) -> Path:
     """``python -m runtime build``: build (or reuse) the engine for a deferred TensorRT artefact of a bundle."""
-    from runtime.manifest import MANIFEST, read_manifest, sha256_file, verify_files
+    from runtime.manifest import read_manifest, sha256_file
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    arts = [a for a in manifest.get("artifacts", []) if a["target"] == "tensorrt"
-            and (precision is None or a["precision"] == precision)]
+    arts = [a for a in manifest.artifacts if a.target == "tensorrt" and (precision is None or a.precision == precision)]
     if not arts:
         raise UserError(f"the bundle has no TensorRT-ready ONNX{' for ' + precision if precision else ''}")
     art = arts[0]
-    onnx_rel = art["runtime_config"]["onnx"]
-    verify_files(bundle, {onnx_rel: manifest["sha256"][onnx_rel]})
+    onnx_rel = art.runtime_config["onnx"]
+    manifest.verify(bundle, [onnx_rel])
     info = device_info()
-    profile = art["runtime_config"].get("profile")
-    key = engine_key(manifest["sha256"][onnx_rel], art["precision"], profile, info)
+    profile = art.runtime_config.get("profile")
+    key = engine_key(manifest.sha256[onnx_rel], art.precision, profile, info)
     cache_dir = bundle / "engines"
     cache_dir.mkdir(exist_ok=True)
-    engine = cache_dir / f"{art['precision']}-{key}.engine"
+    engine = cache_dir / f"{art.precision}-{key}.engine"
     if not engine.is_file():
         facts = build_engine(bundle / onnx_rel, engine, cache_dir / f"timing-{info['compute_capability']}.cache",
                              profile=profile, workspace_gb=workspace_gb)
     else:
         facts = {"build_s": 0.0, "engine_cache_hit": True}
-    rel = str(engine.relative_to(bundle))
-    art.update({"status": "built", "primary": rel, "files": [rel], "engine": {**info, **facts, "key": key}})
-    manifest["sha256"][rel] = sha256_file(engine)
-    (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    rel = engine.relative_to(bundle).as_posix()
+    art.status, art.primary, art.files, art.engine = "built", rel, [rel], {**info, **facts, "key": key}
+    manifest.sha256[rel] = sha256_file(engine)
+    manifest.write(bundle)
     return engine
+
+
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> TensorRTRunner:
+    return TensorRTRunner(path)
+
+
+BACKEND = Backend(name="tensorrt", sdk="tensorrt", install=INSTALL, rank=10, open=open_artifact)

@@ -14,6 +14,7 @@ PASS = ["vit_attention"]
 @pytest.mark.parametrize("img_size", [32, 48])
 def test_timm_digits_vit(img_size):
     from timm.models.vision_transformer import VisionTransformer
+
     from exporters.zoo import DIGITS
     model = VisionTransformer(**{**DIGITS["digits_vit"][1], "img_size": img_size}).eval()
     err, report, _ = max_err(model, (3, img_size, img_size), PASS)

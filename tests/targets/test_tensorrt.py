@@ -5,6 +5,7 @@ import json
 import onnx
 import pytest
 
+from runtime.tolerances import tolerance_for
 from tests.conftest import run_cli
 
 
@@ -78,7 +79,8 @@ def test_deferred_result_with_proxy_accuracy(trt_bundles, name):
             continue
         assert r["status"] == "deferred" and r["latency_ms"] is None
         assert r["accuracy_kind"] == "proxy" and any("python -m runtime build" in n for n in r["notes"])
-        assert r["passed"] is True and (ref - r["accuracy"]["top1"]) * 100 <= 1.0
+        tol = tolerance_for("tensorrt", precision)
+        assert r["passed"] is True and (ref - r["accuracy"]["top1"]) * 100 <= tol.top1_drop
 
 
 def test_fp16_conversion_with_shared_layernorm_constants(tmp_path):
@@ -130,7 +132,7 @@ def test_engine_build_outputs_and_caches(trt_bundles, precision):
     out, _ = trt_bundles
     bundle = out / "digits_vit"
     first = build_bundle_engine(bundle, precision=precision)
-    assert (bundle / "engines").glob("timing-*.cache")
+    assert any((bundle / "engines").glob("timing-*.cache"))
     again = build_bundle_engine(bundle, precision=precision)  # the engine cache hit
     assert again == first
     manifest = json.loads((bundle / "manifest.json").read_text())

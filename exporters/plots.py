@@ -9,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
 _SHORT = {"onnxruntime": "ORT", "openvino": "OpenVINO", "tensorrt": "TensorRT", "coreml": "Core ML",
           "pytorch": "PyTorch"}
 

@@ -1,14 +1,15 @@
 """Latency: one method for every backend.
 
-Warm-up runs, then N timed runs of the runner's ``infer`` on the same input, timed with
-``time.perf_counter`` around the call (CUDA runners synchronise inside ``infer``). When several
+Warm-up runs, then N timed runs of the runner's ``infer`` on the same input. The time of each
+call is the runner's own ``last_latency``: ``Runner.infer`` (runtime/backends/base.py) measures
+it with ``time.perf_counter`` around ``infer_impl`` only, in one place for every backend (CUDA
+runners synchronise inside ``infer_impl``). When several
 runners are compared, ``measure_interleaved`` times them in alternating rounds, so that drift
 in the machine's speed (measured here: the same FP32 graph at 69 ms and at 81 ms minutes apart
 on a shared 2-core VM) falls on every runner alike and same-run speedups stay meaningful.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,15 +44,16 @@ def throughput(lat: Latency, batch: int) -> float:
     return batch * 1000.0 / lat.p50 if lat.p50 > 0 else 0.0
 
 
-def measure(infer, feeds: dict, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> Latency:
-    """Time ``infer(feeds)``: ``warmup`` untimed calls, then ``runs`` timed ones."""
+def measure(runner, feeds: dict, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> Latency:
+    """Time ``runner.infer(feeds)``: ``warmup`` untimed calls, then ``runs`` timed ones."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be at least 1 and warmup at least 0 (got {runs}, {warmup})")
     for _ in range(warmup):
-        infer(feeds)
+        runner.infer(feeds)
     ms = []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        infer(feeds)
-        ms.append((time.perf_counter() - t0) * 1000.0)
+        runner.infer(feeds)
+        ms.append(runner.last_latency)
     return summarize(ms)
 
 
@@ -67,7 +69,6 @@ def measure_interleaved(runners: dict, feeds_for, runs: int = DEFAULT_RUNS, warm
         for name, r in runners.items():
             feeds = feeds_for(r)
             for _ in range(n):
-                t0 = time.perf_counter()
                 r.infer(feeds)
-                times[name].append((time.perf_counter() - t0) * 1000.0)
+                times[name].append(r.last_latency)
     return {k: summarize(v) for k, v in times.items()}

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from benchmarks.tolerances import Tolerance
+from runtime.tolerances import Tolerance
 
 
 @dataclass

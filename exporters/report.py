@@ -9,7 +9,7 @@ import html
 import json
 from pathlib import Path
 
-from benchmarks.environment import one_line
+from runtime.environment import one_line
 
 
 def _fmt(v, digits=2, pct=False):
@@ -117,7 +117,7 @@ def _html_table(results: list[dict]) -> str:
 
 def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
     """One self-contained report.html (plots embedded as base64 PNG) plus the same plots as PNG files."""
-    from benchmarks.plots import FIGURES
+    from exporters.plots import FIGURES
     pngs, written = {}, []
     for name, fn in FIGURES.items():
         pngs[name] = fn(reports)

@@ -42,7 +42,7 @@ def has_int8_dot() -> bool:
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu",
-                 "openvino", "nncf", "coremltools", "tensorrt", "nvidia-modelopt", "numpy"):
+                 "openvino", "nncf", "coremltools", "tensorrt", "tensorrt-rtx", "nvidia-modelopt", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -50,18 +50,10 @@ def _versions() -> dict:
     return out
 
 
-def _gpu() -> str | None:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)} (cc {'.'.join(map(str, torch.cuda.get_device_capability(0)))})"
-    except ImportError:
-        pass
-    return None
-
-
-def environment(threads: int | None = None) -> dict:
-    return {"os": f"{platform.system()} {platform.release()}", "cpu": _cpu(), "gpu": _gpu(),
+def environment(threads: int | None = None, gpu: str | None = None) -> dict:
+    """The machine a figure comes from. ``gpu`` is given by the caller that knows it (the torch
+    reference, a CUDA runner): this module stays free of torch, like the rest of ``runtime``."""
+    return {"os": f"{platform.system()} {platform.release()}", "cpu": _cpu(), "gpu": gpu,
             "threads": threads, "versions": _versions()}
 
 
