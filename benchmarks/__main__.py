@@ -34,6 +34,8 @@ def _matrix(argv) -> int:
     p.add_argument("--data", default="digits")
     p.add_argument("--calib", default=None)
     p.add_argument("--calib-size", type=int, default=128)
+    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all for models "
+                                                                "<= 64 px, else 64)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
@@ -56,7 +58,8 @@ def _matrix(argv) -> int:
                 eta = f", about {left / 60:.1f} min left (from {done} combinations so far)"
             print(f"[model {i + 1}/{len(a.models)}] {model}: {combos} combinations{eta}", file=sys.stderr)
             reports.append(run(RunOptions(model=model, targets=targets, precisions=precisions, data=a.data,
-                                          calib=a.calib, calib_size=a.calib_size, out=Path(a.out) / "bundles",
+                                          calib=a.calib, calib_size=a.calib_size, eval_size=a.eval_size,
+                                          out=Path(a.out) / "bundles",
                                           batch=a.batch, runs=a.runs, threads=threads)))
             done += combos
     except UserError as exc:

@@ -272,7 +272,8 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
         art.build_s["open"] = time.perf_counter() - t0
         res = Result(target=name, precision=precision, status=art.status, notes=list(art.notes),
                      artifact=art.primary.relative_to(ctx.workdir).as_posix() if art.primary else None,
-                     size_mb=round(art.size_mb, 3), build_s={k: round(v, 3) for k, v in art.build_s.items()})
+                     size_mb=round(art.size_mb, 3), build_s={k: round(v, 3) for k, v in art.build_s.items()},
+                     checks=art.checks)
         verify(job, res, runner, ref, art)
     return res, art, runner
 

@@ -27,6 +27,12 @@ class TorchRunner(Runner):
         self.device = device or reference_device()
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
+        if self.device == "cuda":
+            # reason: PyTorch lets cuDNN convolutions use TF32 by default (and matmuls where a library
+            # enabled it); TF32 keeps 10 mantissa bits, so the "FP32" reference would not be FP32.
+            # The report states it; this is the one global setting vitdeploy changes, for its reference.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.threads = threads
         self.model = model.to(self.device).eval()
         self.input_name, self.input_shape = "input", list(input_shape)
@@ -44,4 +50,6 @@ class TorchRunner(Runner):
              "torch": torch.__version__, "mode": "eager fp32, no CUDA graphs"}
         if self.device == "cuda":
             d["gpu"] = torch.cuda.get_device_name(0)
+            d["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+            d["mode"] = "eager fp32 (TF32 off for matmul and cuDNN), no CUDA graphs"
         return d

@@ -39,6 +39,16 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def describe_trt_check(check: dict) -> str:
+    """One line: what NVIDIA's ONNX parser and TensorRT-RTX builder made of a TensorRT ONNX."""
+    if check.get("ok") is None:
+        return f"NOT checked by NVIDIA's parser: {check.get('error')}"
+    prec = ", ".join(f"{k} {v}" for k, v in check["compute_layers_by_precision"].items())
+    return (f"{check['library']} {check['version']} parsed and AOT-built it on this machine: {check['layers']} "
+            f"layers (compute layers by output precision: {prec}; Q/DQ layers {check['qdq_layers']}), built in "
+            f"{check['build_s']:.1f} s, engine {check['engine_bytes'] / 1e6:.1f} MB")
+
+
 def render_markdown(report: dict) -> str:
     out = [f"# {report['model']} — vitdeploy report", "",
            f"- source: `{report['source']}`, weights: **{report['weights']}**, input: {report['input_shape']}",
@@ -53,6 +63,8 @@ def render_markdown(report: dict) -> str:
     for r in report["results"]:
         for n in r.get("notes", []):
             out.append(f"- {r['target']} {r['precision']}: {n}")
+        if (r.get("checks") or {}).get("trt_parse"):
+            out.append(f"- {r['target']} {r['precision']}: NVIDIA check: {describe_trt_check(r['checks']['trt_parse'])}")
     if _roofline_line(report):
         out += ["", _roofline_line(report)]
     graph = report.get("graph")
@@ -81,13 +93,28 @@ def write_report(report: dict, folder: Path) -> list[Path]:
     return [j, m, *write_html([report], folder, f"python -m exporters {report['model']}")]
 
 
+def trt_check_table(rep: dict) -> list[str]:
+    """The NVIDIA parser/builder evidence of a report's TensorRT rows, as a Markdown table (or nothing)."""
+    rows = [r for r in rep["results"] if (r.get("checks") or {}).get("trt_parse", {}).get("ok")]
+    if not rows:
+        return []
+    lines = ["| target | precision | library | layers | compute layers by output precision | Q/DQ layers | "
+             "AOT build s | engine MB |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["checks"]["trt_parse"]
+        prec = ", ".join(f"{k} {v}" for k, v in c["compute_layers_by_precision"].items())
+        lines.append(f"| {r['target']} | {r['precision']} | {c['library']} {c['version']} | {c['layers']} | {prec} | "
+                     f"{c['qdq_layers']} | {c['build_s']:.1f} | {c['engine_bytes'] / 1e6:.1f} |")
+    return ["NVIDIA's ONNX parser and TensorRT-RTX AOT builder, on this machine's CPU:", "", *lines, ""]
+
+
 def render_matrix_markdown(reports: list[dict], command: str) -> str:
     env = reports[0]["environment"] if reports else {}
     out = ["# vitdeploy benchmark matrix", "", f"Command: `{command}`", "",
            f"Machine: {one_line(env)}" if env else "", ""]
     for rep in reports:
         out += [f"## {rep['model']} (`{rep['source']}`, weights: {rep['weights']}, input {rep['input_shape']})", "",
-                results_table(rep["results"]), ""]
+                results_table(rep["results"]), "", *trt_check_table(rep)]
         steps = rep.get("step_seconds", {})
         if steps:
             out.append("Build steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))

@@ -27,6 +27,7 @@ class Result:
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)  # each missed tolerance, with the figure and the limit
     runtime: dict = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)  # evidence from other tools, e.g. "trt_parse" (NVIDIA's parser)
     notes: list[str] = field(default_factory=list)
 
     @classmethod

@@ -80,9 +80,11 @@ def _build(argv) -> int:
     p.add_argument("bundle")
     p.add_argument("--precision", choices=("fp16", "int8"), default=None)
     p.add_argument("--workspace-gb", type=float, default=4.0)
+    p.add_argument("--library", choices=("tensorrt", "tensorrt_rtx"), default="tensorrt",
+                   help="full TensorRT (Jetson, data-centre GPUs; default) or TensorRT-RTX, for this GPU")
     a = p.parse_args(argv)
     from runtime.backends.tensorrt import build_bundle_engine
-    path = build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb)
+    path = build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb, lib=a.library)
     print(f"engine: {path}")
     return 0
 

@@ -18,6 +18,9 @@ TESTED = {
     ("digits_vit", "openvino"): "test_pipeline_digits.py",
     ("digits_vit", "tensorrt"): "targets/test_tensorrt.py",
     ("digits_vit", "coreml"): "targets/test_coreml.py",
+    ("digits_swin", "tensorrt_rtx"): "targets/test_tensorrt_rtx.py",
+    ("digits_vit", "tensorrt_rtx"): "targets/test_tensorrt_rtx.py",
+    ("swin_t", "tensorrt"): "targets/test_tensorrt_rtx.py",  # parse + AOT build of the full-size FP16 ONNX
     ("swin_t", "coreml"): "targets/test_coreml.py",  # the rewritten full-size conversion
     ("vit_s", "coreml"): "targets/test_coreml.py",
 }
@@ -25,6 +28,8 @@ TESTED = {
 FULL_SIZE = ("full-size end-to-end builds take minutes each on CI's 2 cores; they run in `make bench` "
              "(docs/BENCHMARKS.md). Their rewrites and ONNX contract are tested in tests/rewrites and "
              "test_contract, their preprocessing in test_preprocess")
+FULL_SIZE_RTX = ("a full-size TensorRT-RTX engine build is the tensorrt target's parse + AOT build (tested for "
+                 "swin_t) plus writing the engine; the digits models test the target end to end")
 FULL_SIZE_COREML = ("Core ML conversion of the full-size models is shown for swin_t and vit_s; the other sizes "
                     "differ only in depth and width, and each conversion costs about a minute")
 
@@ -35,25 +40,33 @@ def _each(model: str, names: tuple[str, ...], reason: str) -> dict:
 
 EXCLUDED = {
     **_each("vit_ti", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("vit_ti", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("vit_ti", ("coreml",), FULL_SIZE_COREML),
     **_each("vit_s", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("vit_s", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("vit_b", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("vit_b", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("vit_b", ("coreml",), FULL_SIZE_COREML),
     **_each("vit_b_16", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE + " (an alias of vit_b)"),
+    **_each("vit_b_16", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("vit_b_16", ("coreml",), FULL_SIZE_COREML),
     **_each("deit_t", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("deit_t", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("deit_t", ("coreml",), FULL_SIZE_COREML),
-    **_each("swin_t", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("swin_t", ("onnxruntime", "openvino"), FULL_SIZE),
+    **_each("swin_t", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("swin_s", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("swin_s", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("swin_s", ("coreml",), FULL_SIZE_COREML),
     **_each("swin_b", ("onnxruntime", "openvino", "tensorrt"), FULL_SIZE),
+    **_each("swin_b", ("tensorrt_rtx",), FULL_SIZE_RTX),
     **_each("swin_b", ("coreml",), FULL_SIZE_COREML),
-    **_each("tv:swin_t", ("onnxruntime", "openvino", "tensorrt", "coreml"),
+    **_each("tv:swin_t", ("onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "coreml"),
             FULL_SIZE + "; the torchvision rewrites are tested in tests/rewrites and the weight mapping in "
             "test_weights"),
-    **_each("tv:swin_s", ("onnxruntime", "openvino", "tensorrt", "coreml"), FULL_SIZE),
-    **_each("tv:swin_b", ("onnxruntime", "openvino", "tensorrt", "coreml"), FULL_SIZE),
-    **_each("tv:vit_b_16", ("onnxruntime", "openvino", "tensorrt", "coreml"), FULL_SIZE),
+    **_each("tv:swin_s", ("onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "coreml"), FULL_SIZE),
+    **_each("tv:swin_b", ("onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "coreml"), FULL_SIZE),
+    **_each("tv:vit_b_16", ("onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "coreml"), FULL_SIZE),
 }
 
 

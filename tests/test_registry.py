@@ -9,7 +9,7 @@ from runtime.errors import UserError
 
 
 def test_every_target_names_a_registered_backend_and_valid_precisions():
-    assert list(targets()) == ["onnxruntime", "openvino", "tensorrt", "coreml"]
+    assert list(targets()) == ["onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "coreml"]
     for t in targets().values():
         assert isinstance(t, Target) and t.backend in backends()
         assert set(t.precisions) <= {"fp32", "fp16", "int8"} and t.precisions

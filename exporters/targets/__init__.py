@@ -54,6 +54,7 @@ class Artifact:
     build_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     proxy: str | None = None  # what a proxy accuracy stands for, when the real one can't run here
+    checks: dict = field(default_factory=dict)  # evidence from other tools (e.g. NVIDIA's parser: "trt_parse")
 
     @property
     def timeable(self) -> bool:
@@ -111,7 +112,8 @@ class Target:
 @functools.lru_cache(maxsize=None)
 def targets() -> dict[str, Target]:
     """Every target module's ``TARGET``, by name, in ``order``."""
-    found = [importlib.import_module(f"{__name__}.{m.name}").TARGET for m in pkgutil.iter_modules(__path__)]
+    found = [importlib.import_module(f"{__name__}.{m.name}").TARGET for m in pkgutil.iter_modules(__path__)
+             if not m.name.startswith("_")]  # _-modules are helpers shared by targets
     return {t.name: t for t in sorted(found, key=lambda t: t.order)}
 
 

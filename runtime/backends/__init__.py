@@ -31,12 +31,13 @@ class Backend:
     rank: int  # the runtime's default choice: lower first
     open: Callable[..., Runner]  # (path, runtime_config, device, threads) -> Runner
     systems: tuple[str, ...] = ()  # platform.system() values it runs on; empty: any
+    probe: Callable[[], str | None] | None = None  # further check (a GPU present); None when fine
 
     def available(self) -> str | None:
         """``None`` when artefacts of this backend can run here, else why not (with the install hint)."""
         if self.systems and platform.system() not in self.systems:
             return f"{self.name} runs only on {', '.join(self.systems)} (this is {platform.system()})"
-        return missing(self.sdk, self.install)
+        return missing(self.sdk, self.install) or (self.probe() if self.probe else None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,8 +45,8 @@ def backends() -> dict[str, Backend]:
     """Every backend module's ``BACKEND``, by name, in preference order."""
     found = []
     for info in pkgutil.iter_modules(__path__):
-        if info.name == "base":
-            continue
+        if info.name == "base" or info.name.startswith("_"):
+            continue  # the Runner base class and shared helpers are not backends
         found.append(importlib.import_module(f"{__name__}.{info.name}").BACKEND)
     return {b.name: b for b in sorted(found, key=lambda b: b.rank)}
 

@@ -87,7 +87,7 @@ def test_fp16_conversion_with_shared_layernorm_constants(tmp_path):
     """Random-init models have identical LayerNorm weights, which onnxslim merges into one initializer."""
     from exporters.onnx import export_onnx
     from exporters.rewrites import apply_rewrites
-    from exporters.targets.tensorrt import fp16_onnx
+    from exporters.targets._tensorrt_onnx import fp16_onnx
     from exporters.zoo import build_digits
     model, _ = apply_rewrites(build_digits("digits_swin").eval(), (1, 3, 32, 32))
     exp = export_onnx(model, (1, 3, 32, 32), tmp_path / "m.onnx")
@@ -136,7 +136,8 @@ def test_engine_build_outputs_and_caches(trt_bundles, precision):
     again = build_bundle_engine(bundle, precision=precision)  # the engine cache hit
     assert again == first
     manifest = json.loads((bundle / "manifest.json").read_text())
-    art = next(a for a in manifest["artifacts"] if a["target"] == "tensorrt" and a["precision"] == precision)
+    art = next(a for a in manifest["artifacts"] if a["target"] == "tensorrt" and a["precision"] == precision
+               and a["status"] == "built")
     assert art["engine"].get("engine_cache_hit") is True
     s, ref = runtime.open(bundle, target="tensorrt", precision=precision), runtime.open(bundle, target="onnxruntime")
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
