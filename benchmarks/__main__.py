@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from runtime.cli import GATE_FAILED, OK
 from runtime.errors import UserError
 
 
@@ -43,32 +44,34 @@ def _matrix(argv) -> int:
 
     from exporters.pipeline import RunOptions, default_threads, plan, run
     from exporters.report import write_matrix
-
+    from exporters.targets import target
     targets = [t for t in a.targets.split(",") if t]
     precisions = [x for x in a.precisions.split(",") if x]
+    for t in targets:
+        target(t)  # an unknown target is one line, exit 2
+    bad = sorted(set(precisions) - {"fp32", "fp16", "int8"})
+    if bad or not precisions:
+        raise UserError(f"unknown precision(s) {', '.join(bad) or '(none given)'}; choose from fp32, fp16, int8")
     threads = a.threads or default_threads()
     reports = []
-    try:
-        combos = len(plan(targets, None, precisions)) + 1  # + the PyTorch reference
-        total, done, t_start = combos * len(a.models), 0, time.perf_counter()
-        for i, model in enumerate(a.models):
-            eta = ""
-            if done:
-                left = (time.perf_counter() - t_start) / done * (total - done)
-                eta = f", about {left / 60:.1f} min left (from {done} combinations so far)"
-            print(f"[model {i + 1}/{len(a.models)}] {model}: {combos} combinations{eta}", file=sys.stderr)
-            reports.append(run(RunOptions(model=model, targets=targets, precisions=precisions, data=a.data,
-                                          calib=a.calib, calib_size=a.calib_size, eval_size=a.eval_size,
-                                          out=Path(a.out) / "bundles",
-                                          batch=a.batch, runs=a.runs, threads=threads)))
-            done += combos
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    combos = len(plan(targets, None, precisions)) + 1  # + the PyTorch reference
+    total, done, t_start = combos * len(a.models), 0, time.perf_counter()
+    for i, model in enumerate(a.models):
+        eta = ""
+        if done:
+            left = (time.perf_counter() - t_start) / done * (total - done)
+            eta = f", about {left / 60:.1f} min left (from {done} combinations so far)"
+        print(f"[model {i + 1}/{len(a.models)}] {model}: {combos} combinations{eta}", file=sys.stderr)
+        reports.append(run(RunOptions(model=model, targets=targets, precisions=precisions, data=a.data,
+                                      calib=a.calib, calib_size=a.calib_size, eval_size=a.eval_size,
+                                      out=Path(a.out) / "bundles",
+                                      batch=a.batch, runs=a.runs, threads=threads)))
+        done += combos
     command = "python -m benchmarks " + " ".join(shlex.quote(x) for x in argv)
     paths = write_matrix(reports, Path(a.out), command)
     print("\n".join(f"wrote {p}" for p in paths))
-    return 0
+    failed = [r for rep in reports for r in rep["results"] if r.get("passed") is False]
+    return GATE_FAILED if failed else OK
 
 
 def _rewrites(argv) -> int:
@@ -85,11 +88,7 @@ def _rewrites(argv) -> int:
     from runtime.environment import environment, one_line
 
     threads = a.threads or default_threads()
-    try:
-        results = [compare_model(m, threads, runs=a.runs, dynamic_batch=a.dynamic_batch) for m in a.models]
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results = [compare_model(m, threads, runs=a.runs, dynamic_batch=a.dynamic_batch) for m in a.models]
     env = environment(threads)
     md = render(results, one_line(env), "python -m benchmarks rewrites " + " ".join(argv))
     _emit(Path(a.out), "rewrites-dynamic" if a.dynamic_batch else "rewrites", md,
@@ -123,13 +122,14 @@ def _compare(argv) -> int:
     p.add_argument("--threshold", type=float, default=0.10, help="latency rise that counts as a regression "
                                                                  "(fraction, default 0.10)")
     p.add_argument("--acc-threshold", type=float, default=0.5, help="top-1 agreement fall, in points (default 0.5)")
+    p.add_argument("--allow-different-models", action="store_true",
+                   help="compare reports whose models differ (by default that is refused, exit 2)")
     a = p.parse_args(argv)
-    from benchmarks.compare import compare_reports, load_results, render
-    try:
-        rows = compare_reports(load_results(Path(a.old)), load_results(Path(a.new)), a.threshold, a.acc_threshold)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from benchmarks.compare import check_same_models, compare_reports, load_results, render
+    old, new = load_results(Path(a.old)), load_results(Path(a.new))
+    if not a.allow_different_models:
+        check_same_models(old, new)
+    rows = compare_reports(old, new, a.threshold, a.acc_threshold)
     print(render(rows))
     return 1 if any(r["regression"] for r in rows) else 0
 
@@ -177,7 +177,12 @@ SUBCOMMANDS = {"rewrites": _rewrites, "ort-int8": _ort_int8, "compare": _compare
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Exit codes (runtime/cli.py): 0 ok, 1 a regression or failed gate, 2 bad input, 3 internal error."""
+    from runtime.cli import run_cli
+    return run_cli("python -m benchmarks", _dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     return _matrix(argv)

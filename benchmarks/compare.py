@@ -12,18 +12,32 @@ from runtime.errors import UserError
 
 
 def load_results(path: Path) -> dict[tuple, dict]:
+    """``(model, target, precision, batch) -> result`` from a report.json or a matrix report.json."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read report {path}: {exc}")
-    reports = data["reports"] if "reports" in data else [data]
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read report {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a JSON report: {str(exc).splitlines()[0][:120]}") from None
+    reports = data.get("reports") if isinstance(data, dict) and "reports" in data else [data]
     out = {}
-    for rep in reports:
-        for r in rep.get("results", []):
-            out[(rep["model"], r["target"], r["precision"], rep["input_shape"][0])] = r
+    try:
+        for rep in reports:
+            for r in rep.get("results", []):
+                out[(rep["model"], r["target"], r["precision"], rep["input_shape"][0])] = r
+    except (AttributeError, KeyError, TypeError, IndexError):
+        raise UserError(f"{path} is not a vitdeploy report (no model/results/input_shape where expected)") from None
     if not out:
         raise UserError(f"{path} holds no results")
     return out
+
+
+def check_same_models(old: dict, new: dict) -> None:
+    """Refuse to compare reports of different models: every row would be 'only in old/new'."""
+    a, b = sorted({k[0] for k in old}), sorted({k[0] for k in new})
+    if not set(a) & set(b):
+        raise UserError(f"the reports are of different models ({', '.join(a)} against {', '.join(b)}); "
+                        f"pass --allow-different-models to compare them anyway")
 
 
 def compare_reports(old: dict, new: dict, threshold: float = 0.10, acc_threshold: float = 0.5) -> list[dict]:

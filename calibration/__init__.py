@@ -6,6 +6,7 @@ the evaluation set, so the reference and every target see identical inputs.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 
 from calibration import sources
 from runtime.errors import UserError
-from runtime.preprocess import Preprocessing, preprocess_image
+from runtime.preprocess import ImageRejected, Preprocessing, open_image, preprocess_image
 
 DEFAULT_CALIB_SIZE = 128
 DEFAULT_SEED = 0
@@ -79,9 +80,10 @@ def _raw(source: str | Path, part: str, label_index, input_shape) -> sources.Raw
 
 
 def _decode(raw: sources.RawSamples, idx: np.ndarray, pp: Preprocessing, progress: bool):
+    """Preprocess the chosen samples; undecodable or refused images are skipped, each with its reason."""
     from PIL import Image
 
-    out, keep = [], []
+    out, keep, why = [], [], collections.Counter()
     it = idx
     bar = None
     if progress and raw.kind in ("folder", "list") and len(idx) > 16:
@@ -98,18 +100,19 @@ def _decode(raw: sources.RawSamples, idx: np.ndarray, pp: Preprocessing, progres
                 elif isinstance(item, np.ndarray):
                     arr = preprocess_image(Image.fromarray(item), pp)
                 else:
-                    with Image.open(item) as im:
-                        arr = preprocess_image(im, pp)
+                    arr = preprocess_image(open_image(item), pp)
                 out.append(arr)
                 keep.append(i)
-            except (OSError, ValueError, SyntaxError):  # reason: PIL raises these for corrupt/truncated files
-                pass
+            except ImageRejected as exc:
+                why[exc.kind] += 1
+            except UserError:
+                why["undecodable"] += 1
             if bar:
                 bar.advance(task)
     finally:
         if bar:
             bar.stop()
-    return out, keep
+    return out, keep, why
 
 
 def _stderr_console():
@@ -129,11 +132,12 @@ def load_set(source: str | Path, pp: Preprocessing, size: int | None = DEFAULT_C
         raise UserError(f"the sample count must be at least 1 (got {size})")
     raw = _raw(source, part, label_index, (3, *pp.input_size))
     idx = _choose(len(raw.items), size, seed)
-    arrays, keep = _decode(raw, idx, pp, progress)
+    arrays, keep, why = _decode(raw, idx, pp, progress)
     skipped = len(idx) - len(keep)
     notes = list(raw.notes)
     if skipped:
-        msg = f"skipped {skipped} undecodable image(s) of {len(idx)}"
+        reasons = ", ".join(f"{n} {k}" for k, n in why.most_common())
+        msg = f"skipped {skipped} image(s) of {len(idx)} ({reasons})"
         notes.append(msg)
         print(f"warning: {msg} in {source}", file=sys.stderr)
     if not arrays:

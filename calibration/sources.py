@@ -93,13 +93,20 @@ def from_array(path: Path, input_shape: tuple[int, int, int]) -> RawSamples:
             raise UserError(f"{path} holds no arrays")
         arr = data[key]
         lk = next((k for k in ("labels", "y", "targets") if k in data.files), None)
-        labels = data[lk].astype(np.int64).tolist() if lk else None
+        if lk:
+            lab = data[lk]
+            if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
+                raise UserError(f"{path}: '{lk}' must be a 1-D integer array (got {lab.dtype} {lab.shape})")
+            labels = lab.astype(np.int64).tolist()
     else:
         arr = data
     if arr.ndim == 3:
         arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 4 or len(arr) == 0:
-        raise UserError(f"{path}: expected [N, H, W, 3] images or [N, 3, H, W] inputs, got shape {arr.shape}")
+    if arr.ndim != 4 or 0 in arr.shape:
+        raise UserError(f"{path}: expected [N, H, W, 3] images or [N, 3, H, W] inputs with no empty dimension, "
+                        f"got shape {arr.shape}")
+    if labels is not None and len(labels) != len(arr):
+        raise UserError(f"{path}: {len(labels)} labels for {len(arr)} images")
     pre = arr.shape[1:] == tuple(input_shape) and arr.dtype != np.uint8
     if not pre and not (arr.shape[-1] == 3 and arr.dtype == np.uint8):
         want = ",".join(map(str, input_shape))

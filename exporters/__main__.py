@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from runtime.errors import UserError
+from runtime.cli import GATE_FAILED, OK
 
 
 def _target_flags(p: argparse.ArgumentParser) -> None:
@@ -65,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes (runtime/cli.py): 0 ok, 1 a gate failed, 2 bad input, 3 internal error (log named)."""
+    from runtime.cli import run_cli
+    return run_cli("python -m exporters", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from exporters.pipeline import RunOptions, run
     from exporters.targets import option_fields, targets
@@ -77,19 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                       pretrained=args.pretrained, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
                       options=given, quiet=args.quiet)
-    try:
-        report = run(opts)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    report = run(opts)
     from exporters.report import results_table
     print(results_table(report["results"]))
     print(f"\nreport: {report['bundle']}/report.md")
     failed = [r for r in report["results"] if r.get("passed") is False]
-    return 1 if failed else 0
+    return GATE_FAILED if failed else OK
 
 
 if __name__ == "__main__":

@@ -1,13 +1,34 @@
-"""Bundles are staged in a temporary folder and renamed into place only when complete."""
+"""Bundles are written in a staging folder and committed atomically; only a bundle of ours is replaced.
+
+- ``OUT/<model>`` is replaced only when it is a vitdeploy bundle (a folder whose ``manifest.json``
+  says ``format: vitdeploy-bundle/...``); anything else there is refused with one line, untouched.
+- The commit swaps the staged folder and the old bundle in one ``renameat2(RENAME_EXCHANGE)`` on
+  Linux, so a reader sees the old bundle or the new one, never neither and never half of one.
+  Where the exchange is not available (other systems, some file systems) it falls back to two
+  renames, and there is a moment without ``OUT/<model>``; the README says so.
+- Each staging folder holds an ``.owner`` file (host and pid); a later run removes staging folders
+  whose process is gone (a run killed by SIGKILL), and never those of a live run.
+"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.manifest import FORMAT, MANIFEST
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+STAGING = ".{slug}.tmp-"
+OWNER = ".owner"
 
 
 def check_writable(out: Path) -> None:
@@ -17,24 +38,121 @@ def check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}")
+        raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
+
+
+def is_bundle(path: Path) -> bool:
+    """True when ``path`` is a folder holding a vitdeploy manifest (the only thing we ever replace)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("format", "")).startswith(FORMAT.split("/")[0] + "/")
+
+
+def check_replaceable(out: Path, slug: str) -> None:
+    """Refuse, before any work, to replace something at ``out/slug`` that is not a bundle of ours."""
+    final = Path(out) / slug
+    if (final.exists() or final.is_symlink()) and not is_bundle(final):
+        kind = "a file" if final.is_file() else "a symlink" if final.is_symlink() else "a folder"
+        raise UserError(f"{final} exists and is {kind} that is not a vitdeploy bundle; refusing to replace it "
+                        f"(move it away or choose another --out)")
+
+
+def _owner_alive(staging: Path, grace_s: float = 60.0) -> bool:
+    try:
+        host, pid = (staging / OWNER).read_text().split()
+    except (OSError, ValueError):
+        # the owner file is written right after the folder is made: a young folder without one may be
+        # a run between those two steps, an old one is a leftover
+        try:
+            return time.time() - staging.stat().st_mtime < grace_s
+        except OSError:
+            return True
+    if host != socket.gethostname():
+        return True  # another machine's run (shared file system): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def clean_stale(out: Path, slug: str) -> list[Path]:
+    """Remove staging folders of ``slug`` left by runs that no longer exist; return what was removed."""
+    removed = []
+    for p in Path(out).glob(STAGING.format(slug=slug) + "*"):
+        if p.is_dir() and not p.is_symlink() and not _owner_alive(p):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def commit(staged: Path, final: Path) -> None:
+    """Put ``staged`` at ``final``; the bundle it replaces (ours, checked) ends up at ``staged`` and is removed."""
+    for _ in range(100):  # reason: concurrent commits of one bundle can interleave between the check and the move
+        if not (final.exists() or final.is_symlink()):
+            try:
+                os.rename(staged, final)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                continue  # another run committed first: replace its bundle
+        check_replaceable(final.parent, final.name)
+        if _exchange(staged, final):
+            shutil.rmtree(staged, ignore_errors=True)  # the previous bundle now lives here
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        try:
+            os.rename(final, old / final.name)  # fallback: a moment without final
+        except FileNotFoundError:
+            shutil.rmtree(old, ignore_errors=True)
+            continue
+        try:
+            os.rename(staged, final)
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    raise UserError(f"could not commit {final}: other runs kept replacing it")
 
 
 @contextlib.contextmanager
 def staged_bundle(out: Path, slug: str):
-    """Yield a temporary folder inside ``out``; on success it replaces ``out/slug``, on failure it vanishes."""
+    """Yield a staging folder inside ``out``; on success it replaces ``out/slug``, on any failure it vanishes."""
+    out = Path(out)
     check_writable(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{slug}.tmp-", dir=out))
+    check_replaceable(out, slug)
+    clean_stale(out, slug)
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING.format(slug=slug), dir=out))
     try:
+        os.chmod(tmp, 0o755)  # reason: mkdtemp makes 0700 folders; a bundle is meant to be copied and shared
+        (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         yield tmp
+        # reason: the owner file stays until the commit, or a concurrent run would take this folder for a
+        # leftover and remove it under us; afterwards it is dropped from the committed bundle
+        commit(tmp, out / slug)
+        (out / slug / OWNER).unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    final = out / slug
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{slug}.old-", dir=out))
-        os.rename(final, old / slug)
-    os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
-from exporters.bundle import check_writable, staged_bundle
+from exporters.bundle import check_replaceable, check_writable, staged_bundle
 from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target, targets
@@ -176,6 +176,7 @@ def prepare(opts: RunOptions) -> Job:
     steps = Steps(opts.quiet)
     with steps("model"):
         model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained)
+    check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)
     with steps(f"evaluation set ({opts.data})"):

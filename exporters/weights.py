@@ -22,6 +22,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat ``name -> tensor`` dict."""
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read weights file {path}: the file is empty")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -29,7 +31,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # reason: corrupt files raise from pickle, zipfile, safetensors alike
-        raise UserError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"cannot read weights file {path}: {type(exc).__name__}: {first}") from None
     for key in _WRAPPERS:
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from runtime.errors import UserError
 
@@ -90,15 +89,16 @@ def _build(argv) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Exit codes (runtime/cli.py): 0 ok, 2 bad input or refused artefact, 3 internal error (log named)."""
+    from runtime.cli import run_cli
+    return run_cli("python -m runtime", _dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     cmds = {"bench": _bench, "build": _build}
-    try:
-        if argv and argv[0] in cmds:
-            return cmds[argv[0]](argv[1:])
-        return _predict(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if argv and argv[0] in cmds:
+        return cmds[argv[0]](argv[1:])
+    return _predict(argv)
 
 
 if __name__ == "__main__":

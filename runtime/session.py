@@ -9,7 +9,7 @@ import numpy as np
 from runtime.backends import backends, runner_from_artifact
 from runtime.errors import UserError
 from runtime.manifest import ArtifactEntry, Manifest, read_manifest
-from runtime.preprocess import Preprocessing, preprocess_batch
+from runtime.preprocess import Preprocessing, open_image, preprocess_batch
 
 PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # without a measured choice: the smallest type first
 
@@ -96,17 +96,7 @@ class Session:
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
-        from PIL import Image
-        loaded = []
-        for im in images:
-            if isinstance(im, (str, Path)):
-                try:
-                    with Image.open(im) as f:
-                        loaded.append(f.convert("RGB"))
-                except (OSError, ValueError) as exc:
-                    raise UserError(f"cannot decode image {im}: {exc}")
-            else:
-                loaded.append(im)
+        loaded = [open_image(im) if isinstance(im, (str, Path)) else im for im in images]
         logits = self.logits(preprocess_batch(loaded, self.preprocessing))
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)

@@ -111,7 +111,7 @@ def test_undecodable_image_is_skipped_and_counted(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
     (d / "broken.png").write_bytes(b"\x89PNG broken")
     code, _, err = run_cli(["digits_vit", "--data", d, "--runs", "2", "--out", tmp_path / "o", "--quiet"], capsys)
-    assert code == 0 and "skipped 1 undecodable image(s) of 5" in err
+    assert code == 0 and "skipped 1 image(s) of 5 (1 undecodable)" in err
     import json
     rep = json.loads((tmp_path / "o/digits_vit/report.json").read_text())
     assert rep["data"]["skipped"] == 1 and rep["data"]["size"] == 4 and rep["data"]["labelled"] is False

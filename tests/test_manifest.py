@@ -3,6 +3,8 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runtime.errors import UserError
 from runtime.manifest import Manifest, read_manifest, resolve_inside, sha256_file
@@ -85,3 +87,21 @@ def test_tampered_or_unlisted_file_is_refused_without_leaking_a_digest(tmp_path)
     assert sha256_file(tmp_path / "model.onnx")[:12] not in str(exc.value)
     with pytest.raises(UserError, match="no sha256 for other.bin"):
         m.verify(tmp_path, ["other.bin"])
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                          max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["model", "input", "output", "preprocessing", "labels", "onnx", "artifacts", "sha256",
+                              "format", "graph"]), value=json_values)
+def test_fuzzed_manifest_fields_give_a_manifest_or_one_line(tmp_path, field, value):
+    data = _valid(tmp_path)
+    data[field] = value
+    _write(tmp_path, data)
+    try:
+        read_manifest(tmp_path)
+    except UserError as exc:
+        assert "\n" not in str(exc)

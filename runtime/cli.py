@@ -1,0 +1,95 @@
+"""Exit codes and the one error line, the same for ``python -m exporters``, ``runtime`` and ``benchmarks``.
+
+    0  ok
+    1  an accuracy gate failed (the artefact is kept)
+    2  bad input or a refused artefact (a ``UserError``), or the machine refused a write (disk full...)
+    3  internal error: one ``error:`` line naming the log file that holds the traceback
+       (``--debug`` prints the traceback instead)
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM); staged bundles are removed either way
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from runtime.errors import UserError
+
+OK, GATE_FAILED, BAD_INPUT, INTERNAL = 0, 1, 2, 3
+_ENVIRONMENT = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so staging folders are cleaned up like on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _log_dir(argv: list[str]) -> Path:
+    """The ``--out`` folder when one was given and exists, else the system's temporary folder."""
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--out=") else argv[i + 1] if a == "--out" and i + 1 < len(argv) \
+            else None
+        if value and Path(value).is_dir() and os.access(value, os.W_OK):
+            return Path(value)
+    return Path(tempfile.gettempdir())
+
+
+def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run ``main(argv)`` and turn every outcome into the documented exit code and one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # reason: only the main thread may set handlers (e.g. when called from a worker)
+        previous = None
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("error: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return 143
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT or debug:
+            return _internal(prog, argv, exc, debug)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; nothing was written", file=sys.stderr)
+        return BAD_INPUT
+    except Exception as exc:  # reason: the last line of defence: one line and a log, never a bare traceback
+        return _internal(prog, argv, exc, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _internal(prog: str, argv: list[str], exc: BaseException, debug: bool) -> int:
+    text = "".join(traceback.format_exception(exc))
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    if debug:
+        print(text, file=sys.stderr, end="")
+        print(f"error: internal error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return INTERNAL
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log = _log_dir(argv) / f"vitdeploy-error-{stamp}-{os.getpid()}.log"
+    try:
+        log.write_text(f"{prog} {' '.join(argv)}\n\n{text}")
+        where = f"traceback in {log}"
+    except OSError:
+        where = "run again with --debug for the traceback"
+    print(f"error: internal error: {type(exc).__name__}: {first} ({where})", file=sys.stderr)
+    return INTERNAL
