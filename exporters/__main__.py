@@ -26,7 +26,9 @@ def parser() -> argparse.ArgumentParser:
                     "verify them against PyTorch and time them. Writes OUT/<model>/ with manifest.json, "
                     "report.json and report.md.")
     p.add_argument("model", help="zoo name (vit_ti, vit_s, vit_b, deit_t, swin_t, swin_s, swin_b, digits_vit, "
-                                 "digits_swin), timm:<name>, or tv:swin_t|swin_s|swin_b|vit_b_16")
+                                 "digits_swin), timm:<name>, tv:swin_t|swin_s|swin_b|vit_b_16, local-dir:PATH "
+                                 "(a folder saved by timm: config.json + model.safetensors) or hf-hub:ORG/NAME "
+                                 "(from the local Hugging Face cache)")
     p.add_argument("--target", default="onnxruntime", choices=[*targets(), "all"],
                    help="runtime to build for (default onnxruntime, FP32 on the CPU); 'all' builds every "
                         "target and precision available here")
@@ -50,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
                                                    "torchvision key layout)")
     p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights "
                                                              "(needs network)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of a fine-tuned checkpoint (default: read from its classifier, stated in the report)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input resolution of a timm model (Swin windows checked; ViT position embeddings resampled)")
+    p.add_argument("--labels", default=None, help="label names: a file with one per line, or a JSON list")
     p.add_argument("--out", default="out", help="output folder; the bundle is OUT/<model>/ (default out)")
     p.add_argument("--batch", type=int, default=1, help="batch size for export, verification and timing "
                                                         "(default 1)")
@@ -79,7 +86,8 @@ def _main(argv: list[str]) -> int:
              if hasattr(args, f.name)}
     opts = RunOptions(model=args.model, targets=names, precision=args.precision, data=args.data,
                       calib=args.calib, calib_size=args.calib_size, eval_size=args.eval_size, weights=args.weights,
-                      pretrained=args.pretrained, out=Path(args.out), batch=args.batch, runs=args.runs,
+                      pretrained=args.pretrained, num_classes=args.num_classes, img_size=args.img_size,
+                      labels=args.labels, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
                       options=given, quiet=args.quiet)
     report = run(opts)

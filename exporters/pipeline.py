@@ -42,6 +42,11 @@ class RunOptions:
     eval_size: int | None = None
     weights: str | None = None
     pretrained: bool = False
+    num_classes: int | None = None  # a fine-tuned checkpoint's classes (else read from the checkpoint)
+    img_size: int | None = None
+    labels: str | list[str] | None = None  # a labels file (one per line, or JSON), or the names
+    module: object = None  # an nn.Module given through the Python API, with ``spec`` describing it
+    spec: object = None
     out: Path = Path("out")
     batch: int = 1
     runs: int = DEFAULT_RUNS
@@ -175,7 +180,11 @@ def prepare(opts: RunOptions) -> Job:
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
     with steps("model"):
-        model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained)
+        if opts.module is not None:
+            model, spec = opts.module.eval(), opts.spec
+        else:
+            model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
+                                       num_classes=opts.num_classes, img_size=opts.img_size, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)

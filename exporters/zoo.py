@@ -84,37 +84,100 @@ def _imagenet_labels(num_classes: int) -> list[str] | None:
     return list(ImageNetInfo().label_descriptions(as_dict=False))
 
 
-def _timm_model(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, ModelSpec]:
-    import timm
+def _timm_spec(model: nn.Module, name: str, source: str, arch: str) -> ModelSpec:
+    """The spec of a timm model: preprocessing from its pretrained config, labels where it names them."""
     from timm.data import resolve_data_config
 
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-        raise UserError(f"unknown timm model '{arch}'" + (f"; close names: {', '.join(close)}" if close else ""))
-    try:
-        model = timm.create_model(arch, pretrained=pretrained)
-    except Exception as exc:  # reason: hub download errors come in many types (HTTP, OS, hub-specific)
-        raise UserError(f"could not download pretrained weights for '{arch}' "
-                        f"(offline? use --weights PATH): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    from exporters.saved import label_names
     cfg = resolve_data_config({}, model=model)
     pp = Preprocessing(input_size=tuple(cfg["input_size"][1:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                        interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]),
                        crop_mode=cfg.get("crop_mode", "center"))
-    spec = ModelSpec(name=name, source=f"timm:{arch}", family=_family(arch), input_shape=tuple(cfg["input_size"]),
-                     preprocessing=pp, num_classes=model.num_classes, labels=_imagenet_labels(model.num_classes))
+    labels = label_names(getattr(model, "pretrained_cfg", {}), model.num_classes) or _imagenet_labels(model.num_classes)
+    return ModelSpec(name=name, source=source, family=_family(arch), input_shape=tuple(cfg["input_size"]),
+                     preprocessing=pp, num_classes=model.num_classes, labels=labels)
+
+
+def _sized(arch: str, img_size: int | None, build):
+    """``build()`` a model; with ``--img-size``, a size the architecture can't take is one line."""
+    try:
+        model = build()
+        if img_size:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, 3, img_size, img_size))
+        return model
+    except UserError:
+        raise
+    except Exception as exc:  # reason: timm asserts (window/patch divisibility) or raises RuntimeError per model
+        if not img_size:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"--img-size {img_size} does not fit {arch}: {first}") from None
+
+
+def _timm_model(name: str, arch: str, pretrained: bool, **kw) -> tuple[nn.Module, ModelSpec]:
+    import timm
+
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        raise UserError(f"unknown timm model '{arch}'" + (f"; close names: {', '.join(close)}" if close else ""))
+    kw = {k: v for k, v in kw.items() if v is not None}
+
+    def build():
+        try:
+            return timm.create_model(arch, pretrained=pretrained, **kw)
+        except Exception as exc:  # reason: hub download errors come in many types (HTTP, OS, hub-specific)
+            if not pretrained:
+                raise
+            raise UserError(f"could not download pretrained weights for '{arch}' (offline? use --weights PATH): "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+    model = _sized(arch, kw.get("img_size"), build)
+    return model, _at_size(_timm_spec(model, name, f"timm:{arch}", arch), kw.get("img_size"))
+
+
+def _at_size(spec: ModelSpec, img_size: int | None) -> ModelSpec:
+    """The spec at ``--img-size``: timm keeps the pretrained config's input size, the model does not."""
+    if img_size and spec.input_shape[1:] != (img_size, img_size):
+        import dataclasses
+        spec.input_shape = (3, img_size, img_size)
+        spec.preprocessing = dataclasses.replace(spec.preprocessing, input_size=(img_size, img_size),
+                                                 resize_size=None)
+        spec.notes.append(f"input resolution {img_size} px (--img-size); resize keeps crop_pct "
+                          f"{spec.preprocessing.crop_pct}")
+    return spec
+
+
+def _saved_model(name: str, **kw) -> tuple[nn.Module, ModelSpec]:
+    from exporters.saved import saved_model
+    kw = {k: v for k, v in kw.items() if v is not None}
+    found = {}
+
+    def build():
+        model, found["arch"], _ = saved_model(name, **kw)
+        return model
+    model = _sized(name, kw.get("img_size"), build)
+    arch = found["arch"]
+    display = Path(name.partition(":")[2].rstrip("/")).name or "model"
+    spec = _at_size(_timm_spec(model, display, name, arch), kw.get("img_size"))
+    spec.weights = name
     return model, spec
 
 
-def _tv_model(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, ModelSpec]:
+def _tv_model(name: str, arch: str, pretrained: bool, num_classes: int | None = None,
+              img_size: int | None = None) -> tuple[nn.Module, ModelSpec]:
     import torchvision
 
     if arch not in TORCHVISION:
         close = difflib.get_close_matches(arch, list(TORCHVISION), n=5)
         raise UserError(f"unknown torchvision model 'tv:{arch}'; supported: "
                         + ", ".join(f"tv:{n}" for n in (close or TORCHVISION)))
+    if img_size:
+        raise UserError("--img-size applies to timm models; torchvision's are built for 224 px "
+                        "(load torchvision weights into the timm model with timm:<name> --weights)")
     weights_enum = getattr(torchvision.models, TORCHVISION[arch]).IMAGENET1K_V1
     try:
-        model = getattr(torchvision.models, arch)(weights=weights_enum if pretrained else None)
+        model = getattr(torchvision.models, arch)(weights=weights_enum if pretrained else None,
+                                                  **({"num_classes": num_classes} if num_classes else {}))
     except Exception as exc:  # reason: torch.hub raises URLError/OSError/RuntimeError offline
         raise UserError(f"could not download pretrained weights for 'tv:{arch}' "
                         f"(offline? use --weights PATH): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
@@ -123,8 +186,10 @@ def _tv_model(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, ModelS
     pp = Preprocessing(input_size=(size, size), mean=tuple(t.mean), std=tuple(t.std),
                        interpolation=t.interpolation.value, crop_pct=size / t.resize_size[0],
                        resize_size=t.resize_size[0])
+    classes = num_classes or 1000
     spec = ModelSpec(name=name, source=f"tv:{arch}", family=_family(arch), input_shape=(3, size, size),
-                     preprocessing=pp, num_classes=1000, labels=list(weights_enum.meta["categories"]))
+                     preprocessing=pp, num_classes=classes,
+                     labels=list(weights_enum.meta["categories"]) if classes == 1000 else None)
     return model, spec
 
 
@@ -160,37 +225,81 @@ def _reinit_zero_linears(model: nn.Module, spec: ModelSpec) -> None:
             spec.notes.append(f"'{name}' was initialised to zeros upstream; re-initialised randomly (std 0.02)")
 
 
-def create_model(name: str, weights: str | Path | None = None,
-                 pretrained: bool = False) -> tuple[nn.Module, ModelSpec]:
-    """Build a model by zoo name and load its weights. Returns ``(model.eval(), spec)``.
+def _build(name: str, pretrained: bool, num_classes: int | None, img_size: int | None):
+    if name in DIGITS:
+        if num_classes or img_size:
+            raise UserError("the digits models are fixed fixtures: --num-classes and --img-size do not apply")
+        return _digits_model(name)
+    from exporters.saved import is_saved_model
+    if is_saved_model(name):
+        if pretrained:
+            raise UserError(f"{name} loads its own weights; --pretrained does not apply")
+        return _saved_model(name, num_classes=num_classes, img_size=img_size)
+    target = ALIASES.get(name, name)
+    if target.startswith("timm:"):
+        return _timm_model(name, target[5:], pretrained, num_classes=num_classes, img_size=img_size)
+    if target.startswith("tv:"):
+        return _tv_model(name, target[3:], pretrained, num_classes=num_classes, img_size=img_size)
+    close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
+    hint = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(known_names())}"
+    raise UserError(f"unknown model '{name}'{hint} (or use timm:<name>, tv:<name>, local-dir:PATH, hf-hub:ORG/NAME)")
 
-    ``digits_*`` models load their committed trained checkpoint unless ``weights`` is given.
+
+def _classes_from_checkpoint(weights: Path, num_classes: int | None) -> tuple[int | None, str | None]:
+    """The classifier size to build: ``--num-classes`` (checked against the checkpoint) or the checkpoint's."""
+    from exporters.saved import checkpoint_classes
+    from exporters.weights import read_state_dict
+    found = checkpoint_classes(read_state_dict(weights))
+    if found is None:
+        return num_classes, None
+    n, key = found
+    if num_classes is not None and num_classes != n:
+        raise UserError(f"--num-classes {num_classes} contradicts the checkpoint: its classifier '{key}' has "
+                        f"{n} classes")
+    return n, None if num_classes is not None else f"num_classes {n} read from the checkpoint's classifier '{key}'"
+
+
+def create_model(name: str, weights: str | Path | None = None, pretrained: bool = False,
+                 num_classes: int | None = None, img_size: int | None = None,
+                 labels: str | Path | list[str] | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Build a model by name and load its weights. Returns ``(model.eval(), spec)``.
+
+    ``name``: a zoo name, ``timm:<arch>``, ``tv:<arch>``, ``local-dir:PATH`` or ``hf-hub:ORG/NAME`` (timm's
+    saved-model format: architecture, args, classes, label names and preprocessing from ``config.json``).
+    ``digits_*`` models load their committed trained checkpoint unless ``weights`` is given. With a
+    bare checkpoint, ``num_classes`` is read from its classifier unless given (and then checked);
+    ``img_size`` rebuilds a timm model for another resolution (ViT position embeddings are resampled
+    as timm does); ``labels`` is a file (one per line, or JSON) or a list.
     """
     from exporters.weights import load_weights
 
     if weights is not None and pretrained:
         raise UserError("give either --weights or --pretrained, not both")
+    for flag, v in (("--num-classes", num_classes), ("--img-size", img_size)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} must be at least 1 (got {v})")
+    note = None
+    if weights is not None and name not in DIGITS:
+        num_classes, note = _classes_from_checkpoint(Path(weights), num_classes)
+    model, spec = _build(name, pretrained, num_classes, img_size)
+    if note:
+        spec.notes.append(note)
     if name in DIGITS:
-        model, spec = _digits_model(name)
         weights = weights or DATA / f"{name}.safetensors"
-    else:
-        target = ALIASES.get(name, name)
-        if target.startswith("timm:"):
-            model, spec = _timm_model(name, target[5:], pretrained)
-        elif target.startswith("tv:"):
-            model, spec = _tv_model(name, target[3:], pretrained)
-        else:
-            close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
-            hint = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(known_names())}"
-            raise UserError(f"unknown model '{name}'{hint} (or use timm:<name> / tv:<name>)")
-        if pretrained:
-            spec.weights = "pretrained"
+    elif pretrained:
+        spec.weights = "pretrained"
     if weights is not None:
         load_weights(model, Path(weights), spec.source)
         w = Path(weights).resolve()
         spec.weights = f"exporters/data/{w.name}" if w.parent == DATA.resolve() else str(weights)
-    elif not pretrained:
+    elif not pretrained and spec.weights == "random":
         _reinit_zero_linears(model, spec)
         spec.notes.append("RANDOM WEIGHTS: no --weights or --pretrained given; accuracy figures compare "
                           "backends on a randomly initialised network, not a trained one")
+    if labels is not None:
+        from exporters.saved import read_labels
+        names = read_labels(labels) if isinstance(labels, (str, Path)) else [str(x) for x in labels]
+        if len(names) != spec.num_classes:
+            raise UserError(f"{len(names)} label names for a model with {spec.num_classes} classes")
+        spec.labels = names
     return model.eval(), spec

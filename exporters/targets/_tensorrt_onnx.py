@@ -86,6 +86,9 @@ def int8_onnx(src, dst, calib, batch: int, half: bool = True) -> None:
     quantize_qdq(src, dst, calib, batch, {
         **DEFAULT_INT8, "activation": "int8", "reduce_range": False,  # TensorRT: zero points of 0, full range
         "extra_options": {"QDQKeepRemovableActivations": False,
+                          # reason: ORT quantizes a Gemm/Conv bias to INT32 by default; TensorRT's parser
+                          # takes no INT32 DequantizeLinear (seen on a Swin whose proj exported as Gemm)
+                          "QuantizeBias": False,
                           # reason: ORT otherwise quantizes a bias-free MatMul's output too
                           # (patch merging), feeding Q/DQ into the next LayerNorm and Add
                           "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]}})

@@ -86,12 +86,31 @@ def walk_network(network) -> dict:
             "compute_layers_by_precision": dict(by_prec.most_common()), "qdq_layers": qdq}
 
 
+def quiet_logger(trt):
+    """A TensorRT logger that keeps messages instead of printing them (errors reach the user as one line)."""
+
+    class Collect(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+
+        def log(self, severity, msg):
+            if severity <= trt.ILogger.Severity.WARNING:
+                self.messages.append(str(msg))
+    logger = Collect()
+    _LOGGERS.append(logger)  # reason: TensorRT keeps a raw pointer to its logger; Python must keep it alive
+    return logger
+
+
+_LOGGERS: list = []
+
+
 def parse_onnx(trt, onnx_path: Path):
     """Parse ``onnx_path`` into a strongly typed network: ``(builder, network, parser, ParseReport)``.
 
     A rejection raises ``UserError`` with the parser's own message, naming the node.
     """
-    logger = trt.Logger(trt.Logger.ERROR)
+    logger = quiet_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -145,7 +164,9 @@ def build_serialized(trt, builder, network, *, profile: dict | None = None, timi
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise UserError(f"{trt.__name__} {trt.__version__} failed to build an engine (its log names the layer)")
+        logged = [m for m in getattr(builder.logger, "messages", []) if "Error" in m or "error" in m]
+        why = logged[-1].splitlines()[0][:240] if logged else "no message"
+        raise UserError(f"{trt.__name__} {trt.__version__} failed to build an engine: {why}")
     facts["build_s"] = round(time.perf_counter() - t0, 3)
     data = bytes(serialized)
     facts["engine_bytes"] = len(data)
@@ -217,7 +238,7 @@ def device_info(trt) -> dict:
 
 def check_engine_valid(trt, data: bytes, path: Path) -> None:
     """TensorRT-RTX only: refuse an engine for another version or GPU before loading it."""
-    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    runtime = trt.Runtime(quiet_logger(trt))
     validity, diagnostics = runtime.get_engine_validity(data)
     if _name(validity) == "INVALID":
         flags = [m for m in dir(trt.EngineInvalidityDiagnostics) if m.isupper()

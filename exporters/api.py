@@ -1,0 +1,134 @@
+"""The Python API: ``exporters.export(model_or_name, ...) -> Report``, for a name or any ``nn.Module``.
+
+The same pipeline as the CLI (rewrites where a rule matches, ONNX + contract, targets, verification
+against the module itself, latency, an atomic bundle and its report). Bad arguments raise
+``ExportError`` (``runtime.errors.UserError``) with a one-line message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import UserError as ExportError
+from runtime.preprocess import Preprocessing
+
+
+@dataclass
+class Report:
+    """What one export made: the bundle folder, one row per (target, precision), and the whole report."""
+
+    data: dict
+
+    @property
+    def bundle(self) -> Path:
+        return Path(self.data["bundle"])
+
+    @property
+    def results(self) -> list[dict]:
+        return self.data["results"]
+
+    @property
+    def passed(self) -> bool:
+        """True when no result failed its accuracy gate."""
+        return not any(r.get("passed") is False for r in self.results)
+
+    @property
+    def rewrites(self) -> list[str]:
+        """The rewrite rules that matched this model."""
+        return list((self.data.get("rewrites") or {}).get("fired", []))
+
+    def result(self, target: str, precision: str) -> dict:
+        for r in self.results:
+            if r["target"] == target and r["precision"] == precision:
+                return r
+        raise KeyError((target, precision))
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def _family(module) -> str:
+    names = " ".join(type(m).__name__.lower() for m in module.modules())
+    return "swin" if "swin" in names else "vit" if ("vision" in names or "vit" in names) else "other"
+
+
+def spec_for_module(module, name: str, input_shape, preprocessing, labels):
+    """A ``ModelSpec`` for a user's ``nn.Module``: shape and preprocessing given, or taken from a timm config."""
+    import torch
+    from torch import nn
+
+    from exporters.saved import read_labels
+    from exporters.zoo import ModelSpec, _timm_spec
+    if not isinstance(module, nn.Module):
+        raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(module).__name__}")
+    timm_like = hasattr(module, "pretrained_cfg") and hasattr(module, "num_classes")
+    base = _timm_spec(module, name, f"module:{type(module).__module__}.{type(module).__qualname__}",
+                      type(module).__name__.lower()) if timm_like else None
+    if input_shape is None and base is None:
+        raise ExportError("input_shape=(3, H, W) is required for a module without a timm pretrained_cfg")
+    shape = tuple(input_shape) if input_shape is not None else base.input_shape
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3 or shape[0] != 3 or min(shape) < 1:
+        raise ExportError(f"input_shape must be (3, H, W) (got {tuple(input_shape)})")
+    if isinstance(preprocessing, dict):
+        try:
+            preprocessing = Preprocessing.from_dict({"input_size": shape[1:], **preprocessing})
+        except TypeError as exc:
+            raise ExportError(f"preprocessing: {exc}") from None
+    pp = preprocessing or (base.preprocessing if base is not None else Preprocessing(input_size=shape[1:]))
+    if tuple(pp.input_size) != tuple(shape[1:]):
+        raise ExportError(f"preprocessing input_size {tuple(pp.input_size)} differs from input_shape {shape}")
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, *shape))
+    except Exception as exc:  # reason: any user module may raise anything on a wrong shape
+        raise ExportError(f"the module does not run on a {[1, *shape]} input: {type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0][:160]}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ExportError("the module must return logits [B, classes] as one tensor")
+    classes = int(out.shape[-1])
+    names = read_labels(labels) if isinstance(labels, (str, Path)) else list(map(str, labels)) if labels else \
+        (base.labels if base is not None and base.num_classes == classes else None)
+    if names is not None and len(names) != classes:
+        raise ExportError(f"{len(names)} label names for a model with {classes} classes")
+    notes = [] if preprocessing is not None or base is not None else [
+        "preprocessing not given: ImageNet mean/std, bicubic resize, crop 0.875 assumed"]
+    return ModelSpec(name=name, source=base.source if base else f"module:{type(module).__qualname__}",
+                     family=_family(module), input_shape=shape, preprocessing=pp, num_classes=classes,
+                     labels=names, weights="given module", notes=notes)
+
+
+def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=None, data="digits", calib=None,
+           labels=None, preprocessing=None, out="out", name: str | None = None, weights=None,
+           num_classes: int | None = None, img_size: int | None = None, batch: int = 1, runs: int = 50,
+           threads: int | None = None, rewrites: bool = True, quiet: bool = True, **target_options) -> Report:
+    """Export ``model_or_name`` (a zoo name, ``timm:``/``tv:``/``local-dir:``/``hf-hub:`` name, or any
+    ``nn.Module``), build ``targets`` (a name, a list, or "all") at ``precision``, verify every artefact
+    against the model on ``data``, time it, and write ``out/<name>/``. Returns the ``Report``.
+
+    ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
+    ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
+    ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...).
+    """
+    from torch import nn
+
+    from exporters.pipeline import RunOptions, run
+    from exporters.targets import targets as registry
+    names = list(registry()) if targets == "all" else [targets] if isinstance(targets, str) else list(targets)
+    module = spec = None
+    if isinstance(model_or_name, nn.Module):
+        spec = spec_for_module(model_or_name, name or type(model_or_name).__name__.lower(), input_shape,
+                               preprocessing, labels)
+        module, model_or_name = model_or_name, spec.name
+    elif not isinstance(model_or_name, str):
+        raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(model_or_name).__name__}")
+    elif input_shape is not None or preprocessing is not None:
+        raise ExportError("input_shape and preprocessing are for modules; a named model has its own "
+                          "(use img_size= to change the resolution)")
+    opts = RunOptions(model=model_or_name, targets=names, precision=precision, data=data, calib=calib,
+                      weights=weights, num_classes=num_classes, img_size=img_size,
+                      labels=None if module is not None else labels, module=module, spec=spec, out=Path(out),
+                      batch=batch, runs=runs, threads=threads, rewrites=rewrites, options=target_options,
+                      quiet=quiet)
+    return Report(run(opts))
