@@ -172,8 +172,34 @@ def _contract(argv) -> int:
     return 0 if all(r["passed"] for r in rows) else 1
 
 
+def _vs_naive(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks vs-naive",
+                                description="vitdeploy's artefacts against the naive export paths (timm -> "
+                                            "torch.onnx.export -> ONNX Runtime / OpenVINO / NNCF / quantize_static "
+                                            "with defaults), timed interleaved in one process; INT8 accuracy on "
+                                            "the trained digits models.")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", type=int, default=40)
+    p.add_argument("--out", default="out/bench")
+    a = p.parse_args(argv)
+    from benchmarks.vs_naive import measure, render
+    from exporters.pipeline import default_threads
+    from exporters.zoo import create_model
+    from runtime.environment import environment, one_line
+    for m in a.models:
+        create_model(m)  # an unknown model is one line before any work
+    threads = a.threads or default_threads()
+    res = measure(a.models, threads, a.runs)
+    env = environment(threads)
+    md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
+    _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})
+    return OK
+
+
 SUBCOMMANDS = {"rewrites": _rewrites, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
-               "coreml": _coreml, "contract": _contract}
+               "coreml": _coreml, "contract": _contract,
+               "vs-naive": _vs_naive}
 
 
 def main(argv: list[str] | None = None) -> int:
