@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                       help="post-training INT8, calibrated on --calib")
     prec.add_argument("--fp32", action="store_const", const="fp32", dest="precision",
                       help="FP32 (the default for onnxruntime/openvino; Core ML builds FP16 unless this is given)")
+    prec.add_argument("--precision", choices=("fp32", "fp16", "int8", "auto"), dest="precision",
+                      help="the same as the flags above, or auto: build every precision of the target(s) and "
+                           "record the fastest that passed its gate as the bundle's default (the runtime's choice)")
     p.add_argument("--data", default="digits",
                    help="evaluation images: an image folder (class subfolders optional), a .npy/.npz, a .txt "
                         "list, or 'digits' (the built-in hold-out; default)")

@@ -129,7 +129,10 @@ def plan(names: list[str], precision: str | None, precisions: list[str] | None =
         return [(t, p) for t in names for p in offered[t] if p in precisions]
     out = []
     for t in names:
-        if precision:
+        if precision == "auto":
+            out += [(t, p) for p in offered[t] + (("fp32",) if "fp32" not in offered[t] and target(t).takes("fp32")
+                                                  else ())]
+        elif precision:
             out.append((t, precision))
         elif len(names) > 1:
             out += [(t, p) for p in offered[t]]
@@ -158,7 +161,7 @@ def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
 def _validate(opts: RunOptions) -> None:
     for name in opts.targets:
         target(name)  # an unknown target fails here, before any work
-    if len(opts.targets) == 1 and opts.precision:
+    if len(opts.targets) == 1 and opts.precision and opts.precision != "auto":
         target(opts.targets[0]).check_precision(opts.precision)
     if opts.calib_size is not None and opts.calib_size < 1:
         raise UserError(f"--calib-size must be at least 1 (got {opts.calib_size})")
@@ -332,6 +335,19 @@ def time_stage(job: Job, timed: list[tuple[Result, Runner]]) -> None:
             res.gflops = round(attained(flops, job.opts.batch, lat.p50), 2)
 
 
+def select_fastest(job: Job, results: list[Result]) -> dict | None:
+    """``--precision auto``: the fastest artefact of this run that passed its gate, with the timing it was chosen on."""
+    timed = [r for r in results if r.target != "pytorch" and r.passed and r.latency_ms and r.status == "built"]
+    if not timed:
+        return None
+    best = min(timed, key=lambda r: r.latency_ms["p50"])
+    cpu = job.report["environment"]["cpu"]
+    return {"target": best.target, "precision": best.precision, "p50_ms": best.latency_ms["p50"],
+            "candidates": {f"{r.target} {r.precision}": r.latency_ms["p50"] for r in timed},
+            "chosen_on": f"p50 latency, batch {job.opts.batch}, interleaved in this run, on {cpu.get('model')} "
+                         f"({' '.join(cpu.get('flags', []))}), {job.threads} threads"}
+
+
 def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manifest:
     from exporters.onnx import INPUT_NAME, OUTPUT_NAME
     files = list(exp.files) + [f for a in artifacts for f in a.files]
@@ -345,11 +361,13 @@ def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manife
         onnx=exp.path.relative_to(work).as_posix(), artifacts=[a.entry(work) for a in artifacts],
         rewrites=rep.get("rewrites"), graph=rep.get("graph"), calibration=rep.get("calibration"),
         evaluation=rep.get("data"), versions=rep["environment"]["versions"], created=rep["created"],
-        sha256=file_hashes(work, files))
+        sha256=file_hashes(work, files), selection=rep.get("selection"))
 
 
 def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Artifact], exp) -> None:
     job.report["results"] = [r.to_dict() for r in results]
+    if job.opts.precision == "auto":
+        job.report["selection"] = select_fastest(job, results)
     job.report["step_seconds"] = job.steps.times
     if "set" in job.calib.cache:
         job.report["calibration"] = job.calib.cache["set"].describe()

@@ -60,6 +60,10 @@ def render_markdown(report: dict) -> str:
     if report.get("notes"):
         out.append("")
     out += [results_table(report["results"]), ""]
+    sel = report.get("selection")
+    if sel:
+        out += [f"**Default artefact (--precision auto): {sel['target']} {sel['precision']}**, p50 {sel['p50_ms']:.2f} ms, "
+                f"the fastest that passed its gate ({sel['chosen_on']}); the runtime opens it unless told otherwise.", ""]
     for r in report["results"]:
         for n in r.get("notes", []):
             out.append(f"- {r['target']} {r['precision']}: {n}")

@@ -91,6 +91,7 @@ class Manifest(_Model):
     evaluation: dict | None = None
     versions: dict = Field(default_factory=dict)
     created: str = ""
+    selection: dict | None = None  # --precision auto: the fastest artefact that passed, and what it was timed on
 
     @model_validator(mode="after")
     def _consistent(self):

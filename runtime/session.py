@@ -25,9 +25,8 @@ class Prediction:
 
 
 def choose_artifact(manifest: Manifest, target: str | None, precision: str | None) -> ArtifactEntry:
-    """The artefact to run: the one asked for, else the best built one whose backend runs here.
-
-    Preference comes from the backend registry's ranks, then ``PRECISION_PREFERENCE``.
+    """The artefact to run: the one asked for; else the export's measured choice (``--precision auto``,
+    ``manifest.selection``) when it runs here; else by the backend registry's ranks, then ``PRECISION_PREFERENCE``.
     """
     arts = [a for a in manifest.artifacts if a.status == "built" and a.primary]
     if target:
@@ -47,6 +46,10 @@ def choose_artifact(manifest: Manifest, target: str | None, precision: str | Non
     if not usable:
         why = "; ".join(sorted({known[a.target].available() for a in arts if a.target in known} - {None}))
         raise UserError(f"no artefact in the bundle can run here ({why or 'none is built'})")
+    chosen = manifest.selection or {}
+    for a in usable:  # the export's measured choice (--precision auto) when it can run here
+        if not target and not precision and (a.target, a.precision) == (chosen.get("target"), chosen.get("precision")):
+            return a
     ranks = list(known)
     usable.sort(key=lambda a: (ranks.index(a.target), PRECISION_PREFERENCE.index(a.precision)))
     return usable[0]

@@ -95,6 +95,9 @@ class Target:
     def available(self) -> str | None:
         return missing(self.sdk, self.install)
 
+    def takes(self, precision: str) -> bool:
+        return precision in (self.accepts or self.precisions)
+
     def check_precision(self, precision: str) -> None:
         """A one-line ``UserError`` when ``build`` does not take ``precision``."""
         accepted = self.accepts or self.precisions
