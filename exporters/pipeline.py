@@ -18,7 +18,7 @@ from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
 from exporters.report import write_report
 from exporters.result import Result
-from exporters.targets import Artifact, BuildContext, resolve_options, target, targets
+from exporters.targets import Artifact, BuildContext, resolve_options, target
 from runtime.accuracy import compare, judge
 from runtime.backends import Runner
 from runtime.environment import environment
@@ -98,6 +98,7 @@ class Job:
     steps: Steps
     report: dict  # the report being assembled (report.json form)
     calib: Callable[[], CalibrationSet]
+    calib_cache: dict  # {"set": CalibrationSet} once a target asked for calibration
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -206,7 +207,6 @@ def prepare(opts: RunOptions) -> Job:
                 cache["set"] = load_set(src, spec.preprocessing, size=opts.calib_size, part="train",
                                         label_index=label_index(spec), progress=not opts.quiet)
         return cache["set"]
-    calib.cache = cache  # type: ignore[attr-defined]  # the write stage records the set if one was loaded
 
     report = {"model": spec.name, "source": spec.source, "weights": spec.weights,
               "input_shape": [opts.batch, *spec.input_shape],
@@ -216,7 +216,7 @@ def prepare(opts: RunOptions) -> Job:
               "roofline": {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
                            "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}}
     return Job(opts=opts, model=model, spec=spec, data=data, threads=threads, target_options=target_options,
-               steps=steps, report=report, calib=calib)
+               steps=steps, report=report, calib=calib, calib_cache=cache)
 
 
 def export_stage(job: Job, work: Path):
@@ -369,8 +369,8 @@ def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Art
     if job.opts.precision == "auto":
         job.report["selection"] = select_fastest(job, results)
     job.report["step_seconds"] = job.steps.times
-    if "set" in job.calib.cache:
-        job.report["calibration"] = job.calib.cache["set"].describe()
+    if "set" in job.calib_cache:
+        job.report["calibration"] = job.calib_cache["set"].describe()
     manifest = manifest_for(job, work, artifacts, exp)
     write_report(job.report, work)
     manifest.write(work)
@@ -399,4 +399,4 @@ def run(opts: RunOptions) -> dict:
     return job.report
 
 
-__all__ = ["RunOptions", "run", "plan", "default_threads", "run_outputs", "targets"]
+__all__ = ["RunOptions", "run", "plan", "default_threads", "run_outputs"]

@@ -35,10 +35,9 @@ def _on_sigterm(signum, frame):
 
 def _log_dir(argv: list[str]) -> Path:
     """The ``--out`` folder when one was given and exists, else the system's temporary folder."""
-    for i, a in enumerate(argv):
-        value = a.split("=", 1)[1] if a.startswith("--out=") else argv[i + 1] if a == "--out" and i + 1 < len(argv) \
-            else None
-        if value and Path(value).is_dir() and os.access(value, os.W_OK):
+    values = [b for a, b in zip(argv, argv[1:]) if a == "--out"] + [a[6:] for a in argv if a.startswith("--out=")]
+    for value in values:
+        if Path(value).is_dir() and os.access(value, os.W_OK):
             return Path(value)
     return Path(tempfile.gettempdir())
 

@@ -47,9 +47,9 @@ class ArtifactEntry(_Model):
 
     @model_validator(mode="after")
     def _primary_is_listed(self):
+        # a file among ``files``, or a package folder (Core ML) whose files are listed
         if self.primary is not None and self.primary not in self.files and not any(
-                self.primary.startswith(f.rstrip("/") + "/") or f.startswith(self.primary.rstrip("/") + "/")
-                for f in self.files):
+                f.startswith(self.primary.rstrip("/") + "/") for f in self.files):
             raise ValueError(f"primary '{self.primary}' is not among the artefact's files")
         return self
 

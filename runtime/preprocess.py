@@ -109,7 +109,6 @@ def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 check_image_size(*im.size, limit=limit)
-                Image.MAX_IMAGE_PIXELS = previous
                 return im.convert("RGB")
     except ImageRejected:
         raise

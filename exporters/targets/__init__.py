@@ -100,10 +100,10 @@ class Target:
 
     def check_precision(self, precision: str) -> None:
         """A one-line ``UserError`` when ``build`` does not take ``precision``."""
-        accepted = self.accepts or self.precisions
-        if precision not in accepted:
+        if not self.takes(precision):
             why = dict(self.refusals).get(precision)
-            raise UserError(why or f"{self.name} builds {', '.join(accepted)} (got {precision})")
+            raise UserError(why or f"{self.name} builds {', '.join(self.accepts or self.precisions)} "
+                                   f"(got {precision})")
 
     def runner(self, ctx: BuildContext, art: Artifact, threads: int | None) -> Runner:
         """The runner that verifies ``art``: the target's own proxy, or the runtime's backend."""

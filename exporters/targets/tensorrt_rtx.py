@@ -33,10 +33,11 @@ def build(ctx: BuildContext, precision: str, options: TensorRTRTXOptions) -> Art
     ccs = [c.strip() for c in options.compute_capability.split(",") if c.strip()] \
         if options.compute_capability else None
     engine = ctx.workdir / f"tensorrt_rtx-{precision}.engine"
-    check = nvidia_check(onnx_path, engine, ccs=ccs, profile=dynamic_profile(ctx))
+    profile = dynamic_profile(ctx)
+    check = nvidia_check(onnx_path, engine, ccs=ccs, profile=profile)
     cache = f"tensorrt_rtx-{precision}.runtime-cache"
     config = {"onnx": onnx_path.name, "runtime_cache": cache, "compute_capabilities": check["compute_capabilities"],
-              "library": check["library"], "version": check["version"], "profile": dynamic_profile(ctx)}
+              "library": check["library"], "version": check["version"], "profile": profile}
     notes.append(f"engine AOT-built here for compute capabilities: {', '.join(check['compute_capabilities'])}; "
                  f"runs with {check['library']} {check['version']} only (JIT on first load; runtime cache {cache})")
     from runtime.backends import backend

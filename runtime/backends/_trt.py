@@ -54,7 +54,6 @@ class ParseReport:
     compute_layers_by_precision: dict[str, int] = field(default_factory=dict)  # output dtype of compute layers
     layers_by_type: dict[str, int] = field(default_factory=dict)
     qdq_layers: int = 0
-    error: str | None = None
     build_s: float | None = None
     engine_bytes: int | None = None
     compute_capabilities: list[str] | None = None

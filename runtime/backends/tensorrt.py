@@ -18,8 +18,6 @@ from runtime.backends._trt import library as trt_library
 from runtime.errors import UserError
 
 INSTALL = LIBRARIES["tensorrt"]
-BUILDS = {"tensorrt": "the bundle's TensorRT-ready ONNX, for full TensorRT on this GPU",
-          "tensorrt_rtx": "the same ONNX, for TensorRT-RTX on this GPU (JIT engines for RTX cards)"}
 
 
 def build_bundle_engine(bundle: str | Path, precision: str | None = None, workspace_gb: float = 4.0,
