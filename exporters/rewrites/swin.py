@@ -2,7 +2,10 @@
 
 - ``torch.roll`` becomes a static slice + concat;
 - the relative position bias is gathered once and baked, with the shifted-window mask
-  pre-added, into one constant ``[nW or 1, heads, N, N]``: one Add per block;
+  pre-added, into one constant ``[1, nW*heads, N, N]``: one Add per block;
+- attention runs on 4-D ``[B, nW*heads, N, hd]`` tensors (windows folded into heads), the form
+  OpenVINO's CPU plugin fuses into one MHA kernel (5-D attention, or a reshape between the
+  matmul and the softmax as in timm's shifted blocks, is left as separate ops);
 - padding exists only where the resolution does not divide by the window;
 - window partition and reverse use static shapes (batch as -1, so dynamic batch stays shape-free);
 - patch merging becomes one reshape/permute with no Pad when the resolution is even.
@@ -47,7 +50,8 @@ def shifted_window_mask(hp: int, wp: int, window: tuple[int, int], shift: tuple[
 class StaticWindowAttention(nn.Module):
     """(Shifted-)window attention on ``[B, H, W, C]`` with every shape and constant fixed.
 
-    ``bias`` is ``[nW or 1, heads, N, N]``: relative position bias plus the shift mask.
+    ``bias`` is ``[nW or 1, heads, N, N]``: relative position bias plus the shift mask; it is stored
+    as ``[1, nW*heads, N, N]`` so the attention stays 4-D and the batch broadcasts.
     ``shift_first`` selects timm's order (roll, then pad) or torchvision's (pad, then roll).
     """
 
@@ -63,7 +67,9 @@ class StaticWindowAttention(nn.Module):
         self.pad = ((window[0] - h % window[0]) % window[0], (window[1] - w % window[1]) % window[1])
         self.padded = (h + self.pad[0], w + self.pad[1])
         self.num_windows = (self.padded[0] // window[0]) * (self.padded[1] // window[1])
-        self.register_buffer("bias", bias.detach().clone().contiguous())
+        n = window[0] * window[1]
+        bias = bias.detach().float().expand(self.num_windows, num_heads, n, n)
+        self.register_buffer("bias", bias.reshape(1, self.num_windows * num_heads, n, n).clone().contiguous())
 
     def _pad(self, x):
         if any(self.pad):
@@ -87,13 +93,12 @@ class StaticWindowAttention(nn.Module):
             x = static_roll(self._pad(x), -sh, -sw, hp, wp)
         # partition: [B, Hp, Wp, C] -> [B, nW, N, C]
         x = x.reshape(-1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, nw, n, c)
-        qkv = self.qkv(x)  # [B, nW, N, 3A], query rows pre-scaled
         a = self.attn_dim
-        q = qkv[..., :a].reshape(-1, nw, n, heads, hd).transpose(2, 3)  # [B, nW, h, N, hd]
-        k = qkv[..., a:2 * a].reshape(-1, nw, n, heads, hd).permute(0, 1, 3, 4, 2)  # [B, nW, h, hd, N]
-        v = qkv[..., 2 * a:].reshape(-1, nw, n, heads, hd).transpose(2, 3)  # [B, nW, h, N, hd]
-        attn = torch.softmax(q @ k + self.bias, dim=-1)  # [B, nW, h, N, N]
-        x = (attn @ v).transpose(2, 3).reshape(-1, nw, n, a)
+        # [B, nW, N, 3A] -> [3, B, nW*h, N, hd] (query rows pre-scaled)
+        qkv = self.qkv(x).reshape(-1, nw, n, 3, heads, hd).permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nw * heads, n, hd)
+        q, k, v = qkv.unbind(0)
+        attn = torch.softmax(q @ k.transpose(-2, -1) + self.bias, dim=-1)  # [B, nW*h, N, N]
+        x = (attn @ v).reshape(-1, nw, heads, n, hd).transpose(2, 3).reshape(-1, nw, n, a)
         x = self.proj(x)  # [B, nW, N, C]
         # reverse: [B, nW, N, C] -> [B, Hp, Wp, C]
         x = x.reshape(-1, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)

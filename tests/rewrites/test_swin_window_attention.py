@@ -73,3 +73,36 @@ def test_original_model_is_not_modified():
     before = type(model.layers[0].blocks[0])
     max_err(model, (3, 32, 32), PASS, batches=(1,))
     assert type(model.layers[0].blocks[0]) is before
+
+
+def test_attention_is_four_d_with_no_reshape_before_softmax(tmp_path):
+    """Every Softmax reads ``Add(MatMul(q, k), bias)`` on 4-D tensors: the form OpenVINO fuses into one MHA kernel.
+
+    A shifted block in timm's form has Reshape -> Add(mask) -> Reshape between the MatMul and the Softmax.
+    """
+    import onnx
+
+    from exporters.onnx import export_onnx
+    from exporters.rewrites import apply_rewrites
+    model = _digits_swin(32)
+    rewritten, _ = apply_rewrites(model, (1, 3, 32, 32))
+    exp = export_onnx(rewritten, (2, 3, 32, 32), tmp_path / "m.onnx")
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(exp.path)))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in proto.graph.value_info}
+    softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == 4
+    for sm in softmaxes:
+        add = producer[sm.input[0]]
+        assert add.op_type == "Add" and ranks[sm.input[0]] == 4
+        kinds = {producer[i].op_type if i in producer else "initializer" for i in add.input}
+        assert "MatMul" in kinds and "Reshape" not in kinds
+
+
+
+def test_bias_is_stored_once_per_window_and_head_and_broadcasts_over_batch():
+    from exporters.rewrites import apply_rewrites
+    rewritten, _ = apply_rewrites(_digits_swin(32), (1, 3, 32, 32))
+    for attn in (m for m in rewritten.modules() if isinstance(m, StaticWindowAttention)):
+        n = attn.window[0] * attn.window[1]
+        assert tuple(attn.bias.shape) == (1, attn.num_windows * attn.num_heads, n, n)
