@@ -38,6 +38,8 @@ def _matrix(argv) -> int:
     p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all for models "
                                                                 "<= 64 px, else 64)")
     p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--throughput", action="store_true", help="also measure images/s in throughput mode "
+                   "(several inferences in flight)")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     import time
@@ -65,7 +67,7 @@ def _matrix(argv) -> int:
         reports.append(run(RunOptions(model=model, targets=targets, precisions=precisions, data=a.data,
                                       calib=a.calib, calib_size=a.calib_size, eval_size=a.eval_size,
                                       out=Path(a.out) / "bundles",
-                                      batch=a.batch, runs=a.runs, threads=threads)))
+                                      batch=a.batch, runs=a.runs, threads=threads, throughput=a.throughput)))
         done += combos
     command = "python -m benchmarks " + " ".join(shlex.quote(x) for x in argv)
     paths = write_matrix(reports, Path(a.out), command)
@@ -181,16 +183,22 @@ def _vs_naive(argv) -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runs", type=int, default=40)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--throughput", action="store_true", help="also images/s with every path in throughput mode "
+                   "(OpenVINO THROUGHPUT hint and streams, ONNX Runtime concurrent runs), one path at a time")
+    p.add_argument("--throughput-seconds", type=float, default=5.0)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render
+    if a.batch < 1 or a.runs < 1 or a.throughput_seconds <= 0:
+        raise UserError("--batch and --runs must be at least 1 and --throughput-seconds positive")
     from exporters.pipeline import default_threads
     from exporters.zoo import create_model
     from runtime.environment import environment, one_line
     for m in a.models:
         create_model(m)  # an unknown model is one line before any work
     threads = a.threads or default_threads()
-    res = measure(a.models, threads, a.runs)
+    res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None)
     env = environment(threads)
     md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
     _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})

@@ -21,32 +21,6 @@ from runtime.backends import Runner
 OURS = [("onnxruntime", "int8"), ("openvino", "fp16"), ("openvino", "int8")]
 
 
-class OpenVinoDefault(Runner):
-    """OpenVINO compiled with no configuration at all: what a user who just calls compile_model gets."""
-
-    def __init__(self, model_or_path):
-        super().__init__()
-        import openvino as ov
-        core = ov.Core()
-        self.compiled = core.compile_model(model_or_path, "CPU")
-        self.request = self.compiled.create_infer_request()
-        inp = self.compiled.inputs[0]
-        self.input_name = inp.get_any_name()
-        self.input_shape = [d.get_length() if d.is_static else -1 for d in inp.get_partial_shape()]
-
-    def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        res = self.request.infer({self.input_name: x})
-        return {"logits": np.asarray(next(iter(res.values())), dtype=np.float32)}
-
-    def describe(self) -> dict:
-        return {"device": "CPU", "compiled": {k: str(self.compiled.get_property(k)) for k in
-                                              ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS")}}
-
-    def close(self) -> None:
-        self.request = self.compiled = None
-        super().close()
-
-
 def naive_onnx(model, shape, path: Path) -> Path:
     import torch
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -54,14 +28,12 @@ def naive_onnx(model, shape, path: Path) -> Path:
     return path
 
 
-def naive_paths(model, shape, calib, work: Path) -> dict[str, Runner]:
-    """The four naive paths of ``model``, as runners."""
+def naive_artefacts(model, shape, calib, work: Path) -> dict[str, tuple[str, object]]:
+    """The four naive artefacts of ``model``: ``{path name: (runtime, ONNX path or ov.Model)}``."""
     work.mkdir(parents=True, exist_ok=True)
     import nncf
     import openvino as ov
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    from runtime.backends.onnxruntime import OnnxRuntimeRunner
     src = naive_onnx(model, shape, work / "naive.onnx")
 
     class Reader(CalibrationDataReader):
@@ -74,47 +46,76 @@ def naive_paths(model, shape, calib, work: Path) -> dict[str, Runner]:
         quantize_static(str(src), str(work / "naive-ort-int8.onnx"), Reader())
         ir = ov.convert_model(str(src))
         q = nncf.quantize(ir, nncf.Dataset(list(calib.batches(shape[0]))), model_type=nncf.ModelType.TRANSFORMER)
-    return {"naive onnxruntime fp32": OnnxRuntimeRunner(src),
-            "naive openvino default": OpenVinoDefault(str(src)),
-            "naive openvino nncf int8": OpenVinoDefault(q),
-            "naive onnxruntime quantize_static int8": OnnxRuntimeRunner(work / "naive-ort-int8.onnx")}
+    return {"naive onnxruntime fp32": ("onnxruntime", src), "naive openvino default": ("openvino", src),
+            "naive openvino nncf int8": ("openvino", q),
+            "naive onnxruntime quantize_static int8": ("onnxruntime", work / "naive-ort-int8.onnx")}
 
 
-def our_paths(name: str, out: Path, data: str, threads: int, eval_size: int | None) -> tuple[dict, dict]:
-    """vitdeploy's artefacts of ``name`` (its pipeline, its defaults) as runners, and the report."""
-    import runtime
+def naive_runner(kind: str, artefact, mode: str) -> Runner:
+    """A naive artefact as a runner, with its library's defaults: ORT's default threads; OpenVINO compiled with no
+    configuration at all, or in throughput mode with only ``PERFORMANCE_HINT=THROUGHPUT`` (what its docs say to set)."""
+    if kind == "onnxruntime":
+        from runtime.backends.onnxruntime import OnnxRuntimeRunner
+        return OnnxRuntimeRunner(artefact, mode=mode)
+    from runtime.backends.openvino import OpenVinoRunner
+    return OpenVinoRunner(artefact, mode=mode, config={} if mode == "latency" else {"PERFORMANCE_HINT": "THROUGHPUT"})
+
+
+def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | None, batch: int = 1) -> Path:
+    """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults."""
     from exporters.pipeline import RunOptions, run
     rep = run(RunOptions(model=name, targets=["onnxruntime", "openvino"], precisions=["fp16", "int8"], data=data,
-                         calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, quiet=True))
-    runners = {}
-    for target, precision in OURS:
-        session = runtime.open(Path(rep["bundle"]), target=target, precision=precision, threads=threads)
-        runners[f"vitdeploy {target} {precision}"] = session.runner
-    return runners, rep
+                         calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, batch=batch,
+                         quiet=True))
+    return Path(rep["bundle"])
 
 
-def latency(name: str, threads: int, runs: int, work: Path) -> dict:
-    """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name``, interleaved."""
+def our_runners(bundle: Path, threads: int, mode: str) -> dict[str, Runner]:
+    import runtime
+    return {f"vitdeploy {t} {p}": runtime.open(bundle, target=t, precision=p, threads=threads, mode=mode).runner
+            for t, p in OURS}
+
+
+def _close(runners: dict) -> None:
+    for r in runners.values():
+        r.close()
+
+
+def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None) -> dict:
+    """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name``, interleaved; with
+    ``throughput_s``, then images/s of each, opened in throughput mode, one after another."""
     from calibration import load_set
     from exporters.reference import TorchRunner
     from exporters.zoo import create_model
-    from runtime.latency import measure_interleaved
+    from runtime.latency import measure_interleaved, measure_throughput
     model, spec = create_model(name)
-    shape = (1, *spec.input_shape)
+    shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
-    runners = {"pytorch eager fp32": TorchRunner(model, list(shape), threads=threads)}
-    runners.update(naive_paths(model, shape, calib, work))
-    ours, _ = our_paths(name, work / "bundles", "digits", threads, eval_size=8)
-    runners.update(ours)
+    naive = naive_artefacts(model, shape, calib, work)
+    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
+    def runners_in(mode: str) -> dict[str, Runner]:
+        eager = {"pytorch eager fp32": TorchRunner(model, list(shape), threads=threads)}
+        return {**eager, **{k: naive_runner(kind, a, mode) for k, (kind, a) in naive.items()},
+                **our_runners(bundle, threads, mode)}
+    runners = runners_in("latency")
     try:
         lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs=runs, warmup=5, rounds=5)
-        described = {k: r.describe() for k, r in runners.items()}
+        rows = {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2),
+                    "hint": (runners[k].describe().get("compiled") or {}).get("INFERENCE_PRECISION_HINT")}
+                for k, v in lats.items()}
     finally:
-        for r in runners.values():
-            r.close()
-    return {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2),
-                "hint": (described[k].get("compiled") or {}).get("INFERENCE_PRECISION_HINT")} for k, v in lats.items()}
+        _close(runners)
+    if throughput_s:
+        runners = runners_in("throughput")
+        try:
+            for k, r in runners.items():
+                tp = measure_throughput(r, {r.input_name: x}, seconds=throughput_s)
+                rows[k].update(images_per_s=round(tp.images_per_s, 2), streams=tp.streams)
+        finally:
+            _close(runners)
+    return rows
 
 
 def accuracy(name: str, threads: int, work: Path) -> dict:
@@ -131,9 +132,11 @@ def accuracy(name: str, threads: int, work: Path) -> dict:
     ev = load_set("digits", spec.preprocessing, size=None, part="holdout", progress=False)
     with torch.no_grad():
         ref = model(torch.from_numpy(ev.inputs)).numpy()
-    runners = {k: v for k, v in naive_paths(model, shape, calib, work).items() if "int8" in k}
-    ours, _ = our_paths(name, work / "bundles", "digits", threads, eval_size=None)
+    runners = {k: naive_runner(kind, a, "latency") for k, (kind, a) in naive_artefacts(model, shape, calib, work).items()
+               if "int8" in k}
+    ours = our_runners(our_bundle(name, work / "bundles", "digits", threads, eval_size=None), threads, "latency")
     runners.update({k: v for k, v in ours.items() if "int8" in k})
+    _close({k: v for k, v in ours.items() if "int8" not in k})
     out = {"reference_top1": round(float((ref.argmax(-1) == ev.labels).mean()) * 100, 2)}
     for k, r in runners.items():
         a = compare(ref, run_outputs(r, ev, 1), ev.labels)
@@ -143,27 +146,33 @@ def accuracy(name: str, threads: int, work: Path) -> dict:
     return out
 
 
-def measure(models: list[str], threads: int, runs: int, accuracy_models=("digits_swin", "digits_vit")) -> dict:
+def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughput_s: float | None = None,
+            accuracy_models=("digits_swin", "digits_vit")) -> dict:
     with tempfile.TemporaryDirectory() as d:
-        lat = {m: latency(m, threads, runs, Path(d) / m) for m in models}
+        lat = {m: latency(m, threads, runs, Path(d) / m, batch, throughput_s) for m in models}
         acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}") for m in accuracy_models}
-    return {"latency_ms": lat, "accuracy": acc}
+    return {"batch": batch, "latency_ms": lat, "accuracy": acc}
 
 
 def render(res: dict, env_line: str, command: str) -> str:
     lines = ["## vitdeploy against the naive path (one process, interleaved)", "", f"Command: `{command}`", "",
              f"Machine: {env_line}", ""]
+    batch = res.get("batch", 1)
     for model, rows in res["latency_ms"].items():
         naive = {k: v for k, v in rows.items() if k.startswith("naive")}
         best_k = min(naive, key=lambda k: naive[k]["p50"])
         best = naive[best_k]["p50"]
         eager = rows["pytorch eager fp32"]["p50"]
-        lines += [f"### {model} (batch 1, random weights): best naive path = {best_k}", "",
-                  "| path | p50 ms | p90 ms | × eager | best naive p50 / this p50 | OpenVINO precision hint |",
-                  "|---|---|---|---|---|---|"]
+        tp = all("images_per_s" in v for v in rows.values())
+        best_tp = max(v["images_per_s"] for v in naive.values()) if tp else None
+        lines += [f"### {model} (batch {batch}, random weights): best naive path by p50 = {best_k}", "",
+                  "| path | p50 ms | p90 ms | × eager | best naive p50 / this p50 | OpenVINO precision hint |"
+                  + (" img/s, throughput mode (in flight) | this / best naive img/s |" if tp else ""),
+                  "|---|---|---|---|---|---|" + ("---|---|" if tp else "")]
         for k, v in rows.items():
+            extra = (f" {v['images_per_s']:.1f} ({v['streams']}) | {v['images_per_s'] / best_tp:.2f}× |" if tp else "")
             lines.append(f"| {k} | {v['p50']:.2f} | {v['p90']:.2f} | {eager / v['p50']:.2f}× | "
-                         f"{best / v['p50']:.2f}× | {v['hint'] or '–'} |")
+                         f"{best / v['p50']:.2f}× | {v['hint'] or '–'} |" + extra)
         lines.append("")
     for model, rows in res["accuracy"].items():
         lines += [f"### INT8 accuracy on {model} (hold-out, reference top-1 {rows['reference_top1']:.2f} %)", "",

@@ -23,7 +23,7 @@ from runtime.accuracy import compare, judge
 from runtime.backends import Runner
 from runtime.environment import environment
 from runtime.errors import UserError
-from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, throughput
+from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput, throughput
 from runtime.manifest import Manifest, TensorSpec, file_hashes
 from runtime.tolerances import tolerance_for
 
@@ -54,6 +54,8 @@ class RunOptions:
     threads: int | None = None
     rewrites: bool = True
     dynamic_batch: bool = False
+    throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
+    throughput_seconds: float = 3.0
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
 
@@ -170,6 +172,8 @@ def _validate(opts: RunOptions) -> None:
         raise UserError("--batch and --runs must be at least 1")
     if opts.threads is not None and opts.threads < 1:
         raise UserError(f"--threads must be at least 1 (got {opts.threads})")
+    if opts.throughput_seconds <= 0:
+        raise UserError(f"--throughput-seconds must be positive (got {opts.throughput_seconds})")
 
 
 def prepare(opts: RunOptions) -> Job:
@@ -309,23 +313,23 @@ def build_all(job: Job, ctx: BuildContext, ref: Reference) -> tuple[list[Result]
             continue
         artifacts.append(art)
         if art.timeable:
-            timed.append((res, runner))
+            timed.append((res, runner, art))
         else:
             runner.close()
     return results, artifacts, timed
 
 
-def time_stage(job: Job, timed: list[tuple[Result, Runner]]) -> None:
+def time_stage(job: Job, timed: list[tuple[Result, Runner, Artifact | None]]) -> None:
     """Time every runner in interleaved rounds (the reference first) and fill latency and speedups."""
     from exporters.roofline import attained
     feeds = next(job.data.batches(job.opts.batch))
-    runners = {i: runner for i, (_, runner) in enumerate(timed)}
+    runners = {i: runner for i, (_, runner, _) in enumerate(timed)}
     with job.steps(f"latency ({len(timed)} runners, interleaved)"):
         lats = measure_interleaved(runners, lambda r: {r.input_name: feeds}, runs=job.opts.runs,
                                    warmup=job.opts.warmup)
     ref_p50 = lats[0].p50
     flops = job.report["roofline"]["flops_per_image"]
-    for i, (res, _) in enumerate(timed):
+    for i, (res, _, _) in enumerate(timed):
         lat = lats[i]
         res.latency_ms = {k: round(v, 4) for k, v in lat.to_dict().items() if k != "runs"}
         res.runs = lat.runs
@@ -333,6 +337,23 @@ def time_stage(job: Job, timed: list[tuple[Result, Runner]]) -> None:
         res.speedup_vs_reference = round(ref_p50 / lat.p50, 3)
         if flops:
             res.gflops = round(attained(flops, job.opts.batch, lat.p50), 2)
+
+
+def throughput_stage(job: Job, ctx: BuildContext, timed: list[tuple[Result, Runner, Artifact | None]]) -> None:
+    """``--throughput``: reopen every timed artefact in throughput mode and measure images per second.
+
+    One runner at a time, each for ``throughput_seconds`` (several in flight at once would share the
+    cores and measure each other). The PyTorch reference runs one batch at a time (its mode: latency).
+    """
+    feeds = next(job.data.batches(job.opts.batch))
+    for res, runner, art in timed:
+        with job.steps(f"throughput {res.target} {res.precision}"):
+            if art is None:
+                res.throughput_mode = measure_throughput(runner, {runner.input_name: feeds},
+                                                         job.opts.throughput_seconds).to_dict()
+                continue
+            with target(res.target).runner(ctx, art, job.threads, mode="throughput") as r:
+                res.throughput_mode = measure_throughput(r, {r.input_name: feeds}, job.opts.throughput_seconds).to_dict()
 
 
 def select_fastest(job: Job, results: list[Result]) -> dict | None:
@@ -379,21 +400,23 @@ def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Art
 def run(opts: RunOptions) -> dict:
     """Build, verify and time every requested (target, precision); write the bundle; return the report."""
     job = prepare(opts)
-    timed: list[tuple[Result, Runner]] = []
+    timed: list[tuple[Result, Runner, Artifact | None]] = []
     try:
         with staged_bundle(Path(opts.out), job.spec.slug) as work:
             export_model, exp = export_stage(job, work)
             ref = reference_stage(job)
-            timed.append((ref.result, ref.runner))
+            timed.append((ref.result, ref.runner, None))
             ctx = BuildContext(spec=job.spec, model=export_model, onnx_path=exp.path, workdir=work,
                                batch=opts.batch, threads=job.threads, calib=job.calib,
                                dynamic_batch=opts.dynamic_batch)
             results, artifacts, built = build_all(job, ctx, ref)
             timed += built
             time_stage(job, timed)
+            if opts.throughput:
+                throughput_stage(job, ctx, timed)
             write_stage(job, work, [ref.result, *results], artifacts, exp)
     finally:
-        for _, runner in timed:
+        for _, runner, _ in timed:
             runner.close()
     job.report["bundle"] = str(Path(opts.out) / job.spec.slug)
     return job.report

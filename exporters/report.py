@@ -22,15 +22,24 @@ def _fmt(v, digits=2, pct=False):
     return str(v)
 
 
+def _throughput_cell(r: dict) -> list[str]:
+    tp = r.get("throughput_mode")
+    return [f"{tp['images_per_s']:.1f} ({tp['streams']} in flight)" if tp else "–"]
+
+
 def results_table(results: list[dict]) -> str:
-    head = ("| target | precision | status | device | p50 ms | p90 ms | img/s | speedup | GFLOP/s | cosine min | "
-            "top-1 agree | top-1 | size MB | passed |")
+    """Markdown table of result rows; an 'img/s, throughput mode' column when any row was measured so."""
+    tp = any(r.get("throughput_mode") for r in results)
+    head = ("| target | precision | status | device | p50 ms | p90 ms | img/s | "
+            + ("img/s, throughput mode | " if tp else "")
+            + "speedup | GFLOP/s | cosine min | top-1 agree | top-1 | size MB | passed |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in results:
         lat, acc = r.get("latency_ms") or {}, r.get("accuracy") or {}
         lines.append("| " + " | ".join([
             r["target"], r["precision"], r.get("status", "built"), str(r.get("device", "")),
             _fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(r.get("throughput_ips"), 1),
+            *(_throughput_cell(r) if tp else []),
             _fmt(r.get("speedup_vs_reference")) + ("×" if r.get("speedup_vs_reference") else ""),
             _fmt(r.get("gflops"), 1), _fmt(acc.get("cosine_min"), 6), _fmt(acc.get("top1_agreement"), 2, pct=True),
             _fmt(acc.get("top1"), 2, pct=True), _fmt(r.get("size_mb"), 1),

@@ -18,7 +18,8 @@ class Result:
     build_s: dict[str, float] = field(default_factory=dict)
     latency_ms: dict | None = None  # p50, p90, p99, mean
     runs: int | None = None
-    throughput_ips: float | None = None
+    throughput_ips: float | None = None  # batch / p50: one batch at a time
+    throughput_mode: dict | None = None  # --throughput: images_per_s, streams, batch, seconds (runtime/latency.py)
     speedup_vs_reference: float | None = None  # only from figures of the same run
     gflops: float | None = None
     accuracy: Accuracy | None = None

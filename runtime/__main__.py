@@ -1,7 +1,7 @@
 """``python -m runtime``: predict, time, or build a TensorRT engine from a bundle, without torch.
 
     python -m runtime BUNDLE IMG [IMG...] [--topk K] [--json] [--target T] [--precision P]
-    python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P]
+    python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P] [--throughput]
     python -m runtime build BUNDLE [--precision fp16|int8]     (TensorRT engine, on the device)
 """
 from __future__ import annotations
@@ -50,26 +50,38 @@ def _bench(argv) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--throughput", action="store_true",
+                   help="also open the artefact in throughput mode (several inferences in flight) and report img/s")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of the throughput measurement (default 5)")
     _common(p)
     a = p.parse_args(argv)
     import numpy as np
 
     import runtime
-    from runtime.latency import measure, throughput
-    if a.runs < 1 or a.warmup < 0:
-        raise UserError(f"--runs must be at least 1 and --warmup at least 0 (got {a.runs}, {a.warmup})")
+    from runtime.latency import measure, measure_throughput, throughput
+    if a.runs < 1 or a.warmup < 0 or a.seconds <= 0:
+        raise UserError(f"--runs must be at least 1, --warmup at least 0 and --seconds positive "
+                        f"(got {a.runs}, {a.warmup}, {a.seconds})")
     s = runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads)
     shape = [s.batch, *s.runner.input_shape[1:]]
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    feeds = {s.runner.input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
     with s:
-        lat = measure(s.runner, {s.runner.input_name: x}, runs=a.runs, warmup=a.warmup)
+        lat = measure(s.runner, feeds, runs=a.runs, warmup=a.warmup)
         res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
                "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe()}
+    if a.throughput:
+        with runtime.open(a.bundle, target=s.target, precision=s.precision, device=a.device, threads=a.threads,
+                          mode="throughput") as t:
+            res["throughput_mode"] = measure_throughput(t.runner, feeds, seconds=a.seconds).to_dict()
     if a.json:
         print(json.dumps(res, default=str))
-    else:
-        print(f"{s.target} {s.precision} batch {shape[0]}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms, "
-              f"p99 {lat.p99:.2f} ms, mean {lat.mean:.2f} ms, {res['throughput_ips']:.1f} img/s ({lat.runs} runs)")
+        return 0
+    print(f"{s.target} {s.precision} batch {shape[0]}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms, "
+          f"p99 {lat.p99:.2f} ms, mean {lat.mean:.2f} ms, {res['throughput_ips']:.1f} img/s ({lat.runs} runs)")
+    if a.throughput:
+        tp = res["throughput_mode"]
+        print(f"throughput mode: {tp['images_per_s']:.1f} img/s with {tp['streams']} in flight "
+              f"({tp['images']} images in {tp['seconds']:.1f} s)")
     return 0
 
 

@@ -10,6 +10,7 @@ on a shared 2-core VM) falls on every runner alike and same-run speedups stay me
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,6 +43,43 @@ def summarize(ms: list[float] | np.ndarray) -> Latency:
 def throughput(lat: Latency, batch: int) -> float:
     """Images per second at the median latency."""
     return batch * 1000.0 / lat.p50 if lat.p50 > 0 else 0.0
+
+
+@dataclass
+class Throughput:
+    images_per_s: float
+    batch: int
+    streams: int  # inferences in flight
+    mode: str  # the runner's mode: "throughput", or "latency" for one at a time
+    images: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_throughput(runner, feeds: dict, seconds: float = 3.0, warmup_rounds: int = 2) -> Throughput:
+    """Images per second of ``runner.infer_stream``: rounds of ``4 x streams`` inferences until ``seconds`` pass.
+
+    The feed goes through ``runner.infer`` once first, so it is checked like any other.
+    """
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive (got {seconds})")
+    runner.infer(feeds)
+    x = np.ascontiguousarray(feeds[runner.input_name], dtype=runner.input_dtype)
+    chunk = 4 * max(1, runner.streams)
+    for _ in range(warmup_rounds):
+        runner.infer_stream(x, chunk)
+    count, t0 = 0, time.perf_counter()
+    while True:
+        runner.infer_stream(x, chunk)
+        count += chunk
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            break
+    images = count * x.shape[0]
+    return Throughput(images_per_s=images / elapsed, batch=int(x.shape[0]), streams=runner.streams,
+                      mode=runner.mode, images=images, seconds=elapsed)
 
 
 def measure(runner, feeds: dict, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> Latency:

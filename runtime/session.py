@@ -59,12 +59,12 @@ class Session:
     """``predict(images)`` and ``infer(feeds)`` on one verified artefact of a bundle."""
 
     def __init__(self, bundle: str | Path, target: str | None = None, precision: str | None = None,
-                 device: str | None = None, threads: int | None = None):
+                 device: str | None = None, threads: int | None = None, mode: str = "latency"):
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         self.artifact = choose_artifact(self.manifest, target, precision)
         self.manifest.verify(self.bundle, self.artifact.files)
-        self.runner = runner_from_artifact(self.bundle, self.artifact, device, threads)
+        self.runner = runner_from_artifact(self.bundle, self.artifact, device, threads, mode)
         self.preprocessing = Preprocessing.from_dict(self.manifest.preprocessing.model_dump())
         self.labels = self.manifest.labels
         self.target, self.precision = self.artifact.target, self.artifact.precision

@@ -95,6 +95,10 @@ def test_cli_predict_json_and_bench(digits_bundles, tmp_path, capsys):
     assert main(["bench", str(out / "digits_vit"), "--runs", "5", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["latency_ms"]["p50"] > 0 and res["latency_ms"]["runs"] == 5
+    assert main(["bench", str(out / "digits_vit"), "--runs", "2", "--throughput", "--seconds", "0.2", "--json",
+                 "--target", "openvino", "--threads", "2"]) == 0
+    tp = json.loads(capsys.readouterr().out)["throughput_mode"]
+    assert tp["mode"] == "throughput" and tp["images_per_s"] > 0 and tp["streams"] >= 1
     assert main(["bench", str(tmp_path / "nope")]) == 2
 
 

@@ -7,16 +7,20 @@ pytestmark = pytest.mark.slow
 
 def test_vs_naive_on_digits_vit():
     from benchmarks.vs_naive import measure, render
-    res = measure(["digits_vit"], threads=2, runs=3, accuracy_models=("digits_vit",))
+    res = measure(["digits_vit"], threads=2, runs=3, batch=2, throughput_s=0.3, accuracy_models=("digits_vit",))
+    assert res["batch"] == 2
     rows = res["latency_ms"]["digits_vit"]
     assert {"pytorch eager fp32", "naive onnxruntime fp32", "naive openvino default", "naive openvino nncf int8",
             "naive onnxruntime quantize_static int8", "vitdeploy onnxruntime int8", "vitdeploy openvino fp16",
             "vitdeploy openvino int8"} == set(rows)
     assert all(v["p50"] > 0 and v["p90"] >= v["p50"] for v in rows.values())
     assert rows["vitdeploy openvino int8"]["hint"] and rows["naive openvino default"]["hint"]
+    assert all(v["images_per_s"] > 0 and v["streams"] >= 1 for v in rows.values())
+    assert rows["pytorch eager fp32"]["streams"] == 1 and rows["vitdeploy onnxruntime int8"]["streams"] == 2
     acc = res["accuracy"]["digits_vit"]
     assert acc["reference_top1"] > 95
     int8 = [k for k in acc if k != "reference_top1"]
     assert len(int8) == 4 and all(0 < acc[k]["agreement"] <= 100 for k in int8)
     md = render(res, "test machine", "python -m benchmarks vs-naive digits_vit")
     assert "best naive path" in md and "| vitdeploy openvino int8 |" in md
+    assert "(batch 2," in md and "img/s, throughput mode" in md

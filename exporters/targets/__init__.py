@@ -105,11 +105,11 @@ class Target:
             raise UserError(why or f"{self.name} builds {', '.join(self.accepts or self.precisions)} "
                                    f"(got {precision})")
 
-    def runner(self, ctx: BuildContext, art: Artifact, threads: int | None) -> Runner:
-        """The runner that verifies ``art``: the target's own proxy, or the runtime's backend."""
+    def runner(self, ctx: BuildContext, art: Artifact, threads: int | None, mode: str = "latency") -> Runner:
+        """The runner that verifies ``art``: the target's own proxy (one inference at a time), or the runtime's backend."""
         if self.open is not None:
             return self.open(ctx, art)
-        return runner_from_artifact(ctx.workdir, art.entry(ctx.workdir), threads=threads)
+        return runner_from_artifact(ctx.workdir, art.entry(ctx.workdir), threads=threads, mode=mode)
 
 
 @functools.lru_cache(maxsize=None)

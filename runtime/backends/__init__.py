@@ -2,7 +2,7 @@
 
 A backend module (``runtime/backends/<name>.py``) defines ``BACKEND = Backend(...)``: its name
 (the manifest's ``target``), the SDK module it needs and the install hint, its rank in the
-runtime's default choice, and ``open(path, runtime_config, device, threads) -> Runner``.
+runtime's default choice, and ``open(path, runtime_config, device, threads, mode) -> Runner``.
 The runtime's ``--target`` choices, its preference order and its availability checks all come
 from here: adding a backend is one module. SDKs are imported inside each module's functions, so
 a missing SDK is a one-line ``UserError`` only when that backend is asked for.
@@ -29,7 +29,7 @@ class Backend:
     sdk: str  # module that must import for the backend to run here
     install: str  # one-line install hint
     rank: int  # the runtime's default choice: lower first
-    open: Callable[..., Runner]  # (path, runtime_config, device, threads) -> Runner
+    open: Callable[..., Runner]  # (path, runtime_config, device, threads, mode) -> Runner
     systems: tuple[str, ...] = ()  # platform.system() values it runs on; empty: any
     probe: Callable[[], str | None] | None = None  # further check (a GPU present); None when fine
 
@@ -84,7 +84,8 @@ def _hint(module: str) -> str:
     return f"pip install {top}"
 
 
-def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: int | None = None) -> Runner:
+def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: int | None = None,
+                         mode: str = "latency") -> Runner:
     """Open a manifest artefact entry (``runtime.manifest.ArtifactEntry``) of ``bundle`` as a runner.
 
     The one way from a bundle artefact to a runner: the export pipeline and ``runtime`` both use it.
@@ -97,4 +98,4 @@ def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: 
         raise UserError(why)
     if not art.primary:
         raise UserError(f"the {art.target} {art.precision} artefact has no file to open (status {art.status})")
-    return b.open(resolve_inside(Path(bundle), art.primary), dict(art.runtime_config), device, threads)
+    return b.open(resolve_inside(Path(bundle), art.primary), dict(art.runtime_config), device, threads, mode)

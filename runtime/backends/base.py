@@ -4,6 +4,10 @@
 times the call once (``last_latency``, ms) and hands one array to ``infer_impl``. Backends write
 only ``infer_impl``, ``describe`` and, where they hold resources, ``close``. Runners are closed
 explicitly or used as context managers; nothing is freed in ``__del__``.
+
+Two modes, chosen when a runner is opened: ``latency`` (one inference at a time, all threads on it)
+and ``throughput`` (several inferences in flight: OpenVINO's THROUGHPUT hint with its streams,
+ONNX Runtime with one single-threaded run per thread). ``infer_stream`` is where the modes differ.
 """
 from __future__ import annotations
 
@@ -13,6 +17,14 @@ import numpy as np
 
 from runtime.errors import UserError
 
+MODES = ("latency", "throughput")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UserError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+    return mode
+
 
 class Runner:
     """``infer({input_name: [B, 3, H, W]}) -> {output_name: [B, classes] float32}``."""
@@ -20,6 +32,8 @@ class Runner:
     input_name: str = "input"
     input_shape: list[int]  # [B, 3, H, W]; a dimension of -1 is dynamic
     input_dtype = np.float32
+    mode: str = "latency"
+    streams: int = 1  # inferences in flight in ``infer_stream``
 
     def __init__(self) -> None:
         self.last_latency = 0.0  # ms of the last infer()
@@ -42,6 +56,12 @@ class Runner:
 
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def infer_stream(self, x: np.ndarray, count: int) -> None:
+        """Run ``count`` inferences of ``x`` (``[B, 3, H, W]``, already checked), overlapped where the
+        backend has streams; the outputs are dropped. Default: one after another."""
+        for _ in range(count):
+            self.infer_impl(x)
 
     def describe(self) -> dict:
         """Device, threads, precision hints and versions, for the report."""

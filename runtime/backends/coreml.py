@@ -37,7 +37,9 @@ class CoreMLRunner(Runner):
         return {"device": f"Core ML {self.compute_units}", "compute_units": self.compute_units}
 
 
-def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> CoreMLRunner:
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
+                  mode: str = "latency") -> CoreMLRunner:
+    # one inference at a time in either mode (no streams here)
     return CoreMLRunner(path, compute_units=config.get("compute_units", "ALL"))
 
 

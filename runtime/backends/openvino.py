@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import Backend, require
-from runtime.backends.base import Runner
+from runtime.backends.base import Runner, check_mode
 from runtime.errors import UserError
 
 INSTALL = "pip install 'vitdeploy[openvino]'"
@@ -47,22 +47,28 @@ def half_hint(device: str = "CPU") -> str:
 class OpenVinoRunner(Runner):
     """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` through a compiled OpenVINO model."""
 
-    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
-                 inference_precision: str = "f32"):
+    def __init__(self, model, device: str = "CPU", threads: int | None = None,
+                 inference_precision: str = "f32", mode: str = "latency", config: dict | None = None):
+        """``model``: an IR/ONNX path or an ``ov.Model``; ``config``: used verbatim instead of ours when given."""
         super().__init__()
         ov = require("openvino", INSTALL)
         core = ov.Core()
         check_device(device, list(core.available_devices))
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision}
-        if device == "CPU":
-            config["NUM_STREAMS"] = "1"
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.mode = check_mode(mode)
+        if config is None:
+            config = {"PERFORMANCE_HINT": mode.upper(), "INFERENCE_PRECISION_HINT": inference_precision}
+            if device == "CPU":
+                if mode == "latency":
+                    config["NUM_STREAMS"] = "1"
+                if threads:
+                    config["INFERENCE_NUM_THREADS"] = str(threads)
         try:
-            self.compiled = core.compile_model(str(path), device, config)
+            self.compiled = core.compile_model(model if isinstance(model, ov.Model) else str(model), device, config)
         except Exception as exc:  # reason: OpenVINO raises RuntimeError with multi-line text
-            raise UserError(f"OpenVINO cannot compile {path} on {device}: {str(exc).strip().splitlines()[0][:200]}")
+            raise UserError(f"OpenVINO cannot compile {model} on {device}: {str(exc).strip().splitlines()[0][:200]}")
         self.request = self.compiled.create_infer_request()
+        self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if mode == "throughput" else 1
+        self.queue = None
         inp = self.compiled.inputs[0]
         self.input_name = inp.get_any_name()
         ps = inp.get_partial_shape()
@@ -75,6 +81,15 @@ class OpenVinoRunner(Runner):
         res = self.request.infer({self.input_name: x})
         return {o.get_any_name(): np.array(v, dtype=np.float32) for o, v in res.items()}
 
+    def infer_stream(self, x: np.ndarray, count: int) -> None:
+        """``count`` inferences through an ``AsyncInferQueue`` of ``streams`` requests."""
+        if self.queue is None:
+            ov = require("openvino", INSTALL)
+            self.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        for _ in range(count):
+            self.queue.start_async({self.input_name: x})
+        self.queue.wait_all()
+
     def describe(self) -> dict:
         ov = require("openvino", INSTALL)
         actual = {}
@@ -83,17 +98,18 @@ class OpenVinoRunner(Runner):
                 actual[key] = str(self.compiled.get_property(key))
             except Exception:  # reason: not every device reports every property
                 pass
-        return {"device": self.device, "threads": self.threads, "requested": self.config, "compiled": actual,
-                "openvino": ov.__version__}
+        return {"device": self.device, "threads": self.threads, "mode": self.mode, "streams": self.streams,
+                "requested": self.config, "compiled": actual, "openvino": ov.__version__}
 
     def close(self) -> None:
-        self.request = self.compiled = None
+        self.request = self.compiled = self.queue = None
         super().close()
 
 
-def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> OpenVinoRunner:
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
+                  mode: str = "latency") -> OpenVinoRunner:
     return OpenVinoRunner(path, device=device or config.get("device", "CPU"), threads=threads,
-                          inference_precision=config.get("inference_precision", "f32"))
+                          inference_precision=config.get("inference_precision", "f32"), mode=mode)
 
 
 BACKEND = Backend(name="openvino", sdk="openvino", install=INSTALL, rank=20, open=open_artifact)

@@ -64,7 +64,9 @@ def build_bundle_engine(bundle: str | Path, precision: str | None = None, worksp
     return engine
 
 
-def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> EngineRunner:
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
+                  mode: str = "latency") -> EngineRunner:
+    # one inference at a time in either mode (no streams here)
     return EngineRunner(trt_library("tensorrt"), path)
 
 

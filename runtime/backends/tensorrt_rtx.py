@@ -27,7 +27,9 @@ def runtime_cache_path(engine: Path, config: dict) -> Path | None:
     return engine.with_name(name)
 
 
-def open_artifact(path: Path, config: dict, device: str | None, threads: int | None) -> EngineRunner:
+def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
+                  mode: str = "latency") -> EngineRunner:
+    # one inference at a time in either mode (no streams here)
     return EngineRunner(trt_library("tensorrt_rtx"), path, runtime_cache_path(path, config))
 
 
