@@ -205,9 +205,74 @@ def _vs_naive(argv) -> int:
     return OK
 
 
+def _op_profile(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks op-profile",
+                                description="OpenVINO's per-op counters for the best naive path (NNCF INT8, defaults) "
+                                            "and vitdeploy's OpenVINO INT8, summed by node type and kernel.")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--out", default="out/bench")
+    a = p.parse_args(argv)
+    from benchmarks.op_profile import measure, render
+    from exporters.pipeline import default_threads
+    from exporters.zoo import create_model
+    from runtime.environment import environment, one_line
+    for m in a.models:
+        create_model(m)
+    threads = a.threads or default_threads()
+    res = measure(a.models, threads, a.runs)
+    env = environment(threads)
+    _emit(Path(a.out), "op_profile", render(res, one_line(env), "python -m benchmarks op-profile " + " ".join(argv)),
+          {"environment": env, "models": res})
+    return OK
+
+
+def _eval(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks eval",
+                                description="Evaluate a bundle's artefacts and its PyTorch reference on a whole labelled "
+                                            "image folder (class sub-folders), streaming, resumable, optionally "
+                                            "sharded on Ray; writes eval.json / eval.md.")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="image folder; the first sub-folder level is the class (named as "
+                                                 "the model's labels, or its index)")
+    p.add_argument("--targets", default=None, help="comma list (default: every built artefact that runs here)")
+    p.add_argument("--precisions", default=None, help="comma list (default: all)")
+    p.add_argument("--reference", choices=("auto", "torch", "onnx", "none"), default="auto",
+                   help="torch: PyTorch rebuilt from the manifest; onnx: the bundle's FP32 ONNX in ONNX Runtime; "
+                        "auto: torch unless the weights cannot be rebuilt (random or downloaded)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, default=1, help="N > 1: start a local Ray with N workers")
+    scale.add_argument("--ray", default=None, metavar="ADDRESS", help="join a running Ray cluster (e.g. auto, "
+                                                                      "ray://head:10001)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (sorted order)")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="threads per worker (default: all cores in one "
+                                                             "process, 1 per Ray worker)")
+    p.add_argument("--out", default="out/eval")
+    a = p.parse_args(argv)
+    from benchmarks.evaluate import render
+    from benchmarks.scale import evaluate, make_plan
+    from exporters.pipeline import default_threads
+    from runtime.environment import environment, one_line
+    if a.workers < 1 or (a.threads is not None and a.threads < 1):
+        raise UserError("--workers and --threads must be at least 1")
+    sharded = a.workers > 1 or a.ray
+    threads = a.threads or (1 if sharded else default_threads())
+    def split(s):
+        return ([x for x in s.split(",") if x] if s else None)
+    plan = make_plan(Path(a.bundle), Path(a.data), split(a.targets), split(a.precisions), a.reference, a.limit,
+                     a.shard_size, threads)
+    res = evaluate(plan, Path(a.out), workers=a.workers, address=a.ray)
+    env = environment(threads)
+    res["environment"] = env
+    _emit(Path(a.out), "eval", render(res, "python -m benchmarks eval " + " ".join(argv), one_line(env)), res)
+    return OK
+
+
 SUBCOMMANDS = {"rewrites": _rewrites, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
                "coreml": _coreml, "contract": _contract,
-               "vs-naive": _vs_naive}
+               "vs-naive": _vs_naive, "op-profile": _op_profile, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,11 +83,11 @@ def _close(runners: dict) -> None:
 
 def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None) -> dict:
     """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name``, interleaved; with
-    ``throughput_s``, then images/s of each, opened in throughput mode, one after another."""
+    ``throughput_s``, then images/s of each, opened in throughput mode, also interleaved."""
     from calibration import load_set
     from exporters.reference import TorchRunner
     from exporters.zoo import create_model
-    from runtime.latency import measure_interleaved, measure_throughput
+    from runtime.latency import measure_interleaved, measure_throughput_interleaved
     model, spec = create_model(name)
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
@@ -110,8 +110,8 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     if throughput_s:
         runners = runners_in("throughput")
         try:
-            for k, r in runners.items():
-                tp = measure_throughput(r, {r.input_name: x}, seconds=throughput_s)
+            tps = measure_throughput_interleaved(runners, lambda r: {r.input_name: x}, seconds=throughput_s)
+            for k, tp in tps.items():
                 rows[k].update(images_per_s=round(tp.images_per_s, 2), streams=tp.streams)
         finally:
             _close(runners)

@@ -23,7 +23,7 @@ from runtime.accuracy import compare, judge
 from runtime.backends import Runner
 from runtime.environment import environment
 from runtime.errors import UserError
-from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput, throughput
+from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput_interleaved, throughput
 from runtime.manifest import Manifest, TensorSpec, file_hashes
 from runtime.tolerances import tolerance_for
 
@@ -340,20 +340,22 @@ def time_stage(job: Job, timed: list[tuple[Result, Runner, Artifact | None]]) ->
 
 
 def throughput_stage(job: Job, ctx: BuildContext, timed: list[tuple[Result, Runner, Artifact | None]]) -> None:
-    """``--throughput``: reopen every timed artefact in throughput mode and measure images per second.
-
-    One runner at a time, each for ``throughput_seconds`` (several in flight at once would share the
-    cores and measure each other). The PyTorch reference runs one batch at a time (its mode: latency).
-    """
+    """``--throughput``: reopen every timed artefact in throughput mode and measure images per second,
+    interleaved like the latency. The PyTorch reference runs one batch at a time (its mode: latency)."""
     feeds = next(job.data.batches(job.opts.batch))
-    for res, runner, art in timed:
-        with job.steps(f"throughput {res.target} {res.precision}"):
-            if art is None:
-                res.throughput_mode = measure_throughput(runner, {runner.input_name: feeds},
-                                                         job.opts.throughput_seconds).to_dict()
-                continue
-            with target(res.target).runner(ctx, art, job.threads, mode="throughput") as r:
-                res.throughput_mode = measure_throughput(r, {r.input_name: feeds}, job.opts.throughput_seconds).to_dict()
+    runners = {}
+    try:
+        for i, (res, runner, art) in enumerate(timed):
+            runners[i] = runner if art is None else target(res.target).runner(ctx, art, job.threads, mode="throughput")
+        with job.steps(f"throughput ({len(timed)} runners, interleaved)"):
+            tps = measure_throughput_interleaved(runners, lambda r: {r.input_name: feeds},
+                                                 job.opts.throughput_seconds)
+        for i, (res, _, _) in enumerate(timed):
+            res.throughput_mode = tps[i].to_dict()
+    finally:
+        for i, (_, _, art) in enumerate(timed):
+            if art is not None and i in runners:
+                runners[i].close()
 
 
 def select_fastest(job: Job, results: list[Result]) -> dict | None:

@@ -59,27 +59,43 @@ class Throughput:
 
 
 def measure_throughput(runner, feeds: dict, seconds: float = 3.0, warmup_rounds: int = 2) -> Throughput:
-    """Images per second of ``runner.infer_stream``: rounds of ``4 x streams`` inferences until ``seconds`` pass.
+    """Images per second of one runner's ``infer_stream`` over about ``seconds``."""
+    return measure_throughput_interleaved({0: runner}, lambda r: feeds, seconds, rounds=1,
+                                          warmup_rounds=warmup_rounds)[0]
 
-    The feed goes through ``runner.infer`` once first, so it is checked like any other.
+
+def measure_throughput_interleaved(runners: dict, feeds_for, seconds: float = 3.0, rounds: int = 5,
+                                   warmup_rounds: int = 2) -> dict:
+    """Images per second of every runner's ``infer_stream``, ``{name: Throughput}``.
+
+    Each runner gets about ``seconds`` in ``rounds`` alternating blocks (as ``measure_interleaved``
+    does for latency), in chunks of ``4 x streams`` inferences, so the machine's drift falls on all
+    alike. The feed goes through ``runner.infer`` once first, so it is checked like any other.
     """
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive (got {seconds})")
-    runner.infer(feeds)
-    x = np.ascontiguousarray(feeds[runner.input_name], dtype=runner.input_dtype)
-    chunk = 4 * max(1, runner.streams)
-    for _ in range(warmup_rounds):
-        runner.infer_stream(x, chunk)
-    count, t0 = 0, time.perf_counter()
-    while True:
-        runner.infer_stream(x, chunk)
-        count += chunk
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            break
-    images = count * x.shape[0]
-    return Throughput(images_per_s=images / elapsed, batch=int(x.shape[0]), streams=runner.streams,
-                      mode=runner.mode, images=images, seconds=elapsed)
+    if seconds <= 0 or rounds < 1:
+        raise ValueError(f"seconds must be positive and rounds at least 1 (got {seconds}, {rounds})")
+    xs, counts, spent = {}, dict.fromkeys(runners, 0), dict.fromkeys(runners, 0.0)
+    for k, r in runners.items():
+        feeds = feeds_for(r)
+        r.infer(feeds)
+        xs[k] = np.ascontiguousarray(feeds[r.input_name], dtype=r.input_dtype)
+        for _ in range(warmup_rounds):
+            r.infer_stream(xs[k], 4 * max(1, r.streams))
+    for _ in range(rounds):
+        for k, r in runners.items():
+            chunk, t0 = 4 * max(1, r.streams), time.perf_counter()
+            while True:
+                r.infer_stream(xs[k], chunk)
+                counts[k] += chunk
+                if time.perf_counter() - t0 >= seconds / rounds:
+                    break
+            spent[k] += time.perf_counter() - t0
+    out = {}
+    for k, r in runners.items():
+        images = counts[k] * xs[k].shape[0]
+        out[k] = Throughput(images_per_s=images / spent[k], batch=int(xs[k].shape[0]), streams=r.streams,
+                            mode=r.mode, images=images, seconds=spent[k])
+    return out
 
 
 def measure(runner, feeds: dict, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> Latency:

@@ -24,3 +24,15 @@ def test_vs_naive_on_digits_vit():
     md = render(res, "test machine", "python -m benchmarks vs-naive digits_vit")
     assert "best naive path" in md and "| vitdeploy openvino int8 |" in md
     assert "(batch 2," in md and "img/s, throughput mode" in md
+
+
+def test_op_profile_on_digits_vit():
+    """OpenVINO's counters for both INT8 paths: every executed kernel is summed, and int8 kernels are among them."""
+    from benchmarks.op_profile import measure, render
+    res = measure(["digits_vit"], threads=2, runs=3)["digits_vit"]
+    assert set(res) == {"naive openvino nncf int8", "vitdeploy openvino int8"}
+    for path in res.values():
+        assert path["p50_ms"] > 0 and sum(ms for ms, _ in path["ops"].values()) > 0
+        assert any("FullyConnected" in k and "8" in k.split("|")[1] for k in path["ops"]), path["ops"]
+    md = render({"digits_vit": res}, "test machine", "python -m benchmarks op-profile digits_vit")
+    assert "sum of node times" in md and "FullyConnected" in md

@@ -1,0 +1,84 @@
+"""Per-op profile of the best naive path (NNCF INT8 with defaults) against vitdeploy's OpenVINO INT8.
+
+OpenVINO's own counters (``PERF_COUNT``): the time of every executed node of the compiled model,
+summed by (node type, kernel), averaged over the timed runs. Both models are compiled here the way
+their paths compile them (naive: no configuration; ours: the runner's pinned config), plus PERF_COUNT.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.vs_naive import naive_artefacts, our_bundle
+
+
+def op_times(compiled, x: np.ndarray, runs: int, warmup: int = 5) -> tuple[dict, float]:
+    """``{(node type, exec type): [ms per inference, nodes]}`` and the median wall time (ms) of ``runs`` inferences."""
+    import time
+    request = compiled.create_infer_request()
+    for _ in range(warmup):
+        request.infer({0: x})
+    totals, nodes, walls = defaultdict(float), {}, []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        walls.append((time.perf_counter() - t0) * 1000)
+        executed = [p for p in request.profiling_info if p.status == p.Status.EXECUTED]
+        for key in {(p.node_type, p.exec_type) for p in executed}:
+            nodes[key] = sum(1 for p in executed if (p.node_type, p.exec_type) == key)
+        for p in executed:
+            totals[(p.node_type, p.exec_type)] += p.real_time.total_seconds() * 1000
+    return {k: [v / runs, nodes[k]] for k, v in totals.items()}, float(np.median(walls))
+
+
+def profile(name: str, threads: int, runs: int, work: Path) -> dict:
+    import openvino as ov
+
+    from calibration import load_set
+    from exporters.zoo import create_model
+    from runtime.manifest import read_manifest
+    model, spec = create_model(name)
+    shape = (1, *spec.input_shape)
+    calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
+    naive = naive_artefacts(model, shape, calib, work)["naive openvino nncf int8"][1]
+    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8)
+    art = next(a for a in read_manifest(bundle).artifacts if a.target == "openvino" and a.precision == "int8")
+    ours_config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+                   "INFERENCE_PRECISION_HINT": art.runtime_config.get("inference_precision", "f32")}
+    core = ov.Core()
+    compiled = {"naive openvino nncf int8": core.compile_model(naive, "CPU", {"PERF_COUNT": "YES"}),
+                "vitdeploy openvino int8": core.compile_model(str(bundle / art.primary), "CPU",
+                                                              {**ours_config, "PERF_COUNT": "YES"})}
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    out = {}
+    for k, c in compiled.items():
+        ops, wall = op_times(c, x, runs)
+        out[k] = {"p50_ms": round(wall, 2), "ops": {f"{t} | {e}": [round(ms, 3), n] for (t, e), (ms, n) in ops.items()}}
+    return out
+
+
+def measure(models: list[str], threads: int, runs: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        return {m: profile(m, threads, runs, Path(d) / m) for m in models}
+
+
+def render(res: dict, env_line: str, command: str, top: int = 14) -> str:
+    lines = ["## Per-op profile: naive NNCF INT8 against vitdeploy OpenVINO INT8 (OpenVINO PERF_COUNT)", "",
+             f"Command: `{command}`", "", f"Machine: {env_line}", ""]
+    for model, paths in res.items():
+        (na, nv), (oa, ov_) = paths.items()
+        keys = sorted(set(nv["ops"]) | set(ov_["ops"]),
+                      key=lambda k: -max(nv["ops"].get(k, [0])[0], ov_["ops"].get(k, [0])[0]))
+        lines += [f"### {model} (batch 1): wall p50 {na} {nv['p50_ms']:.2f} ms, {oa} {ov_['p50_ms']:.2f} ms", "",
+                  "| node type · kernel | naive ms (nodes) | vitdeploy ms (nodes) |", "|---|---|---|"]
+        for k in keys[:top]:
+            cell = [f"{p['ops'][k][0]:.2f} ({p['ops'][k][1]})" if k in p["ops"] else "–" for p in (nv, ov_)]
+            lines.append(f"| {k} | {cell[0]} | {cell[1]} |")
+        rest = [sum(ms for kk, (ms, _) in p["ops"].items() if kk not in keys[:top]) for p in (nv, ov_)]
+        total = [sum(ms for ms, _ in p["ops"].values()) for p in (nv, ov_)]
+        lines += [f"| everything else | {rest[0]:.2f} | {rest[1]:.2f} |",
+                  f"| **sum of node times** | **{total[0]:.2f}** | **{total[1]:.2f}** |", ""]
+    return "\n".join(lines)
