@@ -1,0 +1,244 @@
+"""Dataset-scale evaluation of a bundle: streaming, sharded, resumable.
+
+The image list is split into fixed shards (``shard_size`` images, in sorted order). A shard is
+decoded, preprocessed and run through every chosen artefact (through the torch-free ``runtime``,
+hashes verified) and the PyTorch reference, then reduced to per-image top-5 class indices, which is
+all the metrics need. Each finished shard is written to ``OUT/shards/<plan>/shard-NNNNN.json`` with
+its sha256 beside it, so a killed run restarts from what it finished and a shard computed twice
+(a retried worker) is stored once. The metrics are computed from the shards in index order, so any
+number of workers, in any order, gives the numbers of a single-process run to the last image
+(given the same threads per worker: kernels may split reductions differently by thread count).
+
+Memory stays flat as the set grows: at most one shard of decoded images per worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import UserError
+
+REFERENCE = "pytorch fp32"
+SHARD_SIZE = 256
+TOPK = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What is evaluated: fixed before any work, hashed into the shard folder's name."""
+
+    bundle: str
+    data: str
+    ids: list[str]  # image paths relative to ``data``, sorted
+    labels: list[int | None]
+    artefacts: list[tuple[str, str]]  # (target, precision)
+    reference: str  # "torch" | "onnx" | "none"
+    shard_size: int = SHARD_SIZE
+    threads: int | None = None
+    manifest_sha256: str = ""
+
+    @property
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("bundle"), d.pop("data")  # the same files elsewhere are the same plan
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def shards(self) -> list[range]:
+        return [range(i, min(i + self.shard_size, len(self.ids))) for i in range(0, len(self.ids), self.shard_size)]
+
+
+@dataclass
+class ShardResult:
+    index: int
+    kept: list[int]  # positions in Plan.ids of the images that decoded
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    top5: dict[str, list[list[int]]] = field(default_factory=dict)  # "target precision" -> per kept image
+    infer_s: dict[str, float] = field(default_factory=dict)  # "target precision" -> seconds of inference
+
+
+def key_of(target: str, precision: str) -> str:
+    return f"{target} {precision}"
+
+
+# ---------------------------------------------------------------- worker side
+
+_OPEN: dict = {}  # per process: opened sessions and the reference, reused across shards
+
+
+def _session(bundle: str, target: str, precision: str, threads: int | None):
+    k = (bundle, target, precision, threads)
+    if k not in _OPEN:
+        import runtime
+        _OPEN[k] = runtime.open(bundle, target=target, precision=precision, threads=threads)
+    return _OPEN[k]
+
+
+def _reference(plan: Plan):
+    """The reference's ``logits([N,3,H,W]) -> [N, classes]``: PyTorch rebuilt from the manifest, or the FP32 ONNX."""
+    k = ("reference", plan.bundle, plan.reference, plan.threads)
+    if k not in _OPEN:
+        if plan.reference == "torch":
+            from benchmarks.reference import torch_logits
+            _OPEN[k] = torch_logits(Path(plan.bundle), plan.threads)
+        else:
+            from runtime.backends.onnxruntime import OnnxRuntimeRunner
+            from runtime.manifest import read_manifest, resolve_inside
+            m = read_manifest(Path(plan.bundle))
+            m.verify(Path(plan.bundle), [m.onnx])
+            r = OnnxRuntimeRunner(resolve_inside(Path(plan.bundle), m.onnx), threads=plan.threads)
+            _OPEN[k] = _batched(r)
+    return _OPEN[k]
+
+
+def _batched(runner):
+    """Logits of ``[N,3,H,W]`` through a static-batch runner (the last chunk padded, then cut)."""
+    def logits(x: np.ndarray) -> np.ndarray:
+        b = runner.input_shape[0] if runner.input_shape[0] > 0 else len(x)
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            outs.append(next(iter(runner.infer({runner.input_name: chunk}).values()))[:n])
+        return np.concatenate(outs)
+    return logits
+
+
+def _decode(plan: Plan, positions: range, pp) -> tuple[np.ndarray | None, list[int], dict[str, int]]:
+    from runtime.preprocess import ImageRejected, open_image, preprocess_image
+    arrays, kept, skipped = [], [], {}
+    for i in positions:
+        try:
+            arrays.append(preprocess_image(open_image(Path(plan.data) / plan.ids[i]), pp))
+            kept.append(i)
+        except ImageRejected as exc:
+            skipped[exc.kind] = skipped.get(exc.kind, 0) + 1
+        except UserError:
+            skipped["undecodable"] = skipped.get("undecodable", 0) + 1
+    return (np.stack(arrays) if arrays else None), kept, skipped
+
+
+def _top5(logits: np.ndarray) -> list[list[int]]:
+    k = min(TOPK, logits.shape[-1])
+    return np.argsort(-logits, axis=-1, kind="stable")[:, :k].tolist()
+
+
+def eval_shard(plan: Plan, index: int) -> ShardResult:
+    """Decode shard ``index`` of ``plan`` and run the reference and every artefact on it."""
+    _fault_injection(index)
+    from runtime.manifest import read_manifest
+    from runtime.preprocess import Preprocessing
+    pp = Preprocessing.from_dict(read_manifest(Path(plan.bundle)).preprocessing.model_dump())
+    x, kept, skipped = _decode(plan, plan.shards()[index], pp)
+    res = ShardResult(index=index, kept=kept, skipped=skipped)
+    if x is None:
+        return res
+    runs = [] if plan.reference == "none" else [(REFERENCE, _reference(plan))]
+    runs += [(key_of(t, p), _session(plan.bundle, t, p, plan.threads).logits) for t, p in plan.artefacts]
+    for name, logits in runs:
+        t0 = time.perf_counter()
+        out = logits(x)
+        res.infer_s[name] = time.perf_counter() - t0
+        res.top5[name] = _top5(out)
+    return res
+
+
+def _fault_injection(index: int) -> None:
+    """``VITDEPLOY_EVAL_DIE_ONCE=DIR:K``: the first process to reach shard K exits hard (tests the retry path)."""
+    spec = os.environ.get("VITDEPLOY_EVAL_DIE_ONCE")
+    if not spec:
+        return
+    folder, _, k = spec.rpartition(":")
+    marker = Path(folder) / f"died-{k}"
+    if int(k) == index and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(17)
+
+
+# ---------------------------------------------------------------- driver side
+
+class ShardStore:
+    """Finished shards of one plan under ``OUT/shards/<plan key>/``, each with its sha256 beside it."""
+
+    def __init__(self, out: Path, plan: Plan):
+        self.folder = Path(out) / "shards" / plan.key
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "plan.json").write_text(json.dumps({**asdict(plan), "ids": len(plan.ids)}, indent=1))
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"shard-{index:05d}.json"
+
+    def load(self, index: int) -> ShardResult | None:
+        """A finished shard, or None when absent or when its bytes do not match its sha256."""
+        p, h = self._path(index), self._path(index).with_suffix(".sha256")
+        if not (p.is_file() and h.is_file()):
+            return None
+        data = p.read_bytes()
+        if hashlib.sha256(data).hexdigest() != h.read_text().strip():
+            return None
+        return ShardResult(**json.loads(data))
+
+    def save(self, res: ShardResult) -> None:
+        """Write the shard, then its hash, each by rename: a crash leaves no half-written shard that loads."""
+        data = json.dumps(asdict(res)).encode()
+        p = self._path(res.index)
+        for path, body in ((p, data), (p.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(body)
+            os.replace(tmp, path)
+
+
+def metrics(plan: Plan, shards: list[ShardResult]) -> dict:
+    """Top-1/top-5 per artefact beside the reference, agreement with it, skipped images and inference img/s."""
+    shards = sorted(shards, key=lambda s: s.index)
+    kept = [i for s in shards for i in s.kept]
+    labels = [plan.labels[i] for i in kept]
+    labelled = bool(kept) and all(lab is not None for lab in labels)
+    y = np.asarray(labels if labelled else [], dtype=np.int64)
+    skipped: dict[str, int] = {}
+    for s in shards:
+        for k, v in s.skipped.items():
+            skipped[k] = skipped.get(k, 0) + v
+    names = ([] if plan.reference == "none" else [REFERENCE]) + [key_of(t, p) for t, p in plan.artefacts]
+    preds = {n: np.asarray([row for s in shards for row in s.top5.get(n, [])], dtype=np.int64).reshape(len(kept), -1)
+             for n in names}
+    ref = preds.get(REFERENCE)
+    rows = {}
+    for n in names:
+        p = preds[n]
+        secs = sum(s.infer_s.get(n, 0.0) for s in shards)
+        rows[n] = {"images": len(kept),
+                   "top1": round(float((p[:, 0] == y).mean()) * 100, 4) if labelled else None,
+                   "top5": round(float((p == y[:, None]).any(1).mean()) * 100, 4) if labelled else None,
+                   "top1_agreement": (round(float((p[:, 0] == ref[:, 0]).mean()) * 100, 4)
+                                      if ref is not None and n != REFERENCE and len(kept) else None),
+                   "inference_images_per_s": round(len(kept) / secs, 2) if secs else None}
+    return {"images": len(plan.ids), "evaluated": len(kept), "skipped": skipped, "labelled": labelled,
+            "shards": len(shards), "results": rows}
+
+
+def render(res: dict, command: str, env_line: str) -> str:
+    lines = [f"## Evaluation of {res['bundle']} on {res['data']}", "", f"Command: `{command}`", "",
+             f"Machine: {env_line}", "",
+             f"{res['evaluated']} of {res['images']} images evaluated in {res['shards']} shards of {res['shard_size']}"
+             f" ({res['mode']}; wall {res['wall_s']:.1f} s, {res['wall_images_per_s']:.1f} images/s for every "
+             f"path together; {res['resumed']} shards reused from an earlier run)"]
+    if res["skipped"]:
+        lines.append("skipped: " + ", ".join(f"{v} {k}" for k, v in sorted(res["skipped"].items())))
+    if not res["labelled"]:
+        lines.append("no labels (class folders not matching the model's labels): top-1/top-5 not computed")
+    lines += ["", "| path | top-1 % | top-5 % | top-1 agreement with the reference % | inference img/s per worker |",
+              "|---|---|---|---|---|"]
+    def fmt(v):
+        return ("–" if v is None else f"{v:.2f}")
+    for n, r in res["results"].items():
+        lines.append(f"| {n} | {fmt(r['top1'])} | {fmt(r['top5'])} | {fmt(r['top1_agreement'])} | "
+                     f"{fmt(r['inference_images_per_s'])} |")
+    return "\n".join(lines) + "\n"
