@@ -48,6 +48,11 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def failed_gates(results: list[dict]) -> list[str]:
+    """One line per failed row: which tolerance it missed, and by how much."""
+    return [f"{r['target']} {r['precision']}: " + "; ".join(r["failures"]) for r in results if r.get("failures")]
+
+
 def describe_trt_check(check: dict) -> str:
     """One line: what NVIDIA's ONNX parser and TensorRT-RTX builder made of a TensorRT ONNX."""
     if check.get("ok") is None:
@@ -73,6 +78,10 @@ def render_markdown(report: dict) -> str:
     if sel:
         out += [f"**Default artefact (--precision auto): {sel['target']} {sel['precision']}**, p50 {sel['p50_ms']:.2f} ms, "
                 f"the fastest that passed its gate ({sel['chosen_on']}); the runtime opens it unless told otherwise.", ""]
+    failed = failed_gates(report["results"])
+    if failed:
+        out += ["**Accuracy gates missed** (the artefact is kept; the limits are in runtime/tolerances.py):", "",
+                *[f"- {line}" for line in failed], ""]
     for r in report["results"]:
         for n in r.get("notes", []):
             out.append(f"- {r['target']} {r['precision']}: {n}")
@@ -128,6 +137,9 @@ def render_matrix_markdown(reports: list[dict], command: str) -> str:
     for rep in reports:
         out += [f"## {rep['model']} (`{rep['source']}`, weights: {rep['weights']}, input {rep['input_shape']})", "",
                 results_table(rep["results"]), "", *trt_check_table(rep)]
+        failed = failed_gates(rep["results"])
+        if failed:
+            out += ["Accuracy gates missed:", "", *[f"- {line}" for line in failed], ""]
         steps = rep.get("step_seconds", {})
         if steps:
             out.append("Build steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
@@ -169,6 +181,8 @@ def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
              f"Machine: {html.escape(one_line(env)) if env else ''}</p>"]
     for rep in reports:
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in rep.get("notes", []))
+        notes += "".join(f"<li class='bad'>accuracy gate missed: {html.escape(n)}</li>"
+                         for n in failed_gates(rep["results"]))
         parts.append(f"<h2>{html.escape(rep['model'])} <small>{html.escape(rep['source'])}, weights: "
                      f"{html.escape(str(rep['weights']))}, input {rep['input_shape']}</small></h2>"
                      f"<ul class='notes'>{notes}</ul>{_html_table(rep['results'])}"
@@ -178,7 +192,7 @@ def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
                      f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}"
-             "td.bad{background:#fdd;font-weight:bold}.meta,small{color:#555}.notes{color:#a40;font-size:13px}"
+             "td.bad,li.bad{background:#fdd;font-weight:bold}.meta,small{color:#555}.notes{color:#a40;font-size:13px}"
              "figure{display:inline-block;margin:1em}img{max-width:100%}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vitdeploy report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

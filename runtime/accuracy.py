@@ -60,14 +60,15 @@ def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None = None) 
 
 
 def judge(acc: Accuracy, ref_top1: float | None, tol: Tolerance, gate_agreement: bool = True) -> tuple[bool, list[str]]:
-    """Pass/fail and the reasons for a failure."""
+    """Pass/fail and, for a failure, each tolerance missed: the figure, the limit and by how much."""
     notes = []
     if acc.cosine_min < tol.cosine_min:
-        notes.append(f"cosine_min {acc.cosine_min:.6f} < {tol.cosine_min}")
+        notes.append(f"cosine_min {acc.cosine_min:.6f} < {tol.cosine_min} (short by {tol.cosine_min - acc.cosine_min:.6f})")
     if gate_agreement and acc.top1_agreement < tol.top1_agreement:
-        notes.append(f"top1_agreement {acc.top1_agreement:.4f} < {tol.top1_agreement}")
+        notes.append(f"top1_agreement {acc.top1_agreement:.4f} < {tol.top1_agreement} "
+                     f"(short by {(tol.top1_agreement - acc.top1_agreement) * 100:.2f} points)")
     if acc.top1 is not None and ref_top1 is not None:
         drop = (ref_top1 - acc.top1) * 100
         if drop > tol.top1_drop:
-            notes.append(f"top-1 drop {drop:.2f} points > {tol.top1_drop}")
+            notes.append(f"top-1 drop {drop:.2f} points > {tol.top1_drop} (over by {drop - tol.top1_drop:.2f} points)")
     return not notes, notes

@@ -78,3 +78,23 @@ def test_only_in_one_report_is_listed_not_dropped():
     old = {("m", "openvino", "int8", 1): _report()["results"][1]}
     rows = compare_reports(old, {})
     assert rows[0]["note"] == "only in old"
+
+
+def test_a_failed_row_names_each_tolerance_missed_and_by_how_much(tmp_path):
+    import numpy as np
+
+    from exporters.report import render_markdown
+    from runtime.accuracy import compare, judge
+    from runtime.tolerances import Tolerance
+    ref = np.eye(4) * 5
+    out = ref.copy()
+    out[0] = [0, 5, 0, 0]
+    ok, why = judge(compare(ref, out, np.arange(4)), 1.0, Tolerance(cosine_min=0.99, top1_agreement=0.99, top1_drop=0.5))
+    assert not ok
+    assert why[1] == "top1_agreement 0.7500 < 0.99 (short by 24.00 points)"
+    assert why[2] == "top-1 drop 25.00 points > 0.5 (over by 24.50 points)"
+    rep = _report(agreement=0.75, passed=False)
+    rep["results"][1]["failures"] = why
+    write_matrix([rep], tmp_path, "cmd")
+    for text in (render_markdown(rep), (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()):
+        assert "onnxruntime int8: cosine_min" in text and "short by 24.00 points" in text and "over by 24.50" in text
