@@ -270,9 +270,35 @@ def _eval(argv) -> int:
     return OK
 
 
+def _drift(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks drift",
+                                description="Compare one artefact of a bundle with PyTorch block by block (embedding, "
+                                            "every block's attention and MLP, patch merging, head), under the PyTorch "
+                                            "module names; writes drift.json / drift.md / drift.png.")
+    p.add_argument("bundle")
+    p.add_argument("--target", default=None)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--data", default="digits", help="image folder, array file or digits (default digits: hold-out)")
+    p.add_argument("--size", type=int, default=32, help="samples (default 32)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="out/drift")
+    a = p.parse_args(argv)
+    if a.size < 1:
+        raise UserError("--size must be at least 1")
+    from benchmarks.drift import drift, plot, render
+    from runtime.environment import environment, one_line
+    res = drift(Path(a.bundle), a.target, a.precision, a.data, a.size, a.threads)
+    env = environment(a.threads)
+    res["environment"] = env
+    out = Path(a.out)
+    _emit(out, "drift", render(res, "python -m benchmarks drift " + " ".join(argv), one_line(env)), res)
+    print(f"wrote {plot(res, out / 'drift.png')}")
+    return OK
+
+
 SUBCOMMANDS = {"rewrites": _rewrites, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
                "coreml": _coreml, "contract": _contract,
-               "vs-naive": _vs_naive, "op-profile": _op_profile, "eval": _eval}
+               "vs-naive": _vs_naive, "op-profile": _op_profile, "eval": _eval, "drift": _drift}
 
 
 def main(argv: list[str] | None = None) -> int:

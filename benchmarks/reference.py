@@ -23,17 +23,19 @@ def model_from_manifest(bundle: Path, weights: str | None = None):
     if weights is None:
         why = rebuild_reason(m)
         if why:
-            raise UserError(f"no PyTorch reference for {bundle}: {why} (or use --reference onnx)")
-    if m.model in DIGITS and weights is None:
+            raise UserError(f"no PyTorch reference for {bundle}: {why} (for eval: --reference onnx)")
+    if m.model in DIGITS and weights is None and m.weights.startswith("exporters/data/"):
         return create_model(m.model)  # its shipped checkpoint
-    kw = {"img_size": m.input.shape[-1]}
+    kw = {} if m.model in DIGITS else {"img_size": m.input.shape[-1]}
     if m.weights.startswith(("local-dir:", "hf-hub:")) and weights is None:
         return create_model(m.weights, **kw)  # timm's saved-model folder names the model and its weights
     w = weights or m.weights
     if not Path(w).is_file():
         raise UserError(f"no PyTorch reference for {bundle}: its weights file {w} is not here (give --weights PATH, "
-                        "or use --reference onnx)")
-    return create_model(m.model, weights=w, num_classes=m.output.shape[-1], **kw)
+                        "or, for eval, --reference onnx)")
+    if m.model not in DIGITS:
+        kw["num_classes"] = m.output.shape[-1]
+    return create_model(m.model, weights=w, **kw)
 
 
 def torch_logits(bundle: Path, threads: int | None, weights: str | None = None):

@@ -1,0 +1,82 @@
+"""Drift localisation: block-level errors under PyTorch module names, and a planted hard-to-quantize block.
+
+The planted model is the trained digits_swin with one outlier channel: ``layers.1.blocks.1.norm2``'s
+affine weight and bias for channel 5 are scaled by 60 and ``mlp.fc1``'s input column for it divided
+by 60. In FP32 the output is unchanged (checked); the activation entering that MLP now spans a
+60x wider range, so a per-tensor INT8 scale for it loses the other channels. Drift must name that
+MLP (or its block) as the first large step.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+PLANTED = "layers.1.blocks.1"
+SCALE = 60.0
+
+
+def planted_model():
+    from exporters.zoo import create_model
+    model, _ = create_model("digits_swin")
+    block = model.get_submodule(PLANTED)
+    with torch.no_grad():
+        block.norm2.weight[5] *= SCALE
+        block.norm2.bias[5] *= SCALE
+        block.mlp.fc1.weight[:, 5] /= SCALE
+    return model
+
+
+@pytest.fixture(scope="module")
+def planted_bundle(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    from exporters.pipeline import RunOptions, run
+    from exporters.zoo import create_model
+    d = tmp_path_factory.mktemp("planted")
+    model = planted_model()
+    original, _ = create_model("digits_swin")
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - original(x)).abs().max() < 1e-4  # FP32: the same function
+    weights = d / "planted.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    run(RunOptions(model="digits_swin", weights=str(weights), targets=["onnxruntime", "openvino"], precisions=["int8"],
+                   data="digits", calib="digits", eval_size=64, out=d / "out", runs=2, warmup=1, quiet=True))
+    return d / "out" / "digits_swin"
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_drift_names_the_planted_block_first(planted_bundle, target, tmp_path):
+    from benchmarks.__main__ import main
+    assert main(["drift", str(planted_bundle), "--target", target, "--precision", "int8", "--size", "16",
+                 "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "drift.json").read_text())
+    modules = [r["module"] for r in res["rows"]]
+    for expected in ("patch_embed", "layers.0.blocks.0", "layers.0.blocks.0.attn", "layers.1.downsample",
+                     f"{PLANTED}.mlp", "head.fc"):
+        assert expected in modules, modules
+    assert res["first_large_step"]["module"].startswith(PLANTED), res["first_large_step"]
+    md = (tmp_path / "drift.md").read_text()
+    assert f"First large step: `{PLANTED}" in md
+    assert (tmp_path / "drift.png").stat().st_size > 10_000
+
+
+def test_clean_fp32_artefact_has_no_step(digits_bundles, tmp_path):
+    from benchmarks.drift import NOISE, drift
+    res = drift(Path(digits_bundles[0]) / "digits_vit", "onnxruntime", "fp32", "digits", 8, 2)
+    assert res["rows"] and res["first_large_step"]["error"] < NOISE
+    assert all(r["cosine_min"] > 0.99999 for r in res["rows"])
+    assert {"patch_embed.proj", "blocks.0.attn", "blocks.3.mlp", "head"} <= {r["module"] for r in res["rows"]}
+
+
+def test_errors_are_per_sample():
+    from benchmarks.drift import errors
+    ref = np.ones((2, 4))
+    out = ref.copy()
+    out[1] = [1, 1, 1, -1]
+    e = errors(ref, out)
+    assert e["cosine_min"] == pytest.approx(0.5) and e["cosine_mean"] == pytest.approx(0.75) and e["max_abs"] == 2
