@@ -66,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
     p.add_argument("--runs", type=int, default=50, help="timed runs after 10 warm-up runs (default 50)")
     p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy budget for INT8 (openvino, onnxruntime): largest top-1 drop against PyTorch, in "
+                        "points, on labelled --data; blocks are kept in higher precision until it holds")
+    p.add_argument("--min-cosine", type=float, default=None, metavar="C",
+                   help="accuracy budget for INT8: smallest per-sample cosine to PyTorch's logits (no labels needed)")
     p.add_argument("--throughput", action="store_true", help="also measure images/s with each artefact opened in "
                    "throughput mode (OpenVINO THROUGHPUT hint and streams; ONNX Runtime concurrent runs)")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
@@ -94,7 +99,8 @@ def _main(argv: list[str]) -> int:
                       pretrained=args.pretrained, num_classes=args.num_classes, img_size=args.img_size,
                       labels=args.labels, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
-                      throughput=args.throughput, options=given, quiet=args.quiet)
+                      max_drop=args.max_drop, min_cosine=args.min_cosine, throughput=args.throughput,
+                      options=given, quiet=args.quiet)
     report = run(opts)
     from exporters.report import results_table
     print(results_table(report["results"]))

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
+from exporters import budget
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
 from exporters.report import write_report
 from exporters.result import Result
@@ -54,6 +55,8 @@ class RunOptions:
     threads: int | None = None
     rewrites: bool = True
     dynamic_batch: bool = False
+    max_drop: float | None = None  # accuracy budget for INT8: top-1 points (labelled data) ...
+    min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/budget.py
     throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
     throughput_seconds: float = 3.0
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
@@ -172,6 +175,7 @@ def _validate(opts: RunOptions) -> None:
         raise UserError("--batch and --runs must be at least 1")
     if opts.threads is not None and opts.threads < 1:
         raise UserError(f"--threads must be at least 1 (got {opts.threads})")
+    budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
     if opts.throughput_seconds <= 0:
         raise UserError(f"--throughput-seconds must be positive (got {opts.throughput_seconds})")
 
@@ -202,6 +206,7 @@ def prepare(opts: RunOptions) -> Job:
     if str(opts.data) == "digits" and not spec.source.startswith("digits:") and data.labels is not None:
         data.labels = None  # digit labels 0-9 are not this model's classes
         data.notes.append("digits labels do not match this model's classes: dataset top-1 not computed")
+    budget.validate(opts.max_drop, opts.min_cosine, data.labels is not None)
     cache: dict = {}
 
     def calib() -> CalibrationSet:
@@ -276,23 +281,28 @@ def reference_stage(job: Job) -> Reference:
 
 def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
                 ref: Reference) -> tuple[Result, Artifact | None, Runner | None]:
-    """Build one (target, precision), open it and verify it. A missing SDK is a skipped row."""
+    """Build one (target, precision), open it and verify it (then hold it to the accuracy budget, if any).
+    A missing SDK is a skipped row."""
     t = target(name)
     why = t.available()
     if why:
         return Result.not_built(name, precision, "skipped", why), None, None
     t.check_precision(precision)
-    with job.steps(f"{name} {precision}"):
-        art = t.build(ctx, precision, job.target_options[name])
+
+    def build_once(c: BuildContext) -> tuple[Result, Artifact, Runner]:
+        art = t.build(c, precision, job.target_options[name])
         t0 = time.perf_counter()
-        runner = t.runner(ctx, art, job.threads)
+        runner = t.runner(c, art, job.threads)
         art.build_s["open"] = time.perf_counter() - t0
         res = Result(target=name, precision=precision, status=art.status, notes=list(art.notes),
-                     artifact=art.primary.relative_to(ctx.workdir).as_posix() if art.primary else None,
+                     artifact=art.primary.relative_to(c.workdir).as_posix() if art.primary else None,
                      size_mb=round(art.size_mb, 3), build_s={k: round(v, 3) for k, v in art.build_s.items()},
                      checks=art.checks)
         verify(job, res, runner, ref, art)
-    return res, art, runner
+        return res, art, runner
+    with job.steps(f"{name} {precision}"):
+        res, art, runner = build_once(ctx)
+    return budget.enforce(job, ctx, name, precision, ref, res, art, runner, build_once)
 
 
 def build_all(job: Job, ctx: BuildContext, ref: Reference) -> tuple[list[Result], list[Artifact], list]:

@@ -48,6 +48,23 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def budget_table(r: dict) -> list[str]:
+    """The accuracy budget's steps for one row (exporters/budget.py): what was kept, and what it bought and cost."""
+    b = (r.get("checks") or {}).get("budget")
+    if not b:
+        return []
+    limits = ", ".join(x for x in (f"top-1 drop <= {b['max_drop']} points" if b["max_drop"] is not None else "",
+                                   f"cosine_min >= {b['min_cosine']}" if b["min_cosine"] is not None else "") if x)
+    out = [f"**Accuracy budget, {r['target']} {r['precision']}** ({limits}): {'met' if b['met'] else 'NOT met'}", "",
+           "| step | kept in higher precision (cumulative) | top-1 drop (points) | cosine min | top-1 agreement | p50 ms |",
+           "|---|---|---|---|---|---|"]
+    for i, s in enumerate(b["steps"]):
+        out.append(f"| {i} | {', '.join(s['kept']) or '(first/last-layer rule only)'} | "
+                   f"{_fmt(s['drop_points'], 3)} | {s['cosine_min']:.6f} | {s['top1_agreement'] * 100:.2f}% | "
+                   f"{_fmt(s['p50_ms'], 2)} |")
+    return out + [""]
+
+
 def failed_gates(results: list[dict]) -> list[str]:
     """One line per failed row: which tolerance it missed, and by how much."""
     return [f"{r['target']} {r['precision']}: " + "; ".join(r["failures"]) for r in results if r.get("failures")]
@@ -82,6 +99,8 @@ def render_markdown(report: dict) -> str:
     if failed:
         out += ["**Accuracy gates missed** (the artefact is kept; the limits are in runtime/tolerances.py):", "",
                 *[f"- {line}" for line in failed], ""]
+    for r in report["results"]:
+        out += budget_table(r)
     for r in report["results"]:
         for n in r.get("notes", []):
             out.append(f"- {r['target']} {r['precision']}: {n}")

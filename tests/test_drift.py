@@ -66,7 +66,8 @@ def test_drift_names_the_planted_block_first(planted_bundle, target, tmp_path):
 
 
 def test_clean_fp32_artefact_has_no_step(digits_bundles, tmp_path):
-    from benchmarks.drift import NOISE, drift
+    from benchmarks.drift import drift
+    from exporters.probes import NOISE
     res = drift(Path(digits_bundles[0]) / "digits_vit", "onnxruntime", "fp32", "digits", 8, 2)
     assert res["rows"] and res["first_large_step"]["error"] < NOISE
     assert all(r["cosine_min"] > 0.99999 for r in res["rows"])
@@ -74,7 +75,7 @@ def test_clean_fp32_artefact_has_no_step(digits_bundles, tmp_path):
 
 
 def test_errors_are_per_sample():
-    from benchmarks.drift import errors
+    from exporters.probes import errors
     ref = np.ones((2, 4))
     out = ref.copy()
     out[1] = [1, 1, 1, -1]

@@ -39,6 +39,9 @@ class BuildContext:
     threads: int | None
     calib: Callable[[], object]  # -> calibration.CalibrationSet, loaded on first use
     dynamic_batch: bool = False
+    # ONNX tensor names whose producing MatMul/Gemm/Conv must stay in higher precision (the accuracy budget's
+    # choice, exporters/budget.py); INT8 builds exclude those nodes on top of the first/last-layer rule
+    keep_tensors: frozenset = frozenset()
 
 
 @dataclass

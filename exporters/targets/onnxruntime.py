@@ -85,13 +85,17 @@ def quantize_qdq(src, dst, calib, batch: int, opts: dict) -> None:
     from exporters.onnx import first_last_compute_nodes
     # reason: ORT recommends quant_pre_process, but measured on swin_t (interleaved, one run) its output
     # quantized to a slower graph (68.7 ms against 62.6 ms without it), so the export is quantized as is
+    proto = onnx.load(str(src), load_external_data=False)
+    exclude = first_last_compute_nodes(proto) if opts["keep_first_last"] else []
+    keep = opts.get("keep_tensors") or frozenset()
+    exclude += [n.name for n in proto.graph.node if n.op_type in opts["op_types"] and keep.intersection(n.output)]
     with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
         ort_q.quantize_static(
             str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
             activation_type=types[opts["activation"]], weight_type=types[opts["weight"]],
             per_channel=opts["per_channel"], calibrate_method=methods[opts["method"]],
             op_types_to_quantize=list(opts["op_types"]), reduce_range=opts["reduce_range"],
-            nodes_to_exclude=first_last_compute_nodes(onnx.load(str(src))) if opts["keep_first_last"] else [],
+            nodes_to_exclude=list(dict.fromkeys(exclude)),
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": opts["activation"] == "int8",
                            **opts.get("extra_options", {})})
 
@@ -106,6 +110,7 @@ def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
                         runtime_config={"providers": ["CPUExecutionProvider"]})
     opts = dict(DEFAULT_INT8)
     opts["reduce_range"] = _reduce_range(opts)
+    opts["keep_tensors"] = ctx.keep_tensors
     calib = ctx.calib()
     dst = ctx.workdir / "model.ort-int8.onnx"
     t0 = time.perf_counter()
@@ -117,7 +122,8 @@ def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
                            f"{' 7-bit (reduce_range: this CPU has no VNNI/AMX)' if opts['reduce_range'] else ''}, "
                            f"{opts['method']} "
                            f"calibration on {len(calib)} samples; quantized ops: {', '.join(opts['op_types'])}"
-                           + ("; patch embedding and head kept FP32" if opts["keep_first_last"] else "")])
+                           + ("; patch embedding and head kept FP32" if opts["keep_first_last"] else "")
+                           + ("; more layers kept FP32 by the accuracy budget" if ctx.keep_tensors else "")])
 
 
 TARGET = Target(name="onnxruntime", precisions=PRECISIONS, build=build, backend="onnxruntime",

@@ -41,6 +41,27 @@ def first_last_compute_ops(model) -> list[str]:
     return list(dict.fromkeys([ops[0].get_friendly_name(), ops[-1].get_friendly_name()])) if ops else []
 
 
+def ops_producing(model, names: frozenset) -> list[str]:
+    """Friendly names of the MatMul/Convolution ops that carry any of ``names`` (ONNX tensor or node names).
+
+    # reason: OpenVINO turns an ONNX Gemm/Conv into MatMul/Convolution + Add; the ONNX output name moves to
+    # the Add and the friendly name becomes "<onnx node>/WithoutBiases", so both are matched.
+    """
+    found = []
+    for o in model.get_ordered_ops():
+        if o.get_type_name() not in ("Convolution", "MatMul"):
+            continue
+        tensors = {n for out in o.outputs() for n in out.get_names()}
+        for out in o.outputs():
+            for target in out.get_target_inputs():
+                nxt = target.get_node()
+                if nxt.get_type_name() == "Add":
+                    tensors |= {n for x in nxt.outputs() for n in x.get_names()}
+        if tensors & names or o.get_friendly_name().split("/")[0] in names:
+            found.append(o.get_friendly_name())
+    return found
+
+
 def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifact:
     ov = require("openvino", INSTALL)
     device = options.device
@@ -56,16 +77,17 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         calib = ctx.calib()
         t0 = time.perf_counter()
         logging.getLogger("nncf").setLevel(logging.ERROR)
-        keep = first_last_compute_ops(model)
+        keep = list(dict.fromkeys(first_last_compute_ops(model) + ops_producing(model, ctx.keep_tensors)))
         with contextlib.redirect_stdout(io.StringIO()):
             model = nncf.quantize(model, nncf.Dataset(list(calib.batches(ctx.batch))),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
                                   ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
         times["quantize"] = time.perf_counter() - t0
         hint = half_hint(device)
+        kept = (f"{', '.join(keep[:2])} (patch embedding and classifier head)"
+                + (f" and {len(keep) - 2} more kept by the accuracy budget" if len(keep) > 2 else ""))
         notes.append(f"NNCF PTQ (transformer mode, mixed preset) on {len(calib)} calibration samples; "
-                     f"not quantized: {', '.join(keep)} (patch embedding and classifier head); unquantized ops "
-                     f"run at inference precision {hint}")
+                     f"not quantized: {kept}; unquantized ops run at inference precision {hint}")
     elif precision == "fp16":
         hint = half_hint(device)
         notes.append(f"FP16 weights; inference precision hint {hint} on {device}")

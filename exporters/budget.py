@@ -1,0 +1,109 @@
+"""The accuracy budget (``--max-drop POINTS`` / ``--min-cosine C``) for INT8 artefacts: measure, keep, rebuild.
+
+When an INT8 artefact misses the budget, its block outputs are compared with PyTorch's (the mechanism
+of ``exporters/probes.py``, on up to 32 evaluation samples). The candidate whose error grows the most
+over the worst error before it (attention, MLP, patch merging, embedding or head; a measured step, not
+a guess from names) has all its MatMul/Gemm/Conv kept in higher precision, the artefact is rebuilt
+and verified again, and so on until the budget holds or no candidate is left. The first/last-layer
+rule is the loop's starting point. Each step's accuracy and latency go into ``checks["budget"]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from runtime.errors import UserError
+from runtime.latency import measure
+
+BUDGET_TARGETS = ("onnxruntime", "openvino")
+SAMPLES = 32
+MAX_STEPS = 12
+WHOLE_BLOCK = re.compile(r"(^|\.)blocks\.\d+$|^layers\.\d+\.blocks\.\d+$|^norm$")  # composites and norms: not candidates
+
+
+def validate(max_drop: float | None, min_cosine: float | None, labelled: bool) -> None:
+    if max_drop is not None and max_drop < 0:
+        raise UserError(f"--max-drop must be at least 0 points (got {max_drop})")
+    if min_cosine is not None and not 0 < min_cosine <= 1:
+        raise UserError(f"--min-cosine must be in (0, 1] (got {min_cosine})")
+    if max_drop is not None and not labelled:
+        raise UserError("--max-drop needs labelled --data (class folders, labelled npz, or digits); "
+                        "use --min-cosine without labels")
+
+
+def misses(acc, ref_top1: float | None, max_drop: float | None, min_cosine: float | None) -> list[str]:
+    """What the budget misses, with the figures; empty when it holds."""
+    why = []
+    if max_drop is not None and acc.top1 is not None and ref_top1 is not None:
+        drop = (ref_top1 - acc.top1) * 100
+        if drop > max_drop:
+            why.append(f"top-1 drop {drop:.2f} points > budget {max_drop} (over by {drop - max_drop:.2f})")
+    if min_cosine is not None and acc.cosine_min < min_cosine:
+        why.append(f"cosine_min {acc.cosine_min:.6f} < budget {min_cosine} (short by {min_cosine - acc.cosine_min:.6f})")
+    return why
+
+
+def worst_step(rows: list[dict], kept: set[str]) -> dict | None:
+    """The candidate row whose 1 - cosine_min grows the most over the worst error before it."""
+    from exporters.probes import NOISE
+    best, worst_before, seen = None, NOISE, set()
+    for r in rows:
+        err = max(1.0 - r["cosine_min"], 1e-12)
+        fresh = r["tensor"] not in seen  # a head and its fc end in one tensor: one candidate
+        seen.add(r["tensor"])
+        if fresh and not WHOLE_BLOCK.search(r["module"]) and r["module"] not in kept:
+            step = err / worst_before
+            if best is None or step > best["step"]:
+                best = {**r, "step": step}
+        worst_before = max(worst_before, err)
+    return best
+
+
+def step_record(res, kept: list[str], ref_top1: float | None, p50: float | None) -> dict:
+    acc = res.accuracy
+    return {"kept": list(kept), "top1": acc.top1, "drop_points": None if acc.top1 is None or ref_top1 is None
+            else round((ref_top1 - acc.top1) * 100, 3), "cosine_min": acc.cosine_min,
+            "top1_agreement": acc.top1_agreement, "p50_ms": p50}
+
+
+def enforce(job, ctx, name: str, precision: str, ref, res, art, runner, rebuild) -> tuple:
+    """Run the loop for one built artefact; ``rebuild(ctx) -> (res, art, runner)`` builds and verifies again.
+
+    Returns the final ``(res, art, runner)``; ``res.checks["budget"]`` holds every step.
+    """
+    opts = job.opts
+    if (opts.max_drop is None and opts.min_cosine is None) or precision != "int8" or name not in BUDGET_TARGETS:
+        return res, art, runner
+    from exporters.probes import block_errors, compute_outputs_in, outputs_of, probes_from_export, reference_outputs
+    ref_top1 = ref.result.accuracy.top1
+    feeds = {runner.input_name: next(job.data.batches(job.opts.batch))}
+    steps = [step_record(res, [], ref_top1, measure(runner, feeds, runs=10, warmup=2).p50)]
+    kept: list[str] = []
+    probes = ref_out = x = None
+    while misses(res.accuracy, ref_top1, opts.max_drop, opts.min_cosine) and len(kept) < MAX_STEPS:
+        if probes is None:
+            with job.steps(f"{name} {precision}: accuracy budget, locating blocks"):
+                shape = (1, *job.input_shape[1:])
+                probes = {p.module: p for p in probes_from_export(ctx.model, shape)}
+                x = job.data.inputs[:SAMPLES]
+                ref_out = reference_outputs(ctx.model, list(probes.values()), x)
+        got = outputs_of(name, art.primary, art.runtime_config, [p.tensor for p in probes.values()], x, job.threads)
+        worst = worst_step(block_errors(list(probes.values()), ref_out, got), set(kept))
+        if worst is None:
+            break
+        kept.append(worst["module"])
+        keep = compute_outputs_in(ctx.onnx_path, frozenset().union(*(probes[m].scope for m in kept)))
+        runner.close()
+        with job.steps(f"{name} {precision}: keeping {worst['module']} in higher precision"):
+            res, art, runner = rebuild(dataclasses.replace(ctx, keep_tensors=keep))
+        steps.append(step_record(res, kept, ref_top1, measure(runner, feeds, runs=10, warmup=2).p50))
+    missed = misses(res.accuracy, ref_top1, opts.max_drop, opts.min_cosine)
+    res.checks["budget"] = {"max_drop": opts.max_drop, "min_cosine": opts.min_cosine, "met": not missed,
+                            "kept": kept, "steps": steps, "samples_located_on": SAMPLES,
+                            "method": "largest measured error step among attention/MLP/merging/embedding/head blocks"}
+    if missed:
+        res.passed = False
+        res.failures.append("accuracy budget: " + "; ".join(missed) + f" after keeping {len(kept)} block(s)")
+    res.notes.append(f"accuracy budget {'met' if not missed else 'NOT met'}"
+                     + (f"; kept in higher precision: {', '.join(kept)}" if kept else "; nothing had to be kept"))
+    return res, art, runner
