@@ -1,8 +1,9 @@
 """Per-op profile of the best naive path (NNCF INT8 with defaults) against vitdeploy's OpenVINO INT8.
 
 OpenVINO's own counters (``PERF_COUNT``): the time of every executed node of the compiled model,
-summed by (node type, kernel), averaged over the timed runs. Both models are compiled here the way
-their paths compile them (naive: no configuration; ours: the runner's pinned config), plus PERF_COUNT.
+summed by (node type, kernel), averaged over the timed runs, the two models alternating run by run.
+Both are compiled the way their paths compile them (naive: no configuration; ours: the runner's
+pinned config), plus PERF_COUNT.
 """
 from __future__ import annotations
 
@@ -15,23 +16,31 @@ import numpy as np
 from benchmarks.vs_naive import naive_artefacts, our_bundle
 
 
-def op_times(compiled, x: np.ndarray, runs: int, warmup: int = 5) -> tuple[dict, float]:
-    """``{(node type, exec type): [ms per inference, nodes]}`` and the median wall time (ms) of ``runs`` inferences."""
+def op_times(compiled: dict, x: np.ndarray, runs: int, warmup: int = 5) -> dict:
+    """Per model: ``{"ops": {"node type · kernel": [ms per inference, nodes]}, "p50_ms": wall median}``.
+
+    The models run alternately, one inference each per round, so the machine's drift falls on both.
+    """
     import time
-    request = compiled.create_infer_request()
-    for _ in range(warmup):
-        request.infer({0: x})
-    totals, nodes, walls = defaultdict(float), {}, []
+    requests = {k: c.create_infer_request() for k, c in compiled.items()}
+    for r in requests.values():
+        for _ in range(warmup):
+            r.infer({0: x})
+    totals = {k: defaultdict(float) for k in requests}
+    nodes, walls = {k: {} for k in requests}, {k: [] for k in requests}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        request.infer({0: x})
-        walls.append((time.perf_counter() - t0) * 1000)
-        executed = [p for p in request.profiling_info if p.status == p.Status.EXECUTED]
-        for key in {(p.node_type, p.exec_type) for p in executed}:
-            nodes[key] = sum(1 for p in executed if (p.node_type, p.exec_type) == key)
-        for p in executed:
-            totals[(p.node_type, p.exec_type)] += p.real_time.total_seconds() * 1000
-    return {k: [v / runs, nodes[k]] for k, v in totals.items()}, float(np.median(walls))
+        for k, r in requests.items():
+            t0 = time.perf_counter()
+            r.infer({0: x})
+            walls[k].append((time.perf_counter() - t0) * 1000)
+            executed = [p for p in r.profiling_info if p.status == p.Status.EXECUTED]
+            for p in executed:
+                key = f"{p.node_type} · {p.exec_type}"
+                totals[k][key] += p.real_time.total_seconds() * 1000
+            for key in {f"{p.node_type} · {p.exec_type}" for p in executed}:
+                nodes[k][key] = sum(1 for p in executed if f"{p.node_type} · {p.exec_type}" == key)
+    return {k: {"p50_ms": round(float(np.median(walls[k])), 2),
+                "ops": {op: [round(ms / runs, 3), nodes[k][op]] for op, ms in totals[k].items()}} for k in requests}
 
 
 def profile(name: str, threads: int, runs: int, work: Path) -> dict:
@@ -53,11 +62,7 @@ def profile(name: str, threads: int, runs: int, work: Path) -> dict:
                 "vitdeploy openvino int8": core.compile_model(str(bundle / art.primary), "CPU",
                                                               {**ours_config, "PERF_COUNT": "YES"})}
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    out = {}
-    for k, c in compiled.items():
-        ops, wall = op_times(c, x, runs)
-        out[k] = {"p50_ms": round(wall, 2), "ops": {f"{t} | {e}": [round(ms, 3), n] for (t, e), (ms, n) in ops.items()}}
-    return out
+    return op_times(compiled, x, runs)
 
 
 def measure(models: list[str], threads: int, runs: int) -> dict:

@@ -33,6 +33,6 @@ def test_op_profile_on_digits_vit():
     assert set(res) == {"naive openvino nncf int8", "vitdeploy openvino int8"}
     for path in res.values():
         assert path["p50_ms"] > 0 and sum(ms for ms, _ in path["ops"].values()) > 0
-        assert any("FullyConnected" in k and "8" in k.split("|")[1] for k in path["ops"]), path["ops"]
+        assert any("FullyConnected" in k and "8" in k.split(" · ")[1] for k in path["ops"]), path["ops"]
     md = render({"digits_vit": res}, "test machine", "python -m benchmarks op-profile digits_vit")
     assert "sum of node times" in md and "FullyConnected" in md
