@@ -247,6 +247,8 @@ def _eval(argv) -> int:
                                                                       "ray://head:10001)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (sorted order)")
     p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--weights", default=None, help="the PyTorch reference's checkpoint, when the bundle's weights "
+                                                   "cannot be rebuilt from its manifest")
     p.add_argument("--threads", type=int, default=None, help="threads per worker (default: all cores in one "
                                                              "process, 1 per Ray worker)")
     p.add_argument("--out", default="out/eval")
@@ -262,7 +264,7 @@ def _eval(argv) -> int:
     def split(s):
         return ([x for x in s.split(",") if x] if s else None)
     plan = make_plan(Path(a.bundle), Path(a.data), split(a.targets), split(a.precisions), a.reference, a.limit,
-                     a.shard_size, threads)
+                     a.shard_size, threads, a.weights)
     res = evaluate(plan, Path(a.out), workers=a.workers, address=a.ray)
     env = environment(threads)
     res["environment"] = env
@@ -280,6 +282,8 @@ def _drift(argv) -> int:
     p.add_argument("--precision", default=None)
     p.add_argument("--data", default="digits", help="image folder, array file or digits (default digits: hold-out)")
     p.add_argument("--size", type=int, default=32, help="samples (default 32)")
+    p.add_argument("--weights", default=None, help="the PyTorch reference's checkpoint, when the bundle's weights "
+                                                   "cannot be rebuilt from its manifest")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="out/drift")
     a = p.parse_args(argv)
@@ -287,7 +291,7 @@ def _drift(argv) -> int:
         raise UserError("--size must be at least 1")
     from benchmarks.drift import drift, plot, render
     from runtime.environment import environment, one_line
-    res = drift(Path(a.bundle), a.target, a.precision, a.data, a.size, a.threads)
+    res = drift(Path(a.bundle), a.target, a.precision, a.data, a.size, a.threads, a.weights)
     env = environment(a.threads)
     res["environment"] = env
     out = Path(a.out)

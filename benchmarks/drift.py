@@ -29,7 +29,7 @@ def artefact_outputs(bundle: Path, art, tensors: list[str], x: np.ndarray, threa
 
 
 def drift(bundle: Path, target: str | None, precision: str | None, data: str, size: int,
-          threads: int | None) -> dict:
+          threads: int | None, weights: str | None = None) -> dict:
     """Block-level errors of one artefact of ``bundle`` against PyTorch on ``size`` samples of ``data``."""
     from benchmarks.reference import model_from_manifest
     from calibration import load_set
@@ -39,7 +39,7 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
     from runtime.session import choose_artifact
     m = read_manifest(bundle)
     art = choose_artifact(m, target, precision)
-    model, _ = model_from_manifest(bundle)
+    model, _ = model_from_manifest(bundle, weights)
     shape = (1, *m.input.shape[1:])
     fired = (m.rewrites or {}).get("fired")
     if fired:

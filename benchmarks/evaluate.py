@@ -42,6 +42,7 @@ class Plan:
     shard_size: int = SHARD_SIZE
     threads: int | None = None
     manifest_sha256: str = ""
+    weights: str | None = None  # the reference's checkpoint, when the manifest's cannot be rebuilt
 
     @property
     def key(self) -> str:
@@ -85,7 +86,7 @@ def _reference(plan: Plan):
     if k not in _OPEN:
         if plan.reference == "torch":
             from benchmarks.reference import torch_logits
-            _OPEN[k] = torch_logits(Path(plan.bundle), plan.threads)
+            _OPEN[k] = torch_logits(Path(plan.bundle), plan.threads, plan.weights)
         else:
             from runtime.backends.onnxruntime import OnnxRuntimeRunner
             from runtime.manifest import read_manifest, resolve_inside

@@ -10,6 +10,8 @@ def rebuild_reason(manifest) -> str | None:
     """None when the manifest names weights the reference can be rebuilt from, else why not."""
     if manifest.weights == "random":
         return "the bundle was exported with random weights, which cannot be rebuilt"
+    if manifest.weights == "given module":
+        return "the bundle was exported from a Python module (exporters.export); give its checkpoint with --weights"
     if manifest.weights == "pretrained":
         return "the bundle's weights were downloaded ('pretrained'); give the checkpoint with --weights"
     return None

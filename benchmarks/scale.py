@@ -18,7 +18,7 @@ RETRIES = 3
 
 
 def make_plan(bundle: Path, data: Path, targets: list[str] | None, precisions: list[str] | None, reference: str,
-              limit: int | None, shard_size: int, threads: int | None) -> Plan:
+              limit: int | None, shard_size: int, threads: int | None, weights: str | None = None) -> Plan:
     """Fix the image list (sorted), the labels (class folders named as the model's labels, or digits) and the artefacts."""
     from calibration.sources import from_folder
     from runtime.backends import backend
@@ -32,14 +32,15 @@ def make_plan(bundle: Path, data: Path, targets: list[str] | None, precisions: l
         raise UserError(f"no artefact of {bundle} can run here ({why})")
     if reference == "auto":
         from benchmarks.reference import rebuild_reason
-        reference = "onnx" if rebuild_reason(m) else "torch"
+        reference = "onnx" if rebuild_reason(m) and not weights else "torch"
     if shard_size < 1 or (limit is not None and limit < 1):
         raise UserError("--shard-size and --limit must be at least 1")
     raw = from_folder(Path(data), {name: i for i, name in enumerate(m.labels or [])})
     ids, labels = raw.ids[:limit], raw.labels[:limit]
     return Plan(bundle=str(Path(bundle).resolve()), data=str(Path(data).resolve()), ids=ids, labels=labels,
                 artefacts=runnable, reference=reference, shard_size=shard_size, threads=threads,
-                manifest_sha256=sha256_file(Path(bundle) / MANIFEST))
+                manifest_sha256=sha256_file(Path(bundle) / MANIFEST),
+                weights=str(Path(weights).resolve()) if weights else None)
 
 
 def _progress(total: int, done: int):

@@ -102,14 +102,17 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
 def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=None, data="digits", calib=None,
            labels=None, preprocessing=None, out="out", name: str | None = None, weights=None,
            num_classes: int | None = None, img_size: int | None = None, batch: int = 1, runs: int = 50,
-           threads: int | None = None, rewrites: bool = True, quiet: bool = True, **target_options) -> Report:
+           threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
+           min_cosine: float | None = None, throughput: bool = False, quiet: bool = True, **target_options) -> Report:
     """Export ``model_or_name`` (a zoo name, ``timm:``/``tv:``/``local-dir:``/``hf-hub:`` name, or any
     ``nn.Module``), build ``targets`` (a name, a list, or "all") at ``precision``, verify every artefact
     against the model on ``data``, time it, and write ``out/<name>/``. Returns the ``Report``.
 
     ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
     ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
-    ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...).
+    ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
+    ``max_drop``/``min_cosine`` the INT8 accuracy budget (exporters/budget.py); ``throughput`` also
+    measures images/s in throughput mode.
     """
     from torch import nn
 
@@ -130,5 +133,6 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
                       weights=weights, num_classes=num_classes, img_size=img_size,
                       labels=None if module is not None else labels, module=module, spec=spec, out=Path(out),
                       batch=batch, runs=runs, threads=threads, rewrites=rewrites, options=target_options,
+                      max_drop=max_drop, min_cosine=min_cosine, throughput=throughput,
                       quiet=quiet)
     return Report(run(opts))
