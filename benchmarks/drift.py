@@ -31,30 +31,43 @@ def artefact_outputs(bundle: Path, art, tensors: list[str], x: np.ndarray, threa
 def drift(bundle: Path, target: str | None, precision: str | None, data: str, size: int,
           threads: int | None, weights: str | None = None) -> dict:
     """Block-level errors of one artefact of ``bundle`` against PyTorch on ``size`` samples of ``data``."""
-    from benchmarks.reference import model_from_manifest
+    from benchmarks.reference import model_from_manifest, rebuild_reason
     from calibration import load_set
     from exporters.rewrites import apply_rewrites
+    from exporters.zoo import DIGITS, create_model
     from runtime.manifest import read_manifest
     from runtime.preprocess import Preprocessing
     from runtime.session import choose_artifact
     m = read_manifest(bundle)
     art = choose_artifact(m, target, precision)
-    model, _ = model_from_manifest(bundle, weights)
+    pp = Preprocessing.from_dict(m.preprocessing.model_dump())
+    x = load_set(data, pp, size=size, part="holdout", progress=False).inputs
     shape = (1, *m.input.shape[1:])
+    if rebuild_reason(m) and not weights:
+        # random (or unavailable) weights: the architecture alone names the blocks; the values come from
+        # the bundle's FP32 ONNX, which matches PyTorch to 1e-5 (the export's own check)
+        model, _ = create_model(m.model, img_size=m.input.shape[-1]) if m.model not in DIGITS else create_model(m.model)
+        reference = "the bundle's FP32 ONNX in ONNX Runtime (weights not rebuildable: " + rebuild_reason(m) + ")"
+    else:
+        model, _ = model_from_manifest(bundle, weights)
+        reference = "PyTorch FP32 (eager)"
     fired = (m.rewrites or {}).get("fired")
     if fired:
         model, _ = apply_rewrites(model, shape, passes=fired)
     probes = probes_from_export(model, shape)
     if not probes:
         raise UserError(f"no block of {m.model} could be located in its export (no name-scope metadata)")
-    pp = Preprocessing.from_dict(m.preprocessing.model_dump())
-    x = load_set(data, pp, size=size, part="holdout", progress=False).inputs
-    ref = reference_outputs(model, probes, x)
+    if reference.startswith("PyTorch"):
+        ref = reference_outputs(model, probes, x)
+    else:
+        m.verify(bundle, [m.onnx])
+        by_tensor = outputs_of("onnxruntime", bundle / m.onnx, {}, [p.tensor for p in probes], x, threads)
+        ref = {p.module: by_tensor[p.tensor] for p in probes if p.tensor in by_tensor}
     got = artefact_outputs(bundle, art, [p.tensor for p in probes], x, threads)
     rows = block_errors(probes, ref, got)
     missing = [p.module for p in probes if p.module not in {r["module"] for r in rows}]
     return {"bundle": str(bundle), "model": m.model, "target": art.target, "precision": art.precision,
-            "samples": int(len(x)), "data": data, "rows": rows, "not_found": missing,
+            "samples": int(len(x)), "data": data, "reference": reference, "rows": rows, "not_found": missing,
             "first_large_step": first_large_step(rows)}
 
 
@@ -62,7 +75,8 @@ def render(res: dict, command: str, env_line: str) -> str:
     step = res["first_large_step"]
     lines = [f"## Drift of {res['model']} {res['target']} {res['precision']} against PyTorch, block by block", "",
              f"Command: `{command}`", "", f"Machine: {env_line}", "",
-             f"{res['samples']} samples of {res['data']}; cosine is per sample (the worst shown), max abs over all.",
+             f"{res['samples']} samples of {res['data']}; reference: {res['reference']}; cosine is per sample "
+             "(the worst shown), max abs over all.",
              ""]
     if step:
         lines += [f"**First large step: `{step['module']}`** (1 - cosine grows {step['step']:.1f}x over the worst "
