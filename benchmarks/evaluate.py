@@ -24,7 +24,7 @@ import numpy as np
 
 from runtime.errors import UserError
 
-REFERENCE = "pytorch fp32"
+REFERENCE = {"torch": "pytorch fp32", "onnx": "reference fp32 onnx (onnxruntime)"}  # the reference's row
 SHARD_SIZE = 256
 TOPK = 5
 
@@ -43,6 +43,7 @@ class Plan:
     threads: int | None = None
     manifest_sha256: str = ""
     weights: str | None = None  # the reference's checkpoint, when the manifest's cannot be rebuilt
+    format: int = 2  # bumped when a shard's content changes meaning, so older shards are not reused
 
     @property
     def key(self) -> str:
@@ -65,6 +66,12 @@ class ShardResult:
 
 def key_of(target: str, precision: str) -> str:
     return f"{target} {precision}"
+
+
+def row_names(plan: Plan) -> list[str]:
+    """The rows of the result: the reference (unless none) and every artefact, in plan order."""
+    ref = REFERENCE.get(plan.reference)
+    return ([ref] if ref else []) + [key_of(t, p) for t, p in plan.artefacts]
 
 
 # ---------------------------------------------------------------- worker side
@@ -141,7 +148,7 @@ def eval_shard(plan: Plan, index: int) -> ShardResult:
     res = ShardResult(index=index, kept=kept, skipped=skipped)
     if x is None:
         return res
-    runs = [] if plan.reference == "none" else [(REFERENCE, _reference(plan))]
+    runs = [] if plan.reference == "none" else [(REFERENCE[plan.reference], _reference(plan))]
     runs += [(key_of(t, p), _session(plan.bundle, t, p, plan.threads).logits) for t, p in plan.artefacts]
     for name, logits in runs:
         t0 = time.perf_counter()
@@ -176,15 +183,19 @@ class ShardStore:
     def _path(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.json"
 
-    def load(self, index: int) -> ShardResult | None:
-        """A finished shard, or None when absent or when its bytes do not match its sha256."""
+    def load(self, index: int, names: list[str]) -> ShardResult | None:
+        """A finished shard, or None when absent, when its bytes do not match its sha256, or when it
+        lacks one of the rows ``names``."""
         p, h = self._path(index), self._path(index).with_suffix(".sha256")
         if not (p.is_file() and h.is_file()):
             return None
         data = p.read_bytes()
         if hashlib.sha256(data).hexdigest() != h.read_text().strip():
             return None
-        return ShardResult(**json.loads(data))
+        res = ShardResult(**json.loads(data))
+        if res.kept and any(len(res.top5.get(n, [])) != len(res.kept) for n in names):
+            return None
+        return res
 
     def save(self, res: ShardResult) -> None:
         """Write the shard, then its hash, each by rename: a crash leaves no half-written shard that loads."""
@@ -207,10 +218,11 @@ def metrics(plan: Plan, shards: list[ShardResult]) -> dict:
     for s in shards:
         for k, v in s.skipped.items():
             skipped[k] = skipped.get(k, 0) + v
-    names = ([] if plan.reference == "none" else [REFERENCE]) + [key_of(t, p) for t, p in plan.artefacts]
+    ref_name = REFERENCE.get(plan.reference)
+    names = row_names(plan)
     preds = {n: np.asarray([row for s in shards for row in s.top5.get(n, [])], dtype=np.int64).reshape(len(kept), -1)
              for n in names}
-    ref = preds.get(REFERENCE)
+    ref = preds.get(ref_name) if ref_name else None
     rows = {}
     for n in names:
         p = preds[n]
@@ -219,7 +231,7 @@ def metrics(plan: Plan, shards: list[ShardResult]) -> dict:
                    "top1": round(float((p[:, 0] == y).mean()) * 100, 4) if labelled else None,
                    "top5": round(float((p == y[:, None]).any(1).mean()) * 100, 4) if labelled else None,
                    "top1_agreement": (round(float((p[:, 0] == ref[:, 0]).mean()) * 100, 4)
-                                      if ref is not None and n != REFERENCE and len(kept) else None),
+                                      if ref is not None and n != ref_name and len(kept) else None),
                    "inference_images_per_s": round(len(kept) / secs, 2) if secs else None}
     return {"images": len(plan.ids), "evaluated": len(kept), "skipped": skipped, "labelled": labelled,
             "shards": len(shards), "results": rows}

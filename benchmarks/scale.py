@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.evaluate import Plan, ShardResult, ShardStore, eval_shard, metrics
+from benchmarks.evaluate import Plan, ShardResult, ShardStore, eval_shard, metrics, row_names
 from runtime.errors import UserError
 
 INSTALL = "pip install 'vitdeploy[scale]'"
@@ -117,7 +117,7 @@ def evaluate(plan: Plan, out: Path, workers: int | None = None, address: str | N
         _ray()  # without Ray: one line, before any work
     store = ShardStore(out, plan)
     n = len(plan.shards())
-    finished = {i: s for i in range(n) if (s := store.load(i)) is not None}
+    finished = {i: s for i in range(n) if (s := store.load(i, row_names(plan))) is not None}
     pending = [i for i in range(n) if i not in finished]
     done_images = sum(_images(plan, i) for i in finished)
     t0 = time.perf_counter()
