@@ -14,6 +14,8 @@ from pathlib import Path
 from runtime.cli import GATE_FAILED, OK
 from runtime.errors import UserError
 
+WEIGHTS_HELP = "the PyTorch reference's checkpoint, when the bundle's weights cannot be rebuilt from its manifest"
+
 
 def _emit(out: Path, stem: str, md: str, data: dict | None = None) -> None:
     """Write ``stem.md`` (and ``stem.json``) under ``out`` and print the Markdown."""
@@ -247,8 +249,7 @@ def _eval(argv) -> int:
                                                                       "ray://head:10001)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (sorted order)")
     p.add_argument("--shard-size", type=int, default=256)
-    p.add_argument("--weights", default=None, help="the PyTorch reference's checkpoint, when the bundle's weights "
-                                                   "cannot be rebuilt from its manifest")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--threads", type=int, default=None, help="threads per worker (default: all cores in one "
                                                              "process, 1 per Ray worker)")
     p.add_argument("--out", default="out/eval")
@@ -282,8 +283,7 @@ def _drift(argv) -> int:
     p.add_argument("--precision", default=None)
     p.add_argument("--data", default="digits", help="image folder, array file or digits (default digits: hold-out)")
     p.add_argument("--size", type=int, default=32, help="samples (default 32)")
-    p.add_argument("--weights", default=None, help="the PyTorch reference's checkpoint, when the bundle's weights "
-                                                   "cannot be rebuilt from its manifest")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="out/drift")
     a = p.parse_args(argv)

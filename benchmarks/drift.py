@@ -15,10 +15,9 @@ from exporters.probes import block_errors, first_large_step, outputs_of, probes_
 from runtime.errors import UserError
 
 
-def artefact_outputs(bundle: Path, art, tensors: list[str], x: np.ndarray, threads: int | None) -> dict:
-    """The probe tensors of one bundle artefact (hashes verified first)."""
-    from runtime.manifest import read_manifest, resolve_inside
-    m = read_manifest(bundle)
+def artefact_outputs(bundle: Path, m, art, tensors: list[str], x: np.ndarray, threads: int | None) -> dict:
+    """The probe tensors of one artefact ``art`` of ``bundle`` (manifest ``m``; hashes verified first)."""
+    from runtime.manifest import resolve_inside
     m.verify(bundle, art.files)
     if art.target in ("onnxruntime", "openvino"):
         return outputs_of(art.target, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads)
@@ -63,7 +62,7 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
         m.verify(bundle, [m.onnx])
         by_tensor = outputs_of("onnxruntime", bundle / m.onnx, {}, [p.tensor for p in probes], x, threads)
         ref = {p.module: by_tensor[p.tensor] for p in probes if p.tensor in by_tensor}
-    got = artefact_outputs(bundle, art, [p.tensor for p in probes], x, threads)
+    got = artefact_outputs(bundle, m, art, [p.tensor for p in probes], x, threads)
     rows = block_errors(probes, ref, got)
     missing = [p.module for p in probes if p.module not in {r["module"] for r in rows}]
     return {"bundle": str(bundle), "model": m.model, "target": art.target, "precision": art.precision,

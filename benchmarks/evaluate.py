@@ -105,18 +105,9 @@ def _reference(plan: Plan):
 
 
 def _batched(runner):
-    """Logits of ``[N,3,H,W]`` through a static-batch runner (the last chunk padded, then cut)."""
-    def logits(x: np.ndarray) -> np.ndarray:
-        b = runner.input_shape[0] if runner.input_shape[0] > 0 else len(x)
-        outs = []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(next(iter(runner.infer({runner.input_name: chunk}).values()))[:n])
-        return np.concatenate(outs)
-    return logits
+    """Logits of ``[N,3,H,W]`` through a runner: its static batch, or all at once when dynamic."""
+    from runtime.session import batched_logits
+    return lambda x: batched_logits(runner, x, runner.input_shape[0] if runner.input_shape[0] > 0 else len(x))
 
 
 def _decode(plan: Plan, positions: range, pp) -> tuple[np.ndarray | None, list[int], dict[str, int]]:
@@ -133,6 +124,16 @@ def _decode(plan: Plan, positions: range, pp) -> tuple[np.ndarray | None, list[i
     return (np.stack(arrays) if arrays else None), kept, skipped
 
 
+def _preprocessing(bundle: str):
+    """The bundle's preprocessing, read from its manifest once per process."""
+    k = ("preprocessing", bundle)
+    if k not in _OPEN:
+        from runtime.manifest import read_manifest
+        from runtime.preprocess import Preprocessing
+        _OPEN[k] = Preprocessing.from_dict(read_manifest(Path(bundle)).preprocessing.model_dump())
+    return _OPEN[k]
+
+
 def _top5(logits: np.ndarray) -> list[list[int]]:
     k = min(TOPK, logits.shape[-1])
     return np.argsort(-logits, axis=-1, kind="stable")[:, :k].tolist()
@@ -141,10 +142,7 @@ def _top5(logits: np.ndarray) -> list[list[int]]:
 def eval_shard(plan: Plan, index: int) -> ShardResult:
     """Decode shard ``index`` of ``plan`` and run the reference and every artefact on it."""
     _fault_injection(index)
-    from runtime.manifest import read_manifest
-    from runtime.preprocess import Preprocessing
-    pp = Preprocessing.from_dict(read_manifest(Path(plan.bundle)).preprocessing.model_dump())
-    x, kept, skipped = _decode(plan, plan.shards()[index], pp)
+    x, kept, skipped = _decode(plan, plan.shards()[index], _preprocessing(plan.bundle))
     res = ShardResult(index=index, kept=kept, skipped=skipped)
     if x is None:
         return res

@@ -55,6 +55,19 @@ def choose_artifact(manifest: Manifest, target: str | None, precision: str | Non
     return usable[0]
 
 
+def batched_logits(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """``[N, 3, H, W]`` -> ``[N, classes]`` through ``runner`` in chunks of ``batch``; with a static batch the
+    last chunk is padded (repeating its last image) and the padding's outputs dropped."""
+    outs = []
+    for i in range(0, len(inputs), batch):
+        chunk = inputs[i:i + batch]
+        n = len(chunk)
+        if n < batch and runner.input_shape[0] != -1:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        outs.append(next(iter(runner.infer({runner.input_name: chunk}).values()))[:n])
+    return np.concatenate(outs)
+
+
 class Session:
     """``predict(images)`` and ``infer(feeds)`` on one verified artefact of a bundle."""
 
@@ -88,14 +101,7 @@ class Session:
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """``[N, 3, H, W]`` preprocessed inputs -> ``[N, classes]`` logits, in the artefact's batch size."""
-        outs, b = [], self.batch
-        for i in range(0, len(inputs), b):
-            chunk = inputs[i:i + b]
-            n = len(chunk)
-            if n < b and self.runner.input_shape[0] != -1:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(next(iter(self.runner.infer({self.runner.input_name: chunk}).values()))[:n])
-        return np.concatenate(outs)
+        return batched_logits(self.runner, inputs, self.batch)
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
