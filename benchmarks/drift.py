@@ -3,7 +3,8 @@
 The mechanism (block outputs as extra outputs of a debug copy, mapped to PyTorch module names) is
 ``exporters/probes.py``. Supported: ONNX Runtime (FP32/INT8), OpenVINO (FP32/FP16/INT8), and TensorRT /
 TensorRT-RTX through their TensorRT-ready ONNX in ONNX Runtime (the proxy the export pipeline also
-uses; engines need a GPU). Core ML is refused: its debug outputs need macOS.
+uses; engines need a GPU), and Core ML through its labelled proxy (the model with the package's
+compression, hooked like the reference; Core ML itself runs on macOS only).
 """
 from __future__ import annotations
 
@@ -11,20 +12,43 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.probes import block_errors, first_large_step, outputs_of, probes_from_export, reference_outputs
+from exporters.probes import (
+    block_errors,
+    first_large_step,
+    outputs_of,
+    probe_label,
+    probe_source,
+    probes_from_export,
+    reference_outputs,
+)
 from runtime.errors import UserError
 
 
-def artefact_outputs(bundle: Path, m, art, tensors: list[str], x: np.ndarray, threads: int | None) -> dict:
-    """The probe tensors of one artefact ``art`` of ``bundle`` (manifest ``m``; hashes verified first)."""
+def artefact_outputs(bundle: Path, m, art, model, probes: list, x: np.ndarray, threads: int | None) -> dict:
+    """The probe tensors of one artefact ``art`` of ``bundle`` (manifest ``m``; hashes verified first).
+    Core ML's come from its proxy: ``model`` with the package's compression (Core ML runs on macOS only)."""
     from runtime.manifest import resolve_inside
     m.verify(bundle, art.files)
-    if art.target in ("onnxruntime", "openvino"):
-        return outputs_of(art.target, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads)
-    if art.target in ("tensorrt", "tensorrt_rtx"):
-        return outputs_of("onnxruntime", resolve_inside(bundle, art.runtime_config["onnx"]), {}, tensors, x, threads)
-    raise UserError(f"drift does not read {art.target} artefacts on this machine (Core ML's debug outputs need "
-                    "macOS); choose onnxruntime, openvino, tensorrt or tensorrt_rtx")
+    if art.target == "coreml":
+        from exporters.targets.coreml import proxy_block_outputs
+        return proxy_block_outputs(model, art, probes, x)
+    kind, rel = probe_source(art.target, art.primary, art.runtime_config)
+    return outputs_of(kind, resolve_inside(bundle, rel), art.runtime_config, [p.tensor for p in probes], x, threads)
+
+
+def drifting_artifact(m, target: str | None, precision: str | None):
+    """The artefact to compare: the one named (its block outputs are read from its files, so it need not run
+    here: a deferred TensorRT ONNX, an engine without a GPU, a Core ML package off macOS); else the
+    runtime's own choice."""
+    from runtime.session import choose_artifact
+    if not target:
+        return choose_artifact(m, target, precision)
+    arts = [a for a in m.artifacts if a.target == target and a.primary and (not precision or a.precision == precision)]
+    if not arts:
+        have = sorted({f"{a.target} {a.precision}" for a in m.artifacts})
+        raise UserError(f"the bundle has no {target} {precision or ''} artefact; it has: {', '.join(have) or 'none'}"
+                        .replace("  ", " "))
+    return arts[0]
 
 
 def drift(bundle: Path, target: str | None, precision: str | None, data: str, size: int,
@@ -36,9 +60,8 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
     from exporters.zoo import DIGITS, create_model
     from runtime.manifest import read_manifest
     from runtime.preprocess import Preprocessing
-    from runtime.session import choose_artifact
     m = read_manifest(bundle)
-    art = choose_artifact(m, target, precision)
+    art = drifting_artifact(m, target, precision)
     pp = Preprocessing.from_dict(m.preprocessing.model_dump())
     x = load_set(data, pp, size=size, part="holdout", progress=False).inputs
     shape = (1, *m.input.shape[1:])
@@ -62,11 +85,12 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
         m.verify(bundle, [m.onnx])
         by_tensor = outputs_of("onnxruntime", bundle / m.onnx, {}, [p.tensor for p in probes], x, threads)
         ref = {p.module: by_tensor[p.tensor] for p in probes if p.tensor in by_tensor}
-    got = artefact_outputs(bundle, m, art, [p.tensor for p in probes], x, threads)
+    got = artefact_outputs(bundle, m, art, model, probes, x, threads)
     rows = block_errors(probes, ref, got)
     missing = [p.module for p in probes if p.module not in {r["module"] for r in rows}]
     return {"bundle": str(bundle), "model": m.model, "target": art.target, "precision": art.precision,
-            "samples": int(len(x)), "data": data, "reference": reference, "rows": rows, "not_found": missing,
+            "samples": int(len(x)), "data": data, "reference": reference,
+            "artefact_values_from": probe_label(art.target), "rows": rows, "not_found": missing,
             "first_large_step": first_large_step(rows)}
 
 
@@ -74,7 +98,8 @@ def render(res: dict, command: str, env_line: str) -> str:
     step = res["first_large_step"]
     lines = [f"## Drift of {res['model']} {res['target']} {res['precision']} against PyTorch, block by block", "",
              f"Command: `{command}`", "", f"Machine: {env_line}", "",
-             f"{res['samples']} samples of {res['data']}; reference: {res['reference']}; cosine is per sample "
+             f"{res['samples']} samples of {res['data']}; reference: {res['reference']}; artefact values from "
+             f"{res.get('artefact_values_from', 'the artefact itself')}; cosine is per sample "
              "(the worst shown), max abs over all.",
              ""]
     if step:

@@ -104,6 +104,7 @@ class Job:
     report: dict  # the report being assembled (report.json form)
     calib: Callable[[], CalibrationSet]
     calib_cache: dict  # {"set": CalibrationSet} once a target asked for calibration
+    superseded: list = field(default_factory=list)  # files of builds the accuracy budget replaced
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -326,7 +327,16 @@ def build_all(job: Job, ctx: BuildContext, ref: Reference) -> tuple[list[Result]
             timed.append((res, runner, art))
         else:
             runner.close()
+    drop_superseded(job, artifacts)
     return results, artifacts, timed
+
+
+def drop_superseded(job: Job, artifacts: list[Artifact]) -> None:
+    """Remove from the staging bundle the files of budget steps that no final artefact uses."""
+    final = {Path(f).resolve() for a in artifacts for f in a.files}
+    for f in dict.fromkeys(job.superseded):
+        if Path(f).resolve() not in final and Path(f).is_file():
+            Path(f).unlink()
 
 
 def time_stage(job: Job, timed: list[tuple[Result, Runner, Artifact | None]]) -> None:

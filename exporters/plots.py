@@ -1,5 +1,6 @@
 """Matplotlib figures for the reports: latency bars with p90 whiskers, accuracy drop against
-speedup, artefact size. Each returns PNG bytes (Agg backend, no display needed)."""
+speedup, artefact size, and the accuracy budget's steps. Each returns PNG bytes (Agg backend, no
+display needed), or None when the reports hold nothing to draw."""
 from __future__ import annotations
 
 import io
@@ -70,4 +71,36 @@ def size_bars(reports: list[dict]) -> bytes:
     return _png(fig)
 
 
-FIGURES = {"latency": latency_bars, "accuracy_vs_speedup": drop_vs_speedup, "size": size_bars}
+def budget_steps(reports: list[dict]) -> bytes | None:
+    """Each accuracy-budget loop (exporters/budget.py): 1 - cosine_min and top-1 drop per step, and p50 where timed."""
+    loops = [(rep["model"], r) for rep in reports for r in rep["results"] if (r.get("checks") or {}).get("budget")]
+    if not loops:
+        return None
+    fig, axes = plt.subplots(1, len(loops), figsize=(max(6, 5 * len(loops)), 4), squeeze=False)
+    for ax, (model, r) in zip(axes[0], loops):
+        b = r["checks"]["budget"]
+        steps = b["steps"]
+        x = range(len(steps))
+        ax.semilogy(x, [max(1 - s["cosine_min"], 1e-9) for s in steps], marker="o", color="#2b7bba",
+                    label="1 - cosine min")
+        if b["min_cosine"] is not None:
+            ax.axhline(1 - b["min_cosine"], color="#2b7bba", ls=":", lw=1)
+        ax.set_ylabel("1 - cosine min (dotted: budget)")
+        labels = ["as built"] + [s["kept"][-1] for s in steps[1:]]
+        ax.set_xticks(list(x), [f"+{t}" if i else t for i, t in enumerate(labels)], rotation=30, ha="right", fontsize=7)
+        twin = ax.twinx()
+        drops = [s["drop_points"] for s in steps]
+        if any(d is not None for d in drops):
+            twin.plot(x, [d if d is not None else float("nan") for d in drops], marker="s", color="#d7301f",
+                      label="top-1 drop (points)")
+            twin.set_ylabel("top-1 drop, points (red); p50 ms (green)")
+        p50 = [s["p50_ms"] for s in steps]
+        if any(p is not None for p in p50):
+            twin.plot(x, [p if p is not None else float("nan") for p in p50], marker="^", color="#1a9641",
+                      label="p50 ms")
+        ax.set_title(f"{model} {r['target']} {r['precision']}: budget {'met' if b['met'] else 'NOT met'}", fontsize=9)
+    return _png(fig)
+
+
+FIGURES = {"latency": latency_bars, "accuracy_vs_speedup": drop_vs_speedup, "size": size_bars,
+           "accuracy_budget": budget_steps}

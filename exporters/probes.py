@@ -69,9 +69,10 @@ def reference_outputs(model, probes: list[Probe], x: np.ndarray) -> dict[str, np
         if display(n) in names:
             hooks.append(m.register_forward_hook(
                 lambda mod, args, res, key=display(n): out.__setitem__(key, res.detach().float().numpy())))
+    dtype = next(model.parameters()).dtype  # a half-precision proxy (Core ML's) takes half inputs
     try:
         with torch.inference_mode():
-            model(torch.from_numpy(x))
+            model(torch.from_numpy(x).to(dtype))
     finally:
         for h in hooks:
             h.remove()
@@ -127,6 +128,30 @@ def _openvino_outputs(xml: Path, tensors: list[str], x: np.ndarray, config: dict
         for t, port in by_name.items():
             outs.setdefault(t, []).append(np.asarray(request.get_tensor(port).data, dtype=np.float32).copy())
     return {t: np.concatenate(v) for t, v in outs.items()}
+
+
+def probe_source(target: str, primary: str, runtime_config: dict) -> tuple[str, str]:
+    """(what runs the probes, the file it reads, relative to the bundle) for one artefact.
+
+    ONNX Runtime and OpenVINO read the artefact itself; TensorRT and TensorRT-RTX the ONNX their engine
+    is built from, in ONNX Runtime (the proxy the export pipeline verifies; engines need a GPU).
+    """
+    if target in ("onnxruntime", "openvino"):
+        return target, primary
+    if target in ("tensorrt", "tensorrt_rtx"):
+        return "onnxruntime", runtime_config["onnx"]
+    from runtime.errors import UserError
+    raise UserError(f"block outputs of {target} artefacts cannot be read on this machine; "
+                    "onnxruntime, openvino, tensorrt and tensorrt_rtx can")
+
+
+def probe_label(target: str) -> str:
+    """What an artefact's block outputs are read from, in words (for drift.json and checks.budget)."""
+    if target in ("tensorrt", "tensorrt_rtx"):
+        return "the TensorRT ONNX in ONNX Runtime (the engine needs a GPU)"
+    if target == "coreml":
+        return "the Core ML proxy: PyTorch with the package's compression (Core ML runs on macOS only)"
+    return "the artefact itself"
 
 
 def outputs_of(target: str, path: Path, runtime_config: dict, tensors: list[str], x: np.ndarray,

@@ -101,6 +101,8 @@ def render_markdown(report: dict) -> str:
                 *[f"- {line}" for line in failed], ""]
     for r in report["results"]:
         out += budget_table(r)
+    if any((r.get("checks") or {}).get("budget") for r in report["results"]):
+        out += ["![accuracy budget, step by step](plot_accuracy_budget.png)", ""]
     for r in report["results"]:
         for n in r.get("notes", []):
             out.append(f"- {r['target']} {r['precision']}: {n}")
@@ -176,7 +178,11 @@ def write_matrix(reports: list[dict], folder: Path, command: str) -> list[Path]:
 
 
 def _html_table(results: list[dict]) -> str:
-    md = results_table(results).splitlines()
+    return _html_from_md(results_table(results).splitlines())
+
+
+def _html_from_md(md: list[str]) -> str:
+    """A Markdown table (header, rule, rows) as an HTML table; a ``**NO**`` cell is marked bad."""
     head = [c.strip() for c in md[0].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:]]
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -186,12 +192,27 @@ def _html_table(results: list[dict]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_budgets(results: list[dict]) -> str:
+    """Each accuracy-budget loop: its one-line verdict and its step table."""
+    out = ""
+    for r in results:
+        lines = budget_table(r)
+        if lines:
+            title = lines[0].replace("**", "")
+            out += f"<p class='{'' if r['checks']['budget']['met'] else 'bad'}'>{html.escape(title)}</p>"
+            out += _html_from_md([line for line in lines[2:] if line])
+    return out
+
+
 def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
     """One self-contained report.html (plots embedded as base64 PNG) plus the same plots as PNG files."""
     from exporters.plots import FIGURES
     pngs, written = {}, []
     for name, fn in FIGURES.items():
-        pngs[name] = fn(reports)
+        data = fn(reports)
+        if data is None:
+            continue
+        pngs[name] = data
         p = folder / f"plot_{name}.png"
         p.write_bytes(pngs[name])
         written.append(p)
@@ -204,7 +225,7 @@ def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
                          for n in failed_gates(rep["results"]))
         parts.append(f"<h2>{html.escape(rep['model'])} <small>{html.escape(rep['source'])}, weights: "
                      f"{html.escape(str(rep['weights']))}, input {rep['input_shape']}</small></h2>"
-                     f"<ul class='notes'>{notes}</ul>{_html_table(rep['results'])}"
+                     f"<ul class='notes'>{notes}</ul>{_html_table(rep['results'])}{_html_budgets(rep['results'])}"
                      f"<p>{html.escape(_roofline_line(rep))}</p>")
     for name, data in pngs.items():
         parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"

@@ -8,7 +8,9 @@ A target module (``exporters/targets/<name>.py``) defines ``TARGET = Target(...)
 - ``sdk`` / ``install``: what must import to build, and the one-line hint when it does not;
 - ``build(ctx, precision, options) -> Artifact``: files written into ``ctx.workdir``;
 - ``backend``: the ``runtime.backends`` name whose runner opens its artefacts, and optionally
-  ``open(ctx, artifact) -> Runner`` for a proxy where the artefact can't execute here.
+  ``open(ctx, artifact) -> Runner`` for a proxy where the artefact can't execute here;
+- ``keeps``: the precisions whose ``build`` honours ``ctx.keep_tensors`` / ``ctx.keep_modules`` (what the
+  accuracy budget, ``exporters/budget.py``, asks to keep in higher precision).
 The exporter CLI's choices, its per-target flags, ``--target all`` and the matrix all come from
 ``targets()``. Adding a target is one module here plus its runtime backend.
 """
@@ -42,6 +44,9 @@ class BuildContext:
     # ONNX tensor names whose producing MatMul/Gemm/Conv must stay in higher precision (the accuracy budget's
     # choice, exporters/budget.py); INT8 builds exclude those nodes on top of the first/last-layer rule
     keep_tensors: frozenset = frozenset()
+    # the same choice as PyTorch module names (display names, as in exporters/probes.py), for targets that
+    # convert from PyTorch (Core ML)
+    keep_modules: tuple[str, ...] = ()
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Target:
     options: type = NoOptions
     open: Callable[[BuildContext, Artifact], Runner] | None = None
     refusals: tuple[tuple[str, str], ...] = ()  # (precision, why it is not offered and what to use instead)
+    keeps: tuple[str, ...] = ()  # precisions whose build keeps ctx.keep_tensors/keep_modules in higher precision
 
     def available(self) -> str | None:
         return missing(self.sdk, self.install)

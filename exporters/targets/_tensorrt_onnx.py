@@ -2,6 +2,9 @@
 
 - fp16: every tensor FP16 except FP32 islands around LayerNormalization, Softmax and the other
   reductions (FP16 LayerNorm overflows in TensorRT); inputs/outputs stay FP32 unless --io-fp16;
+- both honour the accuracy budget's choice (``ctx.keep_tensors``): a kept MatMul/Gemm/Conv is one more
+  FP32 island in FP16, and is left unquantized (FP16) in INT8; such an ONNX is named for what it keeps
+  (``tensorrt-int8-keep<hash>.onnx``) so the two TensorRT targets share it only for the same choice;
 - int8: INT8 + FP16, TensorRT's own recipe for explicit quantization: Q/DQ (symmetric INT8, weights
   per channel, activations per tensor, zero points 0) on the inputs of MatMul/Gemm/Conv, attention
   matmuls included, FP16 everywhere else, FP32 islands as for fp16. The Q/DQ scales are FP16 too
@@ -16,6 +19,7 @@ builder on this machine (no GPU needed), and returns the evidence the result row
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -58,12 +62,19 @@ def unshare_island_initializers(model: onnx.ModelProto) -> int:
     return made
 
 
-def to_half(model: onnx.ModelProto, io_fp16: bool) -> onnx.ModelProto:
-    """FP16 graph with FP32 islands; ``onnxruntime.transformers.float16`` inserts the Casts."""
+def kept_nodes(model: onnx.ModelProto, keep: frozenset) -> list[str]:
+    """Names of the MatMul/Gemm/Conv nodes of ``model`` that the budget keeps (by output tensor or node name)."""
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+            and (keep.intersection(n.output) or n.name in keep)]
+
+
+def to_half(model: onnx.ModelProto, io_fp16: bool, keep: frozenset = frozenset()) -> onnx.ModelProto:
+    """FP16 graph with FP32 islands (and the ``keep`` nodes in FP32); ``onnxruntime.transformers.float16``
+    inserts the Casts."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     unshare_island_initializers(model)
     half = convert_float_to_float16(model, keep_io_types=not io_fp16, op_block_list=FP32_ISLANDS,
-                                    disable_shape_infer=False)
+                                    node_block_list=kept_nodes(model, keep), disable_shape_infer=False)
     # reason: the converter appends its Casts at the end of the node list (TensorRT's parser needs
     # topological order) and leaves value_info entries with their old FP32 types
     import onnx_ir as ir
@@ -76,15 +87,16 @@ def to_half(model: onnx.ModelProto, io_fp16: bool) -> onnx.ModelProto:
     return half
 
 
-def fp16_onnx(src, dst, io_fp16: bool) -> None:
-    onnx.save(to_half(onnx.load(str(src)), io_fp16), str(dst))
+def fp16_onnx(src, dst, io_fp16: bool, keep: frozenset = frozenset()) -> None:
+    onnx.save(to_half(onnx.load(str(src)), io_fp16, keep), str(dst))
 
 
-def int8_onnx(src, dst, calib, batch: int, half: bool = True) -> None:
-    """Explicit Q/DQ placement TensorRT fuses: symmetric INT8 on MatMul/Gemm/Conv inputs, FP16 elsewhere."""
+def int8_onnx(src, dst, calib, batch: int, half: bool = True, keep: frozenset = frozenset()) -> None:
+    """Explicit Q/DQ placement TensorRT fuses: symmetric INT8 on MatMul/Gemm/Conv inputs, FP16 elsewhere
+    (the ``keep`` nodes are not quantized)."""
     from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
     quantize_qdq(src, dst, calib, batch, {
-        **DEFAULT_INT8, "activation": "int8", "reduce_range": False,  # TensorRT: zero points of 0, full range
+        **DEFAULT_INT8, "activation": "int8", "reduce_range": False, "keep_tensors": keep,  # TensorRT: zero points 0
         "extra_options": {"QDQKeepRemovableActivations": False,
                           # reason: ORT quantizes a Gemm/Conv bias to INT32 by default; TensorRT's parser
                           # takes no INT32 DequantizeLinear (seen on a Swin whose proj exported as Gemm)
@@ -103,14 +115,16 @@ def int8_onnx(src, dst, calib, batch: int, half: bool = True) -> None:
 
 
 def prepare_onnx(ctx: BuildContext, precision: str, io_fp16: bool = False) -> tuple[Path, list[str], float]:
-    """``tensorrt-<precision>.onnx`` in the bundle (made once per bundle): (path, notes, seconds)."""
-    dst = ctx.workdir / f"tensorrt-{precision}{'-io16' if io_fp16 else ''}.onnx"
+    """``tensorrt-<precision>.onnx`` in the bundle (made once per bundle and kept set): (path, notes, seconds)."""
+    keep = ctx.keep_tensors
+    tag = "-keep" + hashlib.sha256("\n".join(sorted(keep)).encode()).hexdigest()[:8] if keep else ""
+    dst = ctx.workdir / f"tensorrt-{precision}{'-io16' if io_fp16 else ''}{tag}.onnx"
     t0 = time.perf_counter()
     if precision == "fp16":
         notes = [f"FP16 ONNX with FP32 islands around {', '.join(FP32_ISLANDS[:2])} and reductions; "
                  f"I/O {'FP16' if io_fp16 else 'FP32'}"]
         if not dst.exists():
-            fp16_onnx(ctx.onnx_path, dst, io_fp16)
+            fp16_onnx(ctx.onnx_path, dst, io_fp16, keep)
     elif precision == "int8":
         calib = ctx.calib()
         notes = [f"INT8 + FP16: explicit Q/DQ (weights per-channel symmetric INT8, activations per-tensor "
@@ -118,9 +132,13 @@ def prepare_onnx(ctx: BuildContext, precision: str, io_fp16: bool = False) -> tu
                  f"samples; FP16 elsewhere, FP32 islands around LayerNorm/Softmax/reductions; patch embedding and "
                  f"head unquantized (FP16)"]
         if not dst.exists():
-            int8_onnx(ctx.onnx_path, dst, calib, ctx.batch)
+            int8_onnx(ctx.onnx_path, dst, calib, ctx.batch, keep=keep)
     else:
         raise UserError(f"TensorRT builds fp16 or int8 (got {precision})")
+    if keep:
+        where = "FP32" if precision == "fp16" else "FP16, not quantized"
+        notes.append(f"{len(kept_nodes(onnx.load(str(ctx.onnx_path), load_external_data=False), keep))} more "
+                     f"MatMul/Gemm/Conv kept in {where} by the accuracy budget")
     return dst, notes, time.perf_counter() - t0
 
 

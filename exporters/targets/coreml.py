@@ -1,7 +1,9 @@
 """Core ML target: ML Programs (.mlpackage) from the rewritten PyTorch model, with coremltools.
 
 - fp16 compute precision by default (fp32 with --fp32, for comparison);
-- int8: 8-bit weights, per-channel affine (``linear_quantize_weights``, mode "linear"). Activation
+- int8: 8-bit weights, per-channel affine (``linear_quantize_weights``, mode "linear"); the modules the
+  accuracy budget keeps (``ctx.keep_modules``) get no compression config, so their weights stay FP16
+  (``op_name_configs``; recorded as ``kept_fp16`` in the manifest, and the proxy skips them too). Activation
   quantization needs Core ML to execute the model for calibration, which only macOS can do, so on
   other systems the result is weight-only and its notes say so;
 - minimum deployment target iOS 17 / macOS 14 (``DEPLOYMENT``): the first with the ML Program
@@ -79,15 +81,40 @@ def image_input_config(pp) -> dict:
                        "center_crop": list(pp.input_size)}}
 
 
-def convert(model, input_shape, precision: str, compute_units: str = "ALL", image_input=None):
+def _kept(name: str, keep) -> bool:
+    """Whether the export model's module or parameter ``name`` lies in one of the kept modules (display names)."""
+    from exporters.probes import display
+    n = display(name)
+    return any(n == k or n.startswith(k + ".") for k in keep)
+
+
+def compressed_weight_names(model, keep) -> list[str]:
+    """Core ML const names of the weights an INT8 package compresses: every Linear/Conv weight of at least
+    ``WEIGHT_THRESHOLD`` elements outside the kept modules (what ``compressed_model`` fake-quantizes).
+
+    # reason: coremltools names a PyTorch parameter's const after its path, dots as underscores, with
+    # "_to_fp16" once cast (e.g. ``layers_0_blocks_0_attn_qkv_weight_to_fp16``); checked in ``convert``.
+    """
+    return [name.replace(".", "_") + "_weight_to_fp16" for name, mod in model.named_modules()
+            if _compressible(mod) and not _kept(name, keep)]
+
+
+def _compressible(mod) -> bool:
+    return isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= WEIGHT_THRESHOLD
+
+
+def convert(model, input_shape, precision: str, compute_units: str = "ALL", image_input=None, keep=()):
     """Trace the rewritten model and convert it to an ML Program; a failure names the first bad op.
 
     ``image_input``: a ``Preprocessing`` to make the input an RGB image (0-255 pixels) instead of a tensor.
+    ``keep``: module names whose weights stay FP16 in an INT8 package.
     """
     ct = _ct()
     example = torch.zeros(input_shape)
+    wanted = compressed_weight_names(model, keep) if precision == "int8" else []
     if image_input is not None:
         model = _Normalize(model, image_input.mean, image_input.std)
+        wanted = ["model_" + n for n in wanted]
         inp = ct.ImageType(name="input", shape=tuple(input_shape), scale=1 / 255.0, bias=[0.0, 0.0, 0.0],
                            color_layout=ct.colorlayout.RGB)
     else:
@@ -109,8 +136,17 @@ def convert(model, input_shape, precision: str, compute_units: str = "ALL", imag
         where = f" at op '{op[0]}' (node '{op[1]}')" if op else ""
         raise UserError(f"Core ML conversion failed{where}: {first[:240]}")
     if precision == "int8":
+        # only Linear/Conv weights are compressed: baked constants (Swin's bias+mask, ViT's pos_embed) and
+        # the kept modules' weights stay FP16, so the package and its proxy compress the same tensors
+        main = ml.get_spec().mlProgram.functions["main"]
+        consts = {o.name for op in next(iter(main.block_specializations.values())).operations if op.type == "const"
+                  for o in op.outputs}
+        if set(wanted) - consts:
+            raise UserError("Core ML: weights to compress not found in the program: "
+                            + ", ".join(sorted(set(wanted) - consts)[:5]))
         cfg = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
-            mode="linear", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+            mode="linear", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD),
+            op_name_configs={name: None for name in consts - set(wanted)})
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -179,7 +215,8 @@ def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact
     shape = (ctx.batch, *ctx.spec.input_shape)
     t0 = time.perf_counter()
     image = ctx.spec.preprocessing if options.image_input else None
-    ml = convert(ctx.model, shape, precision, units, image_input=image)
+    keep = ctx.keep_modules if precision == "int8" else ()
+    ml = convert(ctx.model, shape, precision, units, image_input=image, keep=keep)
     times = {"convert": time.perf_counter() - t0}
     dst = ctx.workdir / f"coreml-{precision}.mlpackage"
     ml.save(str(dst))
@@ -194,7 +231,9 @@ def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact
     proxy = None if on_mac else ("PyTorch with the same compression (FP16 weights and activations"
                                  + (", per-channel affine INT8 fake-quantized weights" if precision == "int8" else "")
                                  + "); Core ML latency and on-device accuracy need macOS")
-    config = {"compute_units": units, "deployment_target": DEPLOYMENT, "validation": report,
+    if keep:
+        notes.append(f"weights of {', '.join(keep)} kept FP16 by the accuracy budget")
+    config = {"compute_units": units, "deployment_target": DEPLOYMENT, "validation": report, "kept_fp16": list(keep),
               "input": image_input_config(image) if image else {"input_type": "tensor", "layout": "NCHW float32"}}
     if image:
         notes.append("image input (RGB, 0-255): scale 1/255 in Core ML, per-channel mean/std inside the graph; "
@@ -203,20 +242,34 @@ def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact
                     build_s=times, notes=notes, proxy=proxy)
 
 
+def compressed_model(model, precision: str, keep=()):
+    """A copy of ``model`` with the compression Core ML applies: FP16 (unless fp32), and for int8 per-channel
+    affine fake-quantized weights outside the ``keep`` modules. ``[B, 3, H, W]`` in the model's dtype."""
+    import copy
+    m = copy.deepcopy(model).eval()
+    if precision == "int8":
+        with torch.no_grad():
+            for name, mod in m.named_modules():
+                if _compressible(mod) and not _kept(name, keep):
+                    mod.weight.copy_(fake_quant_affine(mod.weight))
+    return m.to(torch.float32 if precision == "fp32" else torch.float16)
+
+
+def proxy_block_outputs(model, art: Artifact, probes: list, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The probe tensors of a Core ML artefact, from its proxy (forward hooks on ``compressed_model``)."""
+    from exporters.probes import reference_outputs
+    proxy = compressed_model(model, art.precision, art.runtime_config.get("kept_fp16", ()))
+    out = reference_outputs(proxy, probes, x)
+    return {p.tensor: out[p.module] for p in probes if p.module in out}
+
+
 class _ProxyRunner(Runner):
     """PyTorch run of the compression Core ML applies: the labelled proxy on non-macOS systems."""
 
-    def __init__(self, model, precision: str, input_shape):
+    def __init__(self, model, precision: str, input_shape, keep=()):
         super().__init__()
-        import copy
-        m = copy.deepcopy(model).eval()
-        if precision == "int8":
-            with torch.no_grad():
-                for mod in m.modules():
-                    if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= WEIGHT_THRESHOLD:
-                        mod.weight.copy_(fake_quant_affine(mod.weight))
-        self.dtype = torch.float32 if precision == "fp32" else torch.float16
-        self.model = m.to(self.dtype)
+        self.model = compressed_model(model, precision, keep)
+        self.dtype = next(self.model.parameters()).dtype
         self.input_name, self.input_shape = "input", list(input_shape)
 
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -275,9 +328,10 @@ def open_for_verification(ctx: BuildContext, art: Artifact) -> Runner:
         art.notes.extend(flags)
         from runtime.backends.coreml import CoreMLRunner
         return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
-    return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape))
+    return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape),
+                        art.runtime_config.get("kept_fp16", ()))
 
 
 TARGET = Target(name="coreml", precisions=PRECISIONS, accepts=("fp16", "int8", "fp32"), build=build,
                 backend="coreml", sdk="coremltools", install=INSTALL, order=40, options=CoreMLOptions,
-                open=open_for_verification)
+                open=open_for_verification, keeps=("int8",))

@@ -99,4 +99,4 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
 
 
 TARGET = Target(name="openvino", precisions=PRECISIONS, build=build, backend="openvino", sdk="openvino",
-                install=INSTALL, order=20, options=OpenVinoOptions)
+                install=INSTALL, order=20, options=OpenVinoOptions, keeps=("int8",))

@@ -79,4 +79,5 @@ def open_for_verification(ctx: BuildContext, art: Artifact):
 # the ONNX preparation and the proxy run need ONNX Runtime; TensorRT itself is optional here
 TARGET = Target(name="tensorrt", precisions=PRECISIONS, build=build, backend="tensorrt", sdk="onnxruntime",
                 install=ORT_INSTALL, order=30, options=TensorRTOptions, open=open_for_verification,
-                refusals=(("fp32", "tensorrt builds fp16 or int8 (got fp32); add --fp16 or --int8"),))
+                refusals=(("fp32", "tensorrt builds fp16 or int8 (got fp32); add --fp16 or --int8"),),
+                keeps=PRECISIONS)

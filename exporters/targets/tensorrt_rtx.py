@@ -62,4 +62,5 @@ def open_for_verification(ctx: BuildContext, art: Artifact):
 TARGET = Target(name="tensorrt_rtx", precisions=PRECISIONS, build=build, backend="tensorrt_rtx",
                 sdk="tensorrt_rtx", install=INSTALL, order=35, options=TensorRTRTXOptions,
                 open=open_for_verification,
-                refusals=(("fp32", "tensorrt_rtx builds fp16 or int8 (got fp32); add --fp16 or --int8"),))
+                refusals=(("fp32", "tensorrt_rtx builds fp16 or int8 (got fp32); add --fp16 or --int8"),),
+                keeps=PRECISIONS)

@@ -143,3 +143,26 @@ def test_engine_build_outputs_and_caches(trt_bundles, precision):
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
     a, b = s.logits(x), ref.logits(x)
     assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_kept_matmul_becomes_an_fp32_island_in_fp16(tmp_path):
+    """The accuracy budget's keep reaches the FP16 ONNX: the kept MatMul/Gemm runs in FP32, the others in FP16."""
+    from exporters.onnx import export_onnx
+    from exporters.probes import compute_outputs_in, probes_from_export
+    from exporters.rewrites import apply_rewrites
+    from exporters.targets._tensorrt_onnx import fp16_onnx, kept_nodes
+    from exporters.zoo import build_digits
+    model, _ = apply_rewrites(build_digits("digits_vit").eval(), (1, 3, 32, 32))
+    exp = export_onnx(model, (1, 3, 32, 32), tmp_path / "m.onnx")
+    probes = {p.module: p for p in probes_from_export(model, (1, 3, 32, 32))}
+    keep = compute_outputs_in(exp.path, probes["blocks.2.mlp"].scope)
+    names = kept_nodes(onnx.load(str(exp.path)), keep)
+    assert len(names) == 2, names  # fc1 and fc2
+    fp16_onnx(exp.path, tmp_path / "h.onnx", io_fp16=False, keep=keep)
+    half = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "h.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(half.graph.value_info) + list(half.graph.output)}
+    compute = [n for n in half.graph.node if n.op_type in ("MatMul", "Gemm")]
+    kept = [n for n in compute if n.name in names]
+    assert len(kept) == 2 and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in kept)
+    others = [n for n in compute if n.name not in names]
+    assert others and all(types[n.output[0]] == onnx.TensorProto.FLOAT16 for n in others)
