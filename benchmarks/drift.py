@@ -103,8 +103,8 @@ def render(res: dict, command: str, env_line: str) -> str:
              "(the worst shown), max abs over all.",
              ""]
     if step:
-        lines += [f"**First large step: `{step['module']}`** (1 - cosine grows {step['step']:.1f}x over the worst "
-                  f"before it, to {step['error']:.2e})", ""]
+        lines += [f"**First large step: `{step['module']}`** (1 - cosine grows by {step['growth']:.2e} over the worst "
+                  f"before it ({step['step']:.1f}x), to {step['error']:.2e})", ""]
     lines += ["| # | module | cosine min | 1 - cosine min | max abs err | max abs of the reference |",
               "|---|---|---|---|---|---|"]
     for i, r in enumerate(res["rows"]):

@@ -67,10 +67,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=50, help="timed runs after 10 warm-up runs (default 50)")
     p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
     p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
-                   help="accuracy budget for INT8 (openvino, onnxruntime): largest top-1 drop against PyTorch, in "
-                        "points, on labelled --data; blocks are kept in higher precision until it holds")
+                   help="accuracy budget for INT8/FP16 (every target's precisions in Target.keeps): largest top-1 drop "
+                        "against PyTorch, in points, on labelled --data; blocks are kept in higher precision until it holds")
     p.add_argument("--min-cosine", type=float, default=None, metavar="C",
-                   help="accuracy budget for INT8: smallest per-sample cosine to PyTorch's logits (no labels needed)")
+                   help="accuracy budget for INT8/FP16: smallest per-sample cosine to PyTorch's logits (no labels needed)")
     p.add_argument("--throughput", action="store_true", help="also measure images/s with each artefact opened in "
                    "throughput mode (OpenVINO THROUGHPUT hint and streams; ONNX Runtime concurrent runs)")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "

@@ -111,7 +111,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
     ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
     ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
-    ``max_drop``/``min_cosine`` the INT8 accuracy budget (exporters/budget.py); ``throughput`` also
+    ``max_drop``/``min_cosine`` the INT8/FP16 accuracy budget (exporters/budget.py); ``throughput`` also
     measures images/s in throughput mode.
     """
     from torch import nn

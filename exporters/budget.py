@@ -46,19 +46,9 @@ def misses(acc, ref_top1: float | None, max_drop: float | None, min_cosine: floa
 
 
 def worst_step(rows: list[dict], kept: set[str]) -> dict | None:
-    """The candidate row whose 1 - cosine_min grows the most over the worst error before it."""
-    from exporters.probes import NOISE
-    best, worst_before, seen = None, NOISE, set()
-    for r in rows:
-        err = max(1.0 - r["cosine_min"], 1e-12)
-        fresh = r["tensor"] not in seen  # a head and its fc end in one tensor: one candidate
-        seen.add(r["tensor"])
-        if fresh and not WHOLE_BLOCK.search(r["module"]) and r["module"] not in kept:
-            step = err / worst_before
-            if best is None or step > best["step"]:
-                best = {**r, "step": step}
-        worst_before = max(worst_before, err)
-    return best
+    """The candidate row (not a whole block or norm, not kept yet) whose error grows the most (``probes.largest_step``)."""
+    from exporters.probes import largest_step
+    return largest_step(rows, lambda r: not WHOLE_BLOCK.search(r["module"]) and r["module"] not in kept)
 
 
 def step_record(res, kept: list[str], ref_top1: float | None, p50: float | None) -> dict:
@@ -120,7 +110,8 @@ def enforce(job, ctx, name: str, precision: str, ref, res, art, runner, rebuild)
     missed = misses(res.accuracy, ref_top1, opts.max_drop, opts.min_cosine)
     res.checks["budget"] = {"max_drop": opts.max_drop, "min_cosine": opts.min_cosine, "met": not missed,
                             "kept": kept, "steps": steps, "samples_located_on": SAMPLES,
-                            "method": "largest measured error step among attention/MLP/merging/embedding/head blocks",
+                            "method": "largest measured growth of 1 - cosine among attention/MLP/merging/embedding/"
+                                      "head blocks",
                             "probes_from": probe_label(name)}
     if missed:
         res.passed = False

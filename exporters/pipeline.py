@@ -55,7 +55,7 @@ class RunOptions:
     threads: int | None = None
     rewrites: bool = True
     dynamic_batch: bool = False
-    max_drop: float | None = None  # accuracy budget for INT8: top-1 points (labelled data) ...
+    max_drop: float | None = None  # accuracy budget for INT8/FP16: top-1 points (labelled data) ...
     min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/budget.py
     throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
     throughput_seconds: float = 3.0

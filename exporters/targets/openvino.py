@@ -41,15 +41,20 @@ def first_last_compute_ops(model) -> list[str]:
     return list(dict.fromkeys([ops[0].get_friendly_name(), ops[-1].get_friendly_name()])) if ops else []
 
 
+KEEPABLE = ("Convolution", "MatMul", "ScaledDotProductAttention")
+
+
 def ops_producing(model, names: frozenset) -> list[str]:
-    """Friendly names of the MatMul/Convolution ops that carry any of ``names`` (ONNX tensor or node names).
+    """Friendly names of the MatMul/Convolution/attention ops that carry any of ``names`` (ONNX tensor or node names).
 
     # reason: OpenVINO turns an ONNX Gemm/Conv into MatMul/Convolution + Add; the ONNX output name moves to
-    # the Add and the friendly name becomes "<onnx node>/WithoutBiases", so both are matched.
+    # the Add and the friendly name becomes "<onnx node>/WithoutBiases", so both are matched. Its ONNX
+    # frontend (2026) also fuses MatMul-Softmax-MatMul into one ScaledDotProductAttention op named after the
+    # second MatMul, whose inputs NNCF quantizes; keeping an attention block must name that op too.
     """
     found = []
     for o in model.get_ordered_ops():
-        if o.get_type_name() not in ("Convolution", "MatMul"):
+        if o.get_type_name() not in KEEPABLE:
             continue
         tensors = {n for out in o.outputs() for n in out.get_names()}
         for out in o.outputs():
