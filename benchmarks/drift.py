@@ -10,30 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from exporters.probes import (
+    artefact_outputs,
     block_errors,
     first_large_step,
     outputs_of,
     probe_label,
-    probe_source,
     probes_from_export,
     reference_outputs,
 )
 from runtime.errors import UserError
-
-
-def artefact_outputs(bundle: Path, m, art, model, probes: list, x: np.ndarray, threads: int | None) -> dict:
-    """The probe tensors of one artefact ``art`` of ``bundle`` (manifest ``m``; hashes verified first).
-    Core ML's come from its proxy: ``model`` with the package's compression (Core ML runs on macOS only)."""
-    from runtime.manifest import resolve_inside
-    m.verify(bundle, art.files)
-    if art.target == "coreml":
-        from exporters.targets.coreml import proxy_block_outputs
-        return proxy_block_outputs(model, art, probes, x)
-    kind, rel = probe_source(art.target, art.primary, art.runtime_config)
-    return outputs_of(kind, resolve_inside(bundle, rel), art.runtime_config, [p.tensor for p in probes], x, threads)
 
 
 def drifting_artifact(m, target: str | None, precision: str | None):
@@ -85,7 +71,8 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
         m.verify(bundle, [m.onnx])
         by_tensor = outputs_of("onnxruntime", bundle / m.onnx, {}, [p.tensor for p in probes], x, threads)
         ref = {p.module: by_tensor[p.tensor] for p in probes if p.tensor in by_tensor}
-    got = artefact_outputs(bundle, m, art, model, probes, x, threads)
+    m.verify(bundle, art.files)
+    got = artefact_outputs(art, bundle, model, probes, x, threads)
     rows = block_errors(probes, ref, got)
     missing = [p.module for p in probes if p.module not in {r["module"] for r in rows}]
     return {"bundle": str(bundle), "model": m.model, "target": art.target, "precision": art.precision,

@@ -290,7 +290,7 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
         return Result.not_built(name, precision, "skipped", why), None, None
     t.check_precision(precision)
 
-    def build_once(c: BuildContext) -> tuple[Result, Artifact, Runner]:
+    def build_once(c: BuildContext) -> tuple[Result, Artifact, Runner, np.ndarray]:
         art = t.build(c, precision, job.target_options[name])
         t0 = time.perf_counter()
         runner = t.runner(c, art, job.threads)
@@ -299,11 +299,11 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
                      artifact=art.primary.relative_to(c.workdir).as_posix() if art.primary else None,
                      size_mb=round(art.size_mb, 3), build_s={k: round(v, 3) for k, v in art.build_s.items()},
                      checks=art.checks)
-        verify(job, res, runner, ref, art)
-        return res, art, runner
+        logits = verify(job, res, runner, ref, art)
+        return res, art, runner, logits
     with job.steps(f"{name} {precision}"):
-        res, art, runner = build_once(ctx)
-    return budget.enforce(job, ctx, name, precision, ref, res, art, runner, build_once)
+        built = build_once(ctx)
+    return budget.enforce(job, ctx, name, precision, ref, built, build_once)
 
 
 def build_all(job: Job, ctx: BuildContext, ref: Reference) -> tuple[list[Result], list[Artifact], list]:

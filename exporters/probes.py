@@ -130,19 +130,25 @@ def _openvino_outputs(xml: Path, tensors: list[str], x: np.ndarray, config: dict
     return {t: np.concatenate(v) for t, v in outs.items()}
 
 
-def probe_source(target: str, primary: str, runtime_config: dict) -> tuple[str, str]:
-    """(what runs the probes, the file it reads, relative to the bundle) for one artefact.
+def artefact_outputs(art, bundle: Path, model, probes: list[Probe], x: np.ndarray,
+                     threads: int | None) -> dict[str, np.ndarray]:
+    """The probe tensors of one artefact (a manifest ``ArtifactEntry``: paths relative to ``bundle``).
 
     ONNX Runtime and OpenVINO read the artefact itself; TensorRT and TensorRT-RTX the ONNX their engine
-    is built from, in ONNX Runtime (the proxy the export pipeline verifies; engines need a GPU).
+    is built from, in ONNX Runtime (the proxy the export pipeline verifies; engines need a GPU); Core ML
+    its proxy, ``model`` with the package's compression (Core ML runs on macOS only).
     """
-    if target in ("onnxruntime", "openvino"):
-        return target, primary
-    if target in ("tensorrt", "tensorrt_rtx"):
-        return "onnxruntime", runtime_config["onnx"]
+    from runtime.manifest import resolve_inside
+    tensors = [p.tensor for p in probes]
+    if art.target in ("onnxruntime", "openvino"):
+        return outputs_of(art.target, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads)
+    if art.target in ("tensorrt", "tensorrt_rtx"):
+        return outputs_of("onnxruntime", resolve_inside(bundle, art.runtime_config["onnx"]), {}, tensors, x, threads)
+    if art.target == "coreml":
+        from exporters.targets.coreml import proxy_block_outputs
+        return proxy_block_outputs(model, art, probes, x)
     from runtime.errors import UserError
-    raise UserError(f"block outputs of {target} artefacts cannot be read on this machine; "
-                    "onnxruntime, openvino, tensorrt and tensorrt_rtx can")
+    raise UserError(f"block outputs of {art.target} artefacts cannot be read here")
 
 
 def probe_label(target: str) -> str:

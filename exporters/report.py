@@ -59,7 +59,8 @@ def budget_table(r: dict) -> list[str]:
            "| step | kept in higher precision (cumulative) | top-1 drop (points) | cosine min | top-1 agreement | p50 ms |",
            "|---|---|---|---|---|---|"]
     for i, s in enumerate(b["steps"]):
-        out.append(f"| {i} | {', '.join(s['kept']) or '(first/last-layer rule only)'} | "
+        kept = ", ".join(s["kept"]) or "(as built)"
+        out.append(f"| {i} | {kept}{' (no gain: left out of the next step)' if s.get('no_gain') else ''} | "
                    f"{_fmt(s['drop_points'], 3)} | {s['cosine_min']:.6f} | {s['top1_agreement'] * 100:.2f}% | "
                    f"{_fmt(s['p50_ms'], 2)} |")
     return out + [""]

@@ -1,7 +1,7 @@
 """The accuracy budget on export: a planted hard-to-quantize block is found by measurement, kept, and the budget met.
 
-Each planted model is the trained digits_swin with one outlier channel in ``layers.1.blocks.1.attn``,
-the next op compensating so that FP32 is unchanged (checked):
+Each planted model (tests/fixtures/planted.py) is the trained digits_swin with one outlier channel in
+``layers.1.blocks.1.attn``, the next op compensating so that FP32 is unchanged (checked):
 - ``v``: the v rows of ``qkv`` for channel 5 scaled by 100 and ``proj``'s input column divided by 100,
   so the activation entering ``proj`` spans a 100x wider range. ONNX Runtime's per-tensor INT8 loses
   about 9 top-1 points on it; TensorRT's Q/DQ ONNX (symmetric INT8) loses too.
@@ -17,43 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.fixtures.planted import PLANTED, plant
+from tests.fixtures.planted import save as _save
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-PLANTED = "layers.1.blocks.1.attn"
-
-
-def plant(kind: str, scale: float = 100.0):
-    from exporters.zoo import create_model
-    model, _ = create_model("digits_swin")
-    x = torch.randn(8, 3, 32, 32)
-    attn = model.get_submodule(PLANTED)
-    dim = attn.qkv.out_features // 3
-    w, b = attn.qkv.weight, attn.qkv.bias
-    with torch.no_grad():
-        before = model(x)
-        if kind == "v":
-            w[2 * dim + 5] *= scale
-            b[2 * dim + 5] *= scale
-            attn.proj.weight[:, 5] /= scale
-        elif kind == "qk":
-            w[5] *= scale
-            b[5] *= scale
-            w[dim + 5] /= scale
-            b[dim + 5] /= scale
-        elif kind == "w":
-            w[2 * dim + 5] /= scale
-            b[2 * dim + 5] /= scale
-            attn.proj.weight[:, 5] *= scale
-        assert (model(x) - before).abs().max() < 1e-4  # FP32: the same function
-    return model
-
-
-def _save(model, path: Path) -> Path:
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +60,10 @@ def test_openvino_budget_keeps_the_planted_attention_and_is_met(tmp_path):
                 "--max-drop", "0.1", "--min-cosine", "0.998", "--out", tmp_path / "out", "--runs", "5")
     assert p.returncode == 0, p.stderr
     b = _row(tmp_path / "out", "openvino")["checks"]["budget"]
-    assert b["met"] and b["kept"] == [PLANTED], b["kept"]
+    # found first by measurement; on an AVX2 CPU without VNNI OpenVINO's INT8 loses more elsewhere too, so
+    # more blocks may follow (measured there: two more attentions, and one MLP tried and left out for no gain)
+    assert b["met"] and b["kept"][0] == PLANTED, b["kept"]
+    assert not {"head", "head.fc", "patch_embed", "patch_embed.proj"} & set(b["kept"] + b["tried_without_gain"])
     assert b["steps"][0]["cosine_min"] < 0.99 and b["steps"][-1]["cosine_min"] >= 0.998
     assert all(s["p50_ms"] > 0 for s in b["steps"])  # a real artefact: every step timed
 
@@ -176,3 +148,21 @@ def test_bad_budget_is_one_line(tmp_path, args, message):
     p = _export("--target", "onnxruntime", "--int8", *args, "--out", tmp_path / "out")
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "out" / "digits_swin").exists()
+
+
+def test_a_keep_that_buys_nothing_is_not_kept():
+    from exporters.budget import gained
+    before = {"drop_points": 0.2, "top1_agreement": 0.99, "cosine_min": 0.96}
+    assert not gained(before, {**before, "cosine_min": 0.9601})  # 0.25% less error: nothing bought
+    assert gained(before, {**before, "cosine_min": 0.97})
+    assert gained(before, {**before, "drop_points": 0.0})
+    assert gained(before, {**before, "top1_agreement": 1.0})
+
+
+def test_worst_samples_are_the_flipped_then_the_least_similar():
+    import numpy as np
+
+    from exporters.budget import worst_samples
+    ref = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    got = np.array([[1.0, 0.1], [0.4, 0.6], [1.0, 0.0], [1.0, 0.5]])
+    assert list(worst_samples(ref, got, 3)) == [1, 3, 0]  # the flip first, then by cosine

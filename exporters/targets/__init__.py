@@ -10,7 +10,8 @@ A target module (``exporters/targets/<name>.py``) defines ``TARGET = Target(...)
 - ``backend``: the ``runtime.backends`` name whose runner opens its artefacts, and optionally
   ``open(ctx, artifact) -> Runner`` for a proxy where the artefact can't execute here;
 - ``keeps``: the precisions whose ``build`` honours ``ctx.keep_tensors`` / ``ctx.keep_modules`` (what the
-  accuracy budget, ``exporters/budget.py``, asks to keep in higher precision).
+  accuracy budget, ``exporters/budget.py``, asks to keep in higher precision), and ``first_last`` those
+  whose build already keeps the patch embedding and the head (the first/last-layer rule: no candidates).
 The exporter CLI's choices, its per-target flags, ``--target all`` and the matrix all come from
 ``targets()``. Adding a target is one module here plus its runtime backend.
 """
@@ -100,6 +101,7 @@ class Target:
     open: Callable[[BuildContext, Artifact], Runner] | None = None
     refusals: tuple[tuple[str, str], ...] = ()  # (precision, why it is not offered and what to use instead)
     keeps: tuple[str, ...] = ()  # precisions whose build keeps ctx.keep_tensors/keep_modules in higher precision
+    first_last: tuple[str, ...] = ()  # precisions whose build already keeps the first and last compute layers
 
     def available(self) -> str | None:
         return missing(self.sdk, self.install)

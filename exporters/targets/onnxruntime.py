@@ -127,4 +127,5 @@ def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
 
 
 TARGET = Target(name="onnxruntime", precisions=PRECISIONS, build=build, backend="onnxruntime",
-                sdk="onnxruntime", install=INSTALL, order=10, refusals=(("fp16", FP16_REFUSAL),), keeps=("int8",))
+                sdk="onnxruntime", install=INSTALL, order=10, refusals=(("fp16", FP16_REFUSAL),), keeps=("int8",),
+                first_last=("int8",))

@@ -104,4 +104,5 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
 
 
 TARGET = Target(name="openvino", precisions=PRECISIONS, build=build, backend="openvino", sdk="openvino",
-                install=INSTALL, order=20, options=OpenVinoOptions, keeps=("int8",))
+                install=INSTALL, order=20, options=OpenVinoOptions, keeps=("int8",),
+                first_last=("int8",))

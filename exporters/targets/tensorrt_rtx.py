@@ -63,4 +63,4 @@ TARGET = Target(name="tensorrt_rtx", precisions=PRECISIONS, build=build, backend
                 sdk="tensorrt_rtx", install=INSTALL, order=35, options=TensorRTRTXOptions,
                 open=open_for_verification,
                 refusals=(("fp32", "tensorrt_rtx builds fp16 or int8 (got fp32); add --fp16 or --int8"),),
-                keeps=PRECISIONS)
+                keeps=PRECISIONS, first_last=("int8",))
