@@ -39,6 +39,12 @@ def has_int8_dot() -> bool:
     return any(f in cpu_flags() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
+def int8_may_saturate() -> bool:
+    """True on x86 without VNNI/AMX-INT8: u8 x s8 products summed pairwise in int16 (vpmaddubsw) can
+    saturate, so 8-bit weights should be 7-bit (ONNX Runtime's reduce_range, NNCF's overflow fix)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and not has_int8_dot()
+
+
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu",

@@ -35,10 +35,8 @@ def _reduce_range(opts: dict) -> bool:
     """
     if opts["reduce_range"] is not None:
         return bool(opts["reduce_range"])
-    import platform
-
-    from runtime.environment import has_int8_dot
-    return platform.machine().lower() in ("x86_64", "amd64") and not has_int8_dot()
+    from runtime.environment import int8_may_saturate
+    return int8_may_saturate()
 
 
 @contextlib.contextmanager

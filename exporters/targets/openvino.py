@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
+from runtime.environment import int8_may_saturate
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Unquantized ops of the INT8 IR run at the CPU's fastest 16-bit type (bf16 with AMX/AVX512-BF16, else f32):
@@ -83,16 +84,23 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         t0 = time.perf_counter()
         logging.getLogger("nncf").setLevel(logging.ERROR)
         keep = list(dict.fromkeys(first_last_compute_ops(model) + ops_producing(model, ctx.keep_tensors)))
+        # reason: without VNNI/AMX, OpenVINO's u8s8 kernels sum pairs in int16 (vpmaddubsw), which can saturate;
+        # NNCF's default fixes the first layer only. Measured on an AVX2 EPYC (digits_swin hold-out, 539 images):
+        # cosine_min 0.979 with the default, 0.99979 with the fix on every layer (docs/BENCHMARKS.md section 8).
+        overflow = nncf.OverflowFix.ENABLE if int8_may_saturate() else nncf.OverflowFix.FIRST_LAYER
         with contextlib.redirect_stdout(io.StringIO()):
             model = nncf.quantize(model, nncf.Dataset(list(calib.batches(ctx.batch))),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
-                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False),
+                                  advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow))
         times["quantize"] = time.perf_counter() - t0
         hint = half_hint(device)
         kept = (f"{', '.join(keep[:2])} (patch embedding and classifier head)"
                 + (f" and {len(keep) - 2} more kept by the accuracy budget" if len(keep) > 2 else ""))
         notes.append(f"NNCF PTQ (transformer mode, mixed preset) on {len(calib)} calibration samples; "
-                     f"not quantized: {kept}; unquantized ops run at inference precision {hint}")
+                     f"not quantized: {kept}; unquantized ops run at inference precision {hint}"
+                     + ("; 7-bit weights on every layer (NNCF overflow fix: this CPU has no VNNI/AMX)"
+                        if overflow == nncf.OverflowFix.ENABLE else ""))
     elif precision == "fp16":
         hint = half_hint(device)
         notes.append(f"FP16 weights; inference precision hint {hint} on {device}")
