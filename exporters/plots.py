@@ -81,8 +81,8 @@ def budget_steps(reports: list[dict]) -> bytes | None:
         b = r["checks"]["budget"]
         steps = b["steps"]
         x = range(len(steps))
-        ax.semilogy(x, [max(1 - s["cosine_min"], 1e-9) for s in steps], marker="o", color="#2b7bba",
-                    label="1 - cosine min")
+        ax.semilogy(x, [max(1 - s["cosine_min"], 1e-9) for s in steps], marker="o", ms=9, lw=3, color="#2b7bba",
+                    alpha=0.6, label="1 - cosine min (left)")
         if b["min_cosine"] is not None:
             ax.axhline(1 - b["min_cosine"], color="#2b7bba", ls=":", lw=1)
         ax.set_ylabel("1 - cosine min (dotted: budget)")
@@ -92,12 +92,14 @@ def budget_steps(reports: list[dict]) -> bytes | None:
         drops = [s["drop_points"] for s in steps]
         if any(d is not None for d in drops):
             twin.plot(x, [d if d is not None else float("nan") for d in drops], marker="s", color="#d7301f",
-                      label="top-1 drop (points)")
+                      label="top-1 drop, points (right)")
             twin.set_ylabel("top-1 drop, points (red); p50 ms (green)")
         p50 = [s["p50_ms"] for s in steps]
         if any(p is not None for p in p50):
             twin.plot(x, [p if p is not None else float("nan") for p in p50], marker="^", color="#1a9641",
-                      label="p50 ms")
+                      label="p50 ms (right)")
+        lines = ax.get_lines()[:1] + twin.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="upper center")
         ax.set_title(f"{model} {r['target']} {r['precision']}: budget {'met' if b['met'] else 'NOT met'}", fontsize=9)
     return _png(fig)
 

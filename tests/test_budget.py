@@ -60,8 +60,8 @@ def test_openvino_budget_keeps_the_planted_attention_and_is_met(tmp_path):
                 "--max-drop", "0.1", "--min-cosine", "0.998", "--out", tmp_path / "out", "--runs", "5")
     assert p.returncode == 0, p.stderr
     b = _row(tmp_path / "out", "openvino")["checks"]["budget"]
-    # found first by measurement; on an AVX2 CPU without VNNI OpenVINO's INT8 loses more elsewhere too, so
-    # more blocks may follow (measured there: two more attentions, and one MLP tried and left out for no gain)
+    # found first by measurement (measured on an AVX2 EPYC: it alone, cosine 0.974 -> 0.99976); where the CPU's
+    # INT8 loses more elsewhere (before NNCF's overflow fix there: two more attentions) more blocks may follow
     assert b["met"] and b["kept"][0] == PLANTED, b["kept"]
     assert not {"head", "head.fc", "patch_embed", "patch_embed.proj"} & set(b["kept"] + b["tried_without_gain"])
     assert b["steps"][0]["cosine_min"] < 0.99 and b["steps"][-1]["cosine_min"] >= 0.998
