@@ -203,10 +203,13 @@ def compute_outputs_in(onnx_path: Path, scope: frozenset) -> frozenset:
     # reason: onnxslim rewrites a 3-D/4-D MatMul+Add into Reshape -> Gemm -> Reshape; the Gemm's own
     # output is new ("<name>_gemm_out") and only the Reshape after it keeps the exporter's tensor name.
     # Node names are added for OpenVINO, which names the MatMul it makes of a Gemm after the ONNX node.
+    # The plumbing node right in front (onnxslim's Reshape before such a Gemm) is added too: an FP16 build
+    # that keeps the block in FP32 must keep it as well, or the block's own wide activations overflow there.
     """
     import onnx
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     consumers: dict[str, list] = {}
+    producer = {o: n for n in graph.node for o in n.output}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
@@ -219,6 +222,9 @@ def compute_outputs_in(onnx_path: Path, scope: frozenset) -> frozenset:
             t = frontier.pop()
             if t in scope:
                 found.update([*n.output, n.name])
+                feeding = producer.get(n.input[0])
+                if feeding is not None and feeding.op_type in PLUMBING:
+                    found.update([*feeding.output, feeding.name])
                 break
             seen.add(t)
             frontier += [o for c in consumers.get(t, []) if c.op_type in PLUMBING for o in c.output if o not in seen]

@@ -93,6 +93,21 @@ def test_tensorrt_budget_keeps_the_planted_block_in_its_qdq_onnx(planted_weights
     assert (bundle / "plot_accuracy_budget.png").stat().st_size > 5_000
 
 
+def test_tensorrt_fp16_budget_keeps_an_overflowing_block_in_fp32(tmp_path):
+    """An activation channel x30000 (FP32 unchanged) overflows FP16: the logits go inf; the block in FP32 holds it."""
+    weights = _save(plant("v", 30000.0), tmp_path / "planted-v30k.safetensors")
+    p = _export("--weights", weights, "--data", "digits", "--target", "tensorrt", "--fp16", "--min-cosine", "0.999",
+                "--out", tmp_path / "out", "--runs", "5")
+    assert p.returncode == 0, p.stderr
+    row = _row(tmp_path / "out", "tensorrt", "fp16")
+    b = row["checks"]["budget"]
+    assert b["met"] and b["kept"] == [PLANTED], b["kept"]
+    assert b["steps"][0]["cosine_min"] < 0.5 <= 0.999 <= b["steps"][-1]["cosine_min"]
+    assert any("in FP32 by the accuracy budget" in n for n in row["notes"])
+    if row["checks"]["trt_parse"]["ok"] is not None:
+        assert row["checks"]["trt_parse"]["ok"] is True
+
+
 def test_coreml_budget_keeps_the_planted_weights_fp16(tmp_path):
     pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'vitdeploy[coreml]')")
     weights = _save(plant("w"), tmp_path / "planted-w.safetensors")

@@ -83,6 +83,7 @@ def to_half(model: onnx.ModelProto, io_fp16: bool, keep: frozenset = frozenset()
     half = convert_float_to_float16(model, keep_io_types=not io_fp16, op_block_list=FP32_ISLANDS,
                                     node_block_list=kept_nodes(model, keep, compute_only=False),
                                     disable_shape_infer=False)
+    drop_cast_round_trips(half)
     # reason: the converter appends its Casts at the end of the node list (TensorRT's parser needs
     # topological order) and leaves value_info entries with their old FP32 types
     import onnx_ir as ir
@@ -93,6 +94,43 @@ def to_half(model: onnx.ModelProto, io_fp16: bool, keep: frozenset = frozenset()
     half = onnx.shape_inference.infer_shapes(half, strict_mode=True)
     onnx.checker.check_model(half)
     return half
+
+
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def drop_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Remove FP32 -> FP16 -> FP32 Cast pairs: consumers of the FP32 Cast read the FP32 tensor directly.
+
+    # reason: ``convert_float_to_float16`` casts every output of a blocked node to FP16 and every input back
+    # to FP32, even between two blocked nodes, so a chain of FP32 nodes still passes through FP16 and
+    # overflows there (measured: an x30000 activation channel, inf at the Cast after the kept qkv Gemm).
+    """
+    nodes = list(model.graph.node)
+    by_input: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            by_input.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
+    rename, dead = {}, set()
+    for c16 in nodes:
+        if _cast_to(c16) != onnx.TensorProto.FLOAT16:
+            continue
+        for c32 in by_input.get(c16.output[0], []):
+            if _cast_to(c32) == onnx.TensorProto.FLOAT and c32.output[0] not in graph_outputs:
+                rename[c32.output[0]] = c16.input[0]
+                dead.add(id(c32))
+        if all(id(c) in dead for c in by_input.get(c16.output[0], [])) and c16.output[0] not in graph_outputs:
+            dead.add(id(c16))
+    keep = [n for n in nodes if id(n) not in dead]
+    for n in keep:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return len(nodes) - len(keep)
 
 
 def fp16_onnx(src, dst, io_fp16: bool, keep: frozenset = frozenset()) -> None:
