@@ -99,16 +99,12 @@ def step_p50(art, runner, feeds) -> float | None:
 
 
 def worst_samples(ref_logits: np.ndarray, logits: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` samples whose logits agree worst with the reference (lowest cosine; top-1 flips first).
-
-    The budget is judged on the worst sample, so its loss is located where it happens: measured on a planted
-    q/k outlier with OpenVINO INT8 on an AVX2 CPU, the first 32 samples blamed the planted block, while the
-    worst of 539 lost its accuracy two blocks earlier, and keeping the planted block alone moved nothing.
-    """
-    a, b = ref_logits.astype(np.float64), logits.astype(np.float64)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    flipped = a.argmax(1) != b.argmax(1)
-    return np.lexsort((cos, ~flipped))[:n]
+    """Indices of the ``n`` samples whose logits agree worst with the reference (top-1 flips first, then the
+    lowest cosine): the budget is judged on the worst sample, so its loss is located on the samples that
+    lose it, which the first ``n`` of the set need not contain."""
+    from runtime.accuracy import cosine_per_sample
+    flipped = ref_logits.argmax(1) != logits.argmax(1)
+    return np.lexsort((cosine_per_sample(ref_logits, logits), ~flipped))[:n]
 
 
 def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild) -> tuple:

@@ -173,8 +173,9 @@ def errors(ref: np.ndarray, out: np.ndarray) -> dict:
     """Per-sample cosine (the worst sample) and the max abs error of one block output."""
     a = ref.reshape(len(ref), -1).astype(np.float64)
     b = out.reshape(len(out), -1).astype(np.float64)
+    from runtime.accuracy import cosine_per_sample
     with np.errstate(invalid="ignore", over="ignore"):
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        cos = cosine_per_sample(a, b)
     cos = np.where(np.isfinite(b).all(1), np.nan_to_num(cos, nan=-1.0), -1.0)  # inf/NaN (an FP16 overflow): worst
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(a - b).max()),
             "ref_max_abs": float(np.abs(a).max())}
