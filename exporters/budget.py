@@ -63,18 +63,15 @@ def gained(before: dict, after: dict) -> bool:
         or (1 - after["cosine_min"]) < 0.99 * (1 - before["cosine_min"])
 
 
-def covered_modules(onnx_path, probes: list, covered_nodes: list[str]) -> set[str]:
+def covered_modules(onnx_path, graph, probes: list, covered_nodes: list[str]) -> set[str]:
     """Probe modules whose MatMul/Gemm/Conv are all among ``covered_nodes`` (already kept by the build's rule)."""
-    import onnx
-
     from exporters.probes import compute_outputs_in
     if not covered_nodes:
         return set()
-    compute = {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
-               if n.op_type in ("MatMul", "Gemm", "Conv")}
+    compute = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
     out = set()
     for p in probes:
-        nodes = compute & compute_outputs_in(onnx_path, p.scope)
+        nodes = compute & compute_outputs_in(onnx_path, p.scope, graph)
         if nodes and nodes <= set(covered_nodes):
             out.add(p.module)
     return out
@@ -143,9 +140,10 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild) -> 
                 import onnx
 
                 from exporters.onnx import first_last_compute_nodes
-                rule = first_last_compute_nodes(onnx.load(str(ctx.onnx_path), load_external_data=False)) \
-                    if precision in target(name).first_last else []
-                excluded = covered_modules(ctx.onnx_path, probes, rule)
+                proto = onnx.load(str(ctx.onnx_path), load_external_data=False)  # read once for the whole loop
+                scopes = {p.module: p.scope for p in probes}
+                rule = first_last_compute_nodes(proto) if precision in target(name).first_last else []
+                excluded = covered_modules(ctx.onnx_path, proto.graph, probes, rule)
         x = job.data.inputs[np.sort(worst_samples(ref.logits, logits, SAMPLES))]
         ref_out = reference_outputs(ctx.model, probes, x)
         got = artefact_outputs(art.entry(ctx.workdir), ctx.workdir, ctx.model, probes, x, job.threads)
@@ -153,8 +151,7 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild) -> 
         if worst is None:
             break
         kept = [*steps[accepted]["kept"], worst["module"]]
-        scopes = {p.module: p.scope for p in probes}
-        keep = compute_outputs_in(ctx.onnx_path, frozenset().union(*(scopes[m] for m in kept)))
+        keep = compute_outputs_in(ctx.onnx_path, frozenset().union(*(scopes[m] for m in kept)), proto.graph)
         runner.close()
         job.superseded.extend(art.files)
         with job.steps(f"{name} {precision}: keeping {worst['module']} in higher precision"):

@@ -198,7 +198,7 @@ PLUMBING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten
 COMPUTE = {"MatMul", "Gemm", "Conv"}
 
 
-def compute_outputs_in(onnx_path: Path, scope: frozenset) -> frozenset:
+def compute_outputs_in(onnx_path: Path, scope: frozenset, graph=None) -> frozenset:
     """``scope`` plus the outputs and node names of every MatMul/Gemm/Conv of ``onnx_path`` that lands in it.
 
     # reason: onnxslim rewrites a 3-D/4-D MatMul+Add into Reshape -> Gemm -> Reshape; the Gemm's own
@@ -207,8 +207,9 @@ def compute_outputs_in(onnx_path: Path, scope: frozenset) -> frozenset:
     # The plumbing node right in front (onnxslim's Reshape before such a Gemm) is added too: an FP16 build
     # that keeps the block in FP32 must keep it as well, or the block's own wide activations overflow there.
     """
-    import onnx
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if graph is None:  # ``graph``: the same ONNX's graph, already loaded by a caller that asks many times
+        import onnx
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
     consumers: dict[str, list] = {}
     producer = {o: n for n in graph.node for o in n.output}
     for n in graph.node:
