@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                    help="accuracy budget for INT8/FP16: smallest per-sample cosine to PyTorch's logits (no labels needed)")
     p.add_argument("--throughput", action="store_true", help="also measure images/s with each artefact opened in "
                    "throughput mode (OpenVINO THROUGHPUT hint and streams; ONNX Runtime concurrent runs)")
+    p.add_argument("--no-repair", action="store_true",
+                   help="fail fast: a row that fails its gate is not repaired (by default the backend's safe runtime "
+                        "configurations are tried, then blocks are kept in higher precision with the gate as budget)")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
                                                               "export-friendly rewrites (for comparison)")
     _target_flags(p)
@@ -100,7 +103,7 @@ def _main(argv: list[str]) -> int:
                       labels=args.labels, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
                       max_drop=args.max_drop, min_cosine=args.min_cosine, throughput=args.throughput,
-                      options=given, quiet=args.quiet)
+                      options=given, quiet=args.quiet, repair=not args.no_repair)
     report = run(opts)
     from exporters.report import results_table
     print(results_table(report["results"]))

@@ -104,16 +104,25 @@ def worst_samples(ref_logits: np.ndarray, logits: np.ndarray, n: int) -> np.ndar
     return np.lexsort((cosine_per_sample(ref_logits, logits), ~flipped))[:n]
 
 
-def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild) -> tuple:
+def gate_as_budget(job, res) -> tuple[float | None, float | None]:
+    """The row's own gate as a budget (top-1 drop where labels exist, and the worst cosine): what the loop holds a
+    failed row to when no budget was given and the repair ladder could not fix it (exporters/proof.py)."""
+    tol = res.tolerance
+    return (tol.top1_drop if job.data.labels is not None else None), tol.cosine_min
+
+
+def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
+            limits: tuple[float | None, float | None] | None = None) -> tuple:
     """Run the loop for one built artefact ``built = (res, art, runner, logits)``; ``rebuild(ctx)`` builds and
-    verifies again, returning the same four.
+    verifies again, returning the same four. ``limits``: ``(max_drop, min_cosine)``, default the user's budget.
 
     Returns the final ``(res, art, runner)``; ``res.checks["budget"]`` holds every step. Files of the
     superseded builds go into ``job.superseded`` (the pipeline removes those no final artefact uses).
     """
     from exporters.targets import target
     res, art, runner, logits = built
-    opts = job.opts
+    max_drop, min_cosine = limits or (job.opts.max_drop, job.opts.min_cosine)
+    opts = dataclasses.replace(job.opts, max_drop=max_drop, min_cosine=min_cosine)
     if (opts.max_drop is None and opts.min_cosine is None) or precision == "fp32":
         return res, art, runner
     if precision not in target(name).keeps:
@@ -168,7 +177,9 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild) -> 
                             "located_on": f"the {SAMPLES} samples that agree worst with the reference, at each step",
                             "method": "largest measured growth of 1 - cosine among attention/MLP/merging/embedding/"
                                       "head blocks",
-                            "probes_from": probe_label(name)}
+                            "probes_from": probe_label(name),
+                            "budget_from": "the row's own gate (repair: no safe runtime configuration passed)"
+                            if limits else "--max-drop / --min-cosine"}
     if missed:
         res.passed = False
         res.failures.append("accuracy budget: " + "; ".join(missed) + f" after keeping {len(kept)} block(s)")

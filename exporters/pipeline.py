@@ -5,6 +5,7 @@ reference is one more runner, and every runner gets the same inputs, batch size 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import time
@@ -17,6 +18,7 @@ import numpy as np
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters import budget
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
+from exporters.proof import golden_spec, golden_stage, repair_stage
 from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
@@ -59,6 +61,7 @@ class RunOptions:
     min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/budget.py
     throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
     throughput_seconds: float = 3.0
+    repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (proof.py)
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
 
@@ -105,6 +108,12 @@ class Job:
     calib: Callable[[], CalibrationSet]
     calib_cache: dict  # {"set": CalibrationSet} once a target asked for calibration
     superseded: list = field(default_factory=list)  # files of builds the accuracy budget replaced
+    logits: dict = field(default_factory=dict)  # (target, precision) -> its evaluation logits, last verified
+    rows: dict = field(default_factory=dict)  # (target, precision) -> its Result, last verified
+
+    @property
+    def ref_logits(self) -> np.ndarray:
+        return self.logits[("pytorch", "fp32")]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -268,6 +277,8 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
         result.device = f"proxy: {result.device}"
     result.accuracy, result.tolerance, result.passed, result.failures = acc, tol, passed, why
     result.notes += [f"FAILED: {w}" for w in why]
+    job.logits[(result.target, result.precision)] = logits
+    job.rows[(result.target, result.precision)] = result
     return logits
 
 
@@ -292,6 +303,10 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
 
     def build_once(c: BuildContext) -> tuple[Result, Artifact, Runner, np.ndarray]:
         art = t.build(c, precision, job.target_options[name])
+        art.runtime_config.update(c.runtime_config)
+        return open_and_verify(c, art)
+
+    def open_and_verify(c: BuildContext, art: Artifact) -> tuple[Result, Artifact, Runner, np.ndarray]:
         t0 = time.perf_counter()
         runner = t.runner(c, art, job.threads)
         art.build_s["open"] = time.perf_counter() - t0
@@ -303,6 +318,11 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
         return res, art, runner, logits
     with job.steps(f"{name} {precision}"):
         built = build_once(ctx)
+    built, overrides = repair_stage(job, ctx, built, ref, lambda art: open_and_verify(ctx, art), run_outputs)
+    ctx = dataclasses.replace(ctx, runtime_config={**ctx.runtime_config, **overrides})
+    if job.opts.max_drop is None and job.opts.min_cosine is None and built[0].passed is False and job.opts.repair \
+            and precision in t.keeps:
+        return budget.enforce(job, ctx, name, precision, ref, built, build_once, budget.gate_as_budget(job, built[0]))
     return budget.enforce(job, ctx, name, precision, ref, built, build_once)
 
 
@@ -393,7 +413,8 @@ def select_fastest(job: Job, results: list[Result]) -> dict | None:
 
 def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manifest:
     from exporters.onnx import INPUT_NAME, OUTPUT_NAME
-    files = list(exp.files) + [f for a in artifacts for f in a.files]
+    files = list(exp.files) + [f for a in artifacts for f in a.files] + ([work / job.report["golden"]["file"]]
+                                                                         if job.report.get("golden") else [])
     rep, shape = job.report, job.report["input_shape"]
     return Manifest(
         model=job.spec.name, source=job.spec.source, weights=job.spec.weights,
@@ -404,7 +425,7 @@ def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manife
         onnx=exp.path.relative_to(work).as_posix(), artifacts=[a.entry(work) for a in artifacts],
         rewrites=rep.get("rewrites"), graph=rep.get("graph"), calibration=rep.get("calibration"),
         evaluation=rep.get("data"), versions=rep["environment"]["versions"], created=rep["created"],
-        sha256=file_hashes(work, files), selection=rep.get("selection"))
+        sha256=file_hashes(work, files), selection=rep.get("selection"), golden=golden_spec(job))
 
 
 def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Artifact], exp) -> None:
@@ -436,6 +457,8 @@ def run(opts: RunOptions) -> dict:
             time_stage(job, timed)
             if opts.throughput:
                 throughput_stage(job, ctx, timed)
+            with job.steps("golden set and verdicts"):
+                golden_stage(job, work, ref, artifacts, {(r.target, r.precision): rn for r, rn, a in built})
             write_stage(job, work, [ref.result, *results], artifacts, exp)
     finally:
         for _, runner, _ in timed:

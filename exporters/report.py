@@ -66,6 +66,33 @@ def budget_table(r: dict) -> list[str]:
     return out + [""]
 
 
+def repair_table(r: dict) -> list[str]:
+    """The repair ladder for one failed row (exporters/proof.py): every runtime configuration tried, gated and timed."""
+    rep = (r.get("checks") or {}).get("repair")
+    if not rep:
+        return []
+    verdict = (f"repaired with {rep['kept']}" if rep["kept"] else
+               f"no configuration passed; continued with {rep['continued_with']}" if rep.get("continued_with")
+               else "no configuration passed")
+    out = [f"**Repair, {r['target']} {r['precision']}** (failed its gate as built): {verdict}", "",
+           "| configuration | passed | cosine min | top-1 agree | p50 ms | missed |", "|---|---|---|---|---|---|"]
+    for a in rep["attempts"]:
+        v = a.get("values") or {}
+        missed = a.get("error") and f"did not open: {a['error']}" or "; ".join(a.get("failures") or []) or "–"
+        out.append(f"| {a['name']}{' (kept)' if a.get('kept') else ''} | {'yes' if a.get('passed') else '**NO**'} | "
+                   f"{_fmt(v.get('cosine_min'), 6)} | {_fmt(v.get('top1_agreement'), 2, pct=True)} | "
+                   f"{_fmt(a.get('p50_ms'), 2)} | {missed[:160]} |")
+    return out + [""]
+
+
+def golden_line(report: dict) -> str:
+    g = report.get("golden")
+    if not g:
+        return ""
+    return (f"Golden set: {g['samples']} samples, {g['bytes'] / 1e6:.2f} MB ({g['file']}), {g['chosen']}; reference: "
+            f"{g['reference']}. `python -m runtime verify` runs it on another machine with each artefact's gates.")
+
+
 def failed_gates(results: list[dict]) -> list[str]:
     """One line per failed row: which tolerance it missed, and by how much."""
     return [f"{r['target']} {r['precision']}: " + "; ".join(r["failures"]) for r in results if r.get("failures")]
@@ -101,7 +128,10 @@ def render_markdown(report: dict) -> str:
         out += ["**Accuracy gates missed** (the artefact is kept; the limits are in runtime/tolerances.py):", "",
                 *[f"- {line}" for line in failed], ""]
     for r in report["results"]:
+        out += repair_table(r)
         out += budget_table(r)
+    if golden_line(report):
+        out += [golden_line(report), ""]
     if any((r.get("checks") or {}).get("budget") for r in report["results"]):
         out += ["![accuracy budget, step by step](plot_accuracy_budget.png)", ""]
     for r in report["results"]:
@@ -194,14 +224,15 @@ def _html_from_md(md: list[str]) -> str:
 
 
 def _html_budgets(results: list[dict]) -> str:
-    """Each accuracy-budget loop: its one-line verdict and its step table."""
+    """Each repair ladder and accuracy-budget loop: its one-line verdict and its table."""
     out = ""
     for r in results:
-        lines = budget_table(r)
-        if lines:
-            title = lines[0].replace("**", "")
-            out += f"<p class='{'' if r['checks']['budget']['met'] else 'bad'}'>{html.escape(title)}</p>"
-            out += _html_from_md([line for line in lines[2:] if line])
+        for lines, ok in ((repair_table(r), ((r.get("checks") or {}).get("repair") or {}).get("kept")),
+                          (budget_table(r), ((r.get("checks") or {}).get("budget") or {}).get("met"))):
+            if lines:
+                title = lines[0].replace("**", "")
+                out += f"<p class='{'' if ok else 'bad'}'>{html.escape(title)}</p>"
+                out += _html_from_md([line for line in lines[2:] if line])
     return out
 
 

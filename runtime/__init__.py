@@ -10,14 +10,20 @@ from pathlib import Path
 
 
 def open(bundle_dir: str | Path, target: str | None = None, device: str | None = None,
-         precision: str | None = None, threads: int | None = None, mode: str = "latency"):
-    """Read ``manifest.json``, verify the artefact's sha256, pick a backend; return a ``Session``.
+         precision: str | None = None, threads: int | None = None, mode: str = "latency", verify: str = "auto",
+         allow_unverified: bool = False, repair: bool = True):
+    """Read ``manifest.json``, choose an artefact that passed its gates, verify its sha256; return a ``Session``.
 
     ``mode``: ``"latency"`` (one image batch at a time) or ``"throughput"`` (several in flight; see
-    ``runtime/backends/base.py``).
+    ``runtime/backends/base.py``). ``verify``: ``"auto"`` runs the bundle's golden set through the artefact
+    when this machine's fingerprint differs from the one it was proven on and no verdict is recorded here;
+    ``"always"`` runs it every time; ``"never"`` trusts the build verdict. An artefact that fails here is
+    repaired through its backend's safe configurations (``repair``), else the next proven one runs, with one
+    warning line. ``allow_unverified`` serves a failed or unproven artefact anyway.
     """
     from runtime.session import Session
-    return Session(bundle_dir, target=target, precision=precision, device=device, threads=threads, mode=mode)
+    return Session(bundle_dir, target=target, precision=precision, device=device, threads=threads, mode=mode,
+                   verify=verify, allow_unverified=allow_unverified, repair=repair)
 
 
 __all__ = ["open"]

@@ -3,6 +3,7 @@
     python -m runtime BUNDLE IMG [IMG...] [--topk K] [--json] [--target T] [--precision P]
     python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P] [--throughput]
     python -m runtime build BUNDLE [--precision fp16|int8]     (TensorRT engine, on the device)
+    python -m runtime verify BUNDLE [--target T] [--precision P] [--all] [--no-repair]
 """
 from __future__ import annotations
 
@@ -23,6 +24,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
 
 
+def _proof_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify", choices=("auto", "always", "never"), default="auto",
+                   help="golden check before use: auto (when this machine differs from the one the artefact was "
+                        "proven on and no verdict is recorded here; default), always, or never")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="serve an artefact that failed its gates or cannot be proven here (not recommended)")
+    p.add_argument("--no-repair", action="store_true",
+                   help="do not try the backend's safe runtime configurations when the golden check fails")
+
+
+def _open(a, **kw):
+    import runtime
+    return runtime.open(a.bundle, target=kw.pop("target", a.target), precision=kw.pop("precision", a.precision),
+                        device=a.device, threads=a.threads, verify=a.verify, allow_unverified=a.allow_unverified,
+                        repair=not a.no_repair, **kw)
+
+
 def _predict(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime", description="Top-k predictions from a bundle.")
     p.add_argument("bundle")
@@ -30,9 +48,9 @@ def _predict(argv) -> int:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     _common(p)
+    _proof_flags(p)
     a = p.parse_args(argv)
-    import runtime
-    with runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads) as s:
+    with _open(a) as s:
         preds = s.predict(a.images, topk=a.topk)
     for img, pred in zip(a.images, preds):
         if a.json:
@@ -54,15 +72,15 @@ def _bench(argv) -> int:
                    help="also open the artefact in throughput mode (several inferences in flight) and report img/s")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the throughput measurement (default 5)")
     _common(p)
+    _proof_flags(p)
     a = p.parse_args(argv)
     import numpy as np
 
-    import runtime
     from runtime.latency import measure, measure_throughput, throughput
     if a.runs < 1 or a.warmup < 0 or a.seconds <= 0:
         raise UserError(f"--runs must be at least 1, --warmup at least 0 and --seconds positive "
                         f"(got {a.runs}, {a.warmup}, {a.seconds})")
-    s = runtime.open(a.bundle, target=a.target, precision=a.precision, device=a.device, threads=a.threads)
+    s = _open(a)
     shape = [s.batch, *s.runner.input_shape[1:]]
     feeds = {s.runner.input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
     with s:
@@ -70,8 +88,7 @@ def _bench(argv) -> int:
         res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
                "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe()}
     if a.throughput:
-        with runtime.open(a.bundle, target=s.target, precision=s.precision, device=a.device, threads=a.threads,
-                          mode="throughput") as t:
+        with _open(a, target=s.target, precision=s.precision, mode="throughput") as t:
             res["throughput_mode"] = measure_throughput(t.runner, feeds, seconds=a.seconds).to_dict()
     if a.json:
         print(json.dumps(res, default=str))
@@ -107,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
-    cmds = {"bench": _bench, "build": _build}
+    from runtime.verify import verify_main
+    cmds = {"bench": _bench, "build": _build, "verify": verify_main}
     if argv and argv[0] in cmds:
         return cmds[argv[0]](argv[1:])
     return _predict(argv)

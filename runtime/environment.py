@@ -71,3 +71,72 @@ def one_line(env: dict) -> str:
              f"GPU: {env['gpu'] or 'none'}", f"threads: {env['threads']}",
              ", ".join(f"{k} {v[k]}" for k in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf") if k in v)]
     return " · ".join(parts)
+
+
+# ISA flags the backends' kernels dispatch on: a change in any of them can change numerics (issue: on an AMX
+# Xeon, OpenVINO's INT8 + bf16 path corrupted a Swin that passes on AVX2 and AVX-512 machines)
+NUMERIC_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                 "amx_bf16", "amx_int8", "amx_fp16")
+_SDK_DISTS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "openvino": ("openvino",),
+              "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "tensorrt_rtx": ("tensorrt-rtx",),
+              "coremltools": ("coremltools",)}
+
+
+def _numeric_flags() -> list[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    flags = next((set(ln.split(":", 1)[1].split()) for ln in text.splitlines() if ln.startswith("flags")), set())
+    return [f for f in NUMERIC_FLAGS if f in flags]
+
+
+def sdk_version(sdk: str) -> str | None:
+    """The installed version of a backend SDK (by its import name), without importing it."""
+    for dist in _SDK_DISTS.get(sdk, (sdk,)):
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def gpu_identity() -> str | None:
+    """``"<name> (compute capability X.Y)"`` of the first NVIDIA GPU, from ``nvidia-smi``; ``None`` without one."""
+    import shutil
+    import subprocess
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, _, cc = out[0].partition(",")
+    return f"{name.strip()} (compute capability {cc.strip()})"
+
+
+def fingerprint(sdk: str, gpu: bool = False, device: str | None = None) -> dict:
+    """What changes an artefact's numerics on this machine, for one backend: CPU model and the ISA flags
+    kernels dispatch on, OS and architecture, the backend SDK's version, and for GPU backends the GPU and its
+    compute capability. Two machines with equal fingerprints are expected to compute the same outputs."""
+    cpu = _cpu()
+    fp = {"cpu": cpu.get("model"), "isa": _numeric_flags(), "os": platform.system(), "arch": platform.machine(),
+          "sdk": sdk_version(sdk), "device": device or "CPU"}
+    if gpu:
+        fp["gpu"] = gpu_identity()
+    return fp
+
+
+def fingerprint_key(fp: dict) -> str:
+    """A short stable hash of a fingerprint (cache keys)."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_diff(a: dict, b: dict) -> list[str]:
+    """The fields on which two fingerprints differ, as ``field: a -> b``."""
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

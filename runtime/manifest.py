@@ -36,6 +36,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Verification(_Model):
+    """An artefact's proof: whether it passed its gates, on which machine and with which runtime configuration.
+
+    ``gates`` are the limits (``cosine_min``, ``top1_agreement``, ``top1_drop``, whether agreement is gated,
+    and ``golden_max_flips``: top-1 flips the golden set may show, the eval set's allowance); ``values`` what
+    was measured on the evaluation set; ``golden`` what the golden set gave on the machine that built it.
+    """
+
+    passed: bool
+    kind: Literal["direct", "proxy"] = "direct"  # a proxy verdict proves nothing about the device
+    gates: dict
+    values: dict
+    failures: list[str] = Field(default_factory=list)
+    runtime_config: dict = Field(default_factory=dict)
+    proven_on: dict  # runtime.environment.fingerprint() of the machine that reached the verdict
+    golden: dict | None = None
+    repaired: bool = False  # the verdict holds for a repaired runtime configuration (see checks.repair in the report)
+
+
 class ArtifactEntry(_Model):
     target: str
     precision: Precision
@@ -44,6 +63,7 @@ class ArtifactEntry(_Model):
     files: list[RelPath]
     runtime_config: dict = Field(default_factory=dict)
     engine: dict | None = None  # set by `python -m runtime build`
+    verification: Verification | None = None  # None: never proven (an older bundle, an engine built on the device)
 
     @model_validator(mode="after")
     def _primary_is_listed(self):
@@ -73,6 +93,17 @@ class PreprocessingSpec(_Model):
     resize_size: Annotated[int, Field(gt=0, le=16384)] | None = None
 
 
+class GoldenSpec(_Model):
+    """The golden set: uint8 pixels ``[N, H, W, 3]`` after resize and crop (before normalisation) and the
+    PyTorch reference logits ``[N, classes]`` on them, in one ``.npz`` hashed like every file."""
+
+    file: RelPath
+    samples: Annotated[int, Field(gt=0)]
+    bytes: Annotated[int, Field(gt=0)]
+    chosen: str = ""  # how the samples were chosen
+    reference: str = ""  # what produced the reference logits
+
+
 class Manifest(_Model):
     format: Literal["vitdeploy-bundle/1"] = FORMAT
     model: str
@@ -92,6 +123,7 @@ class Manifest(_Model):
     versions: dict = Field(default_factory=dict)
     created: str = ""
     selection: dict | None = None  # --precision auto: the fastest artefact that passed, and what it was timed on
+    golden: GoldenSpec | None = None  # a small set any machine can prove its artefacts on (runtime verify)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -102,6 +134,8 @@ class Manifest(_Model):
             unhashed = [f for f in art.files if f not in self.sha256]
             if unhashed:
                 raise ValueError(f"{art.target} {art.precision}: no sha256 for {unhashed[0]}")
+        if self.golden is not None and self.golden.file not in self.sha256:
+            raise ValueError(f"golden set: no sha256 for {self.golden.file}")
         return self
 
     def write(self, folder: Path) -> Path:

@@ -151,11 +151,26 @@ def preprocess_image(img: Image.Image, pp: Preprocessing) -> np.ndarray:
     else:
         img = _resize_shorter(img, pp.scale_size(), resample)
     img = _center_crop(img, h, w)
-    arr = np.asarray(img, dtype=np.float32) / 255.0  # [H, W, 3]
+    return normalise(np.asarray(img, dtype=np.uint8)[None], pp)[0]
+
+
+def normalise(pixels: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """uint8 RGB pixels ``[N, H, W, 3]`` (resized and cropped) -> ``[N, 3, H, W]`` float32, normalised: the last
+    step of ``preprocess_image``, shared with the golden set so a bundle's preprocessing is checked with it."""
+    arr = pixels.astype(np.float32) / 255.0
     if pp.channel_order == "BGR":
         arr = arr[..., ::-1]
     arr = (arr - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def pixels_from_inputs(inputs: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """The inverse of ``normalise``: ``[N, 3, H, W]`` normalised inputs -> uint8 RGB ``[N, H, W, 3]``, exact for
+    inputs that came from 8-bit images (rounded and clipped otherwise)."""
+    arr = inputs.transpose(0, 2, 3, 1).astype(np.float64) * np.asarray(pp.std) + np.asarray(pp.mean)
+    if pp.channel_order == "BGR":
+        arr = arr[..., ::-1]
+    return np.ascontiguousarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8))
 
 
 def preprocess_batch(images, pp: Preprocessing) -> np.ndarray:

@@ -1,15 +1,18 @@
 """A bundle opened for inference: verified artefact, chosen backend, manifest preprocessing."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends import backends, runner_from_artifact
+from runtime.backends.base import batched_logits
 from runtime.errors import UserError
 from runtime.manifest import ArtifactEntry, Manifest, read_manifest
 from runtime.preprocess import Preprocessing, open_image, preprocess_batch
+from runtime.proof import VERIFY_MODES, Verdict, prove, proven_here, record, recorded
 
 PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # without a measured choice: the smallest type first
 
@@ -24,10 +27,10 @@ class Prediction:
         return {"labels": self.labels, "indices": self.indices, "scores": self.scores}
 
 
-def choose_artifact(manifest: Manifest, target: str | None, precision: str | None) -> ArtifactEntry:
-    """The artefact to run: the one asked for; else the export's measured choice (``--precision auto``,
-    ``manifest.selection``) when it runs here; else by the backend registry's ranks, then ``PRECISION_PREFERENCE``.
-    """
+def ranked(manifest: Manifest, target: str | None, precision: str | None) -> list[ArtifactEntry]:
+    """Built artefacts that can run here, best first: the one asked for; else the export's measured choice
+    (``--precision auto``, ``manifest.selection``); then by the backend registry's ranks and ``PRECISION_PREFERENCE``.
+    Whether each passed its gates is for the caller (``Session`` serves only proven ones)."""
     arts = [a for a in manifest.artifacts if a.status == "built" and a.primary]
     if target:
         arts = [a for a in arts if a.target == target]
@@ -47,40 +50,121 @@ def choose_artifact(manifest: Manifest, target: str | None, precision: str | Non
         why = "; ".join(sorted({known[a.target].available() for a in arts if a.target in known} - {None}))
         raise UserError(f"no artefact in the bundle can run here ({why or 'none is built'})")
     chosen = manifest.selection or {}
-    for a in usable:  # the export's measured choice (--precision auto) when it can run here
-        if not target and not precision and (a.target, a.precision) == (chosen.get("target"), chosen.get("precision")):
-            return a
     ranks = list(known)
-    usable.sort(key=lambda a: (ranks.index(a.target), PRECISION_PREFERENCE.index(a.precision)))
-    return usable[0]
+    return sorted(usable, key=lambda a: (not (not target and not precision and (a.target, a.precision) == (
+        chosen.get("target"), chosen.get("precision"))), ranks.index(a.target), PRECISION_PREFERENCE.index(a.precision)))
 
 
-def batched_logits(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
-    """``[N, 3, H, W]`` -> ``[N, classes]`` through ``runner`` in chunks of ``batch``; with a static batch the
-    last chunk is padded (repeating its last image) and the padding's outputs dropped."""
-    outs = []
-    for i in range(0, len(inputs), batch):
-        chunk = inputs[i:i + batch]
-        n = len(chunk)
-        if n < batch and runner.input_shape[0] != -1:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        outs.append(next(iter(runner.infer({runner.input_name: chunk}).values()))[:n])
-    return np.concatenate(outs)
+def choose_artifact(manifest: Manifest, target: str | None, precision: str | None) -> ArtifactEntry:
+    """The first of ``ranked``: the artefact a tool inspects (drift), whatever its verdict."""
+    return ranked(manifest, target, precision)[0]
+
+
+def standing(art: ArtifactEntry) -> str:
+    """``passed`` / ``failed`` at build, or ``unproven`` (no build verdict: an engine built on the device)."""
+    if art.verification is None:
+        return "unproven"
+    return "passed" if art.verification.passed else "failed"
+
+
+def name_of(art: ArtifactEntry) -> str:
+    return f"{art.target} {art.precision}"
+
+
+def warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 class Session:
     """``predict(images)`` and ``infer(feeds)`` on one verified artefact of a bundle."""
 
     def __init__(self, bundle: str | Path, target: str | None = None, precision: str | None = None,
-                 device: str | None = None, threads: int | None = None, mode: str = "latency"):
+                 device: str | None = None, threads: int | None = None, mode: str = "latency",
+                 verify: str = "auto", allow_unverified: bool = False, repair: bool = True):
+        if verify not in VERIFY_MODES:
+            raise UserError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {verify!r})")
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
-        self.artifact = choose_artifact(self.manifest, target, precision)
+        self.device, self.threads = device, threads
+        self._verify, self._allow, self._repair = verify, allow_unverified, repair
+        self._golden = None
+        self.notes: list[str] = []  # what was refused or repaired on the way, one line each
+        self.artifact, self.verdict = self._choose(ranked(self.manifest, target, precision))
         self.manifest.verify(self.bundle, self.artifact.files)
-        self.runner = runner_from_artifact(self.bundle, self.artifact, device, threads, mode)
+        self.runner = runner_from_artifact(self.bundle, self.artifact.model_copy(update={
+            "runtime_config": self.verdict.config}), device, threads, mode)
         self.preprocessing = Preprocessing.from_dict(self.manifest.preprocessing.model_dump())
         self.labels = self.manifest.labels
         self.target, self.precision = self.artifact.target, self.artifact.precision
+
+    def _choose(self, arts: list[ArtifactEntry]) -> tuple[ArtifactEntry, Verdict]:
+        """The first artefact that passed its gates and holds on this machine (proven here, recorded here, or
+        golden-checked now, repaired if need be); each one passed over is a note and one warning line. With
+        ``allow_unverified`` and none proven, the first one asked for runs anyway, with a warning."""
+        refused, fallback = [], None
+        for art in arts:
+            if standing(art) == "failed":
+                refused.append(f"{name_of(art)} failed at build ({(art.verification.failures or ['its gates'])[0]})")
+                fallback = fallback or art
+                continue
+            verdict = self._settle(art)
+            if verdict.passed:
+                if verdict.repaired:
+                    first = verdict.attempts[0].get("failures") or [verdict.attempts[0].get("error") or "?"]
+                    refused.append(f"{name_of(art)} as built failed its golden check here ({'; '.join(first)[:200]})"
+                                   f"; repaired: runs with {self._attempt_name(verdict)}")
+                self._warn(refused)
+                if refused and not verdict.repaired:
+                    warn(f"running {name_of(art)} instead")
+                return art, verdict
+            refused.append(f"{name_of(art)} failed its golden check here: {'; '.join(verdict.failures)[:300]}")
+            fallback = fallback or art
+        if self._allow and fallback is not None:
+            self._warn(refused)
+            warn(f"running {name_of(fallback)}, which is not proven here, because unverified artefacts were allowed")
+            return fallback, Verdict(fallback.target, fallback.precision, True, dict(fallback.runtime_config),
+                                     "not checked (--allow-unverified)")
+        raise UserError("no artefact of the bundle is proven to run correctly here: " + " · ".join(refused)
+                        + " (--allow-unverified runs one anyway)")
+
+    def _warn(self, lines: list[str]) -> None:
+        for line in lines:
+            self.notes.append(line)
+            warn(line)
+
+    @staticmethod
+    def _attempt_name(verdict: Verdict) -> str:
+        return next((a["name"] for a in verdict.attempts if a.get("kept")), "another configuration")
+
+    def _settle(self, art: ArtifactEntry) -> Verdict:
+        """Whether ``art`` may run here, and under which configuration."""
+        b = backends()[art.target]
+        here = b.fingerprint(art.runtime_config)
+        as_built = Verdict(art.target, art.precision, True, dict(art.runtime_config), "not checked", fingerprint=here)
+        if self._verify == "never" and standing(art) == "passed":
+            as_built.source = "not checked (verify='never')"
+            return as_built
+        if self._verify == "auto":
+            if proven_here(art, here):
+                as_built.source = "build"
+                return as_built
+            rec = recorded(self.bundle, art, here)
+            if rec is not None:
+                return rec
+        try:
+            golden = self.golden()
+            verdict = prove(self.bundle, self.manifest, art, golden, self.device, self.threads, repair=self._repair)
+        except UserError as exc:
+            return Verdict(art.target, art.precision, False, dict(art.runtime_config), "golden check",
+                           failures=[str(exc)], fingerprint=here)
+        record(self.bundle, art, verdict)
+        return verdict
+
+    def golden(self):
+        from runtime.golden import read_golden
+        if self._golden is None:
+            self._golden = read_golden(self.bundle, self.manifest)
+        return self._golden
 
     def close(self) -> None:
         self.runner.close()

@@ -6,6 +6,14 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _verdict_cache(tmp_path_factory):
+    """Verdicts reached by runtime.open()/verify go to a cache of the test run, never the user's ~/.cache."""
+    import os
+    os.environ["VITDEPLOY_CACHE"] = str(tmp_path_factory.mktemp("verdict-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def digits_bundles(tmp_path_factory):
     """digits_swin and digits_vit through ONNX Runtime FP32/INT8 and OpenVINO FP32/FP16/INT8."""

@@ -48,6 +48,8 @@ class BuildContext:
     # the same choice as PyTorch module names (display names, as in exporters/probes.py), for targets that
     # convert from PyTorch (Core ML)
     keep_modules: tuple[str, ...] = ()
+    # runtime-configuration overrides every build carries (the repair ladder's choice, exporters/proof.py)
+    runtime_config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Artifact:
     notes: list[str] = field(default_factory=list)
     proxy: str | None = None  # what a proxy accuracy stands for, when the real one can't run here
     checks: dict = field(default_factory=dict)  # evidence from other tools (e.g. NVIDIA's parser: "trt_parse")
+    verification: object = None  # runtime.manifest.Verification, once verified (exporters/proof.py)
 
     @property
     def timeable(self) -> bool:
@@ -79,7 +82,8 @@ class Artifact:
         rel = lambda p: Path(p).relative_to(bundle).as_posix()  # noqa: E731
         return ArtifactEntry(target=self.target, precision=self.precision, status=self.status,
                              primary=rel(self.primary) if self.primary else None,
-                             files=[rel(f) for f in self.files], runtime_config=self.runtime_config)
+                             files=[rel(f) for f in self.files], runtime_config=self.runtime_config,
+                             verification=self.verification)
 
 
 @dataclass(frozen=True)

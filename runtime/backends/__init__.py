@@ -20,7 +20,7 @@ from typing import Callable
 from runtime.backends.base import Runner
 from runtime.errors import UserError
 
-__all__ = ["Backend", "Runner", "backend", "backends", "missing", "require", "runner_from_artifact"]
+__all__ = ["Backend", "Runner", "backend", "backends", "missing", "open_with", "require", "runner_from_artifact"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,24 @@ class Backend:
     open: Callable[..., Runner]  # (path, runtime_config, device, threads, mode) -> Runner
     systems: tuple[str, ...] = ()  # platform.system() values it runs on; empty: any
     probe: Callable[[], str | None] | None = None  # further check (a GPU present); None when fine
+    # known-safe runtime configurations to try, cheapest first, when an artefact fails its gate as configured:
+    # (runtime_config) -> [(name, runtime_config), ...], the configuration itself not among them (runtime/repair.py)
+    alternatives: Callable[[dict], list[tuple[str, dict]]] | None = None
+    gpu: bool = False  # numerics depend on the GPU (its name and compute capability are in the fingerprint)
 
     def available(self) -> str | None:
         """``None`` when artefacts of this backend can run here, else why not (with the install hint)."""
         if self.systems and platform.system() not in self.systems:
             return f"{self.name} runs only on {', '.join(self.systems)} (this is {platform.system()})"
         return missing(self.sdk, self.install) or (self.probe() if self.probe else None)
+
+    def fingerprint(self, config: dict | None = None) -> dict:
+        """This machine's fingerprint for artefacts of this backend (``runtime.environment.fingerprint``)."""
+        from runtime.environment import fingerprint
+        return fingerprint(self.sdk, gpu=self.gpu, device=(config or {}).get("device"))
+
+    def repairs(self, config: dict) -> list[tuple[str, dict]]:
+        return self.alternatives(dict(config)) if self.alternatives else []
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,10 +104,20 @@ def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: 
     The path is resolved inside the bundle; hashes are checked by the caller (``Manifest.verify``).
     """
     from runtime.manifest import resolve_inside
-    b = backend(art.target)
+    if not art.primary:
+        raise UserError(f"the {art.target} {art.precision} artefact has no file to open (status {art.status})")
+    return open_with(art.target, resolve_inside(Path(bundle), art.primary), art.runtime_config, device, threads, mode)
+
+
+def open_with(name: str, path: Path, config: dict, device: str | None = None, threads: int | None = None,
+              mode: str = "latency") -> Runner:
+    """Open ``path`` with backend ``name`` under ``config`` (a runtime configuration): the one place runners are
+    made, so the test-only fault injection (``runtime.backends.base.FAULT_ENV``) sees every one."""
+    from runtime.backends.base import injected_fault
+    b = backend(name)
     why = b.available()
     if why:
         raise UserError(why)
-    if not art.primary:
-        raise UserError(f"the {art.target} {art.precision} artefact has no file to open (status {art.status})")
-    return b.open(resolve_inside(Path(bundle), art.primary), dict(art.runtime_config), device, threads, mode)
+    runner = b.open(path, dict(config), device, threads, mode)
+    runner.fault = injected_fault(name, config)
+    return runner

@@ -11,6 +11,7 @@ ONNX Runtime with one single-threaded run per thread). ``infer_stream`` is where
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -18,6 +19,22 @@ import numpy as np
 from runtime.errors import UserError
 
 MODES = ("latency", "throughput")
+# Test-only fault injection: ``VITDEPLOY_TEST_FAULT="openvino:inference_precision=bf16;onnxruntime:*"`` negates the
+# outputs of every runner of that backend whose runtime configuration has those values (``*``: any), so the
+# golden check and the repair ladder can be proven on any machine, not only where a backend really corrupts.
+FAULT_ENV = "VITDEPLOY_TEST_FAULT"
+
+
+def injected_fault(name: str, config: dict) -> str | None:
+    """The ``FAULT_ENV`` clause that matches backend ``name`` under ``config``, if any."""
+    for clause in filter(None, (c.strip() for c in os.environ.get(FAULT_ENV, "").split(";"))):
+        who, _, cond = clause.partition(":")
+        if who.strip() != name:
+            continue
+        pairs = [kv.split("=", 1) for kv in cond.split(",") if "=" in kv]
+        if cond.strip() == "*" or (pairs and all(str(config.get(k.strip())) == v.strip() for k, v in pairs)):
+            return clause
+    return None
 
 
 def check_mode(mode: str) -> str:
@@ -38,6 +55,7 @@ class Runner:
     def __init__(self) -> None:
         self.last_latency = 0.0  # ms of the last infer()
         self.closed = False
+        self.fault: str | None = None  # set by runtime.backends.open_with under FAULT_ENV (tests only)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.closed:
@@ -52,6 +70,8 @@ class Runner:
         t0 = time.perf_counter()
         out = self.infer_impl(x)
         self.last_latency = (time.perf_counter() - t0) * 1000.0
+        if self.fault:
+            out = {k: -v for k, v in out.items()}
         return out
 
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -75,3 +95,22 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def batched_logits(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """``[N, 3, H, W]`` -> ``[N, classes]`` through ``runner`` in chunks of ``batch``; with a static batch the
+    last chunk is padded (repeating its last image) and the padding's outputs dropped."""
+    outs = []
+    for i in range(0, len(inputs), batch):
+        chunk = inputs[i:i + batch]
+        n = len(chunk)
+        if n < batch and runner.input_shape[0] != -1:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        outs.append(next(iter(runner.infer({runner.input_name: chunk}).values()))[:n])
+    return np.concatenate(outs)
+
+
+def runner_batch(runner: Runner) -> int:
+    """The runner's static batch size (1 for a dynamic batch)."""
+    b = runner.input_shape[0]
+    return b if b and b > 0 else 1

@@ -14,6 +14,8 @@ from runtime.errors import UserError
 
 INSTALL = "pip install onnxruntime"
 
+OPTIMIZATION_LEVELS = {"ALL": "ORT_ENABLE_ALL", "EXTENDED": "ORT_ENABLE_EXTENDED", "BASIC": "ORT_ENABLE_BASIC",
+                       "DISABLE": "ORT_DISABLE_ALL"}
 _ORT_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
 
@@ -43,12 +45,16 @@ class OnnxRuntimeRunner(Runner):
     """``infer({'input': [B,3,H,W] float32}) -> {'logits': [B, classes]}`` through an ORT session."""
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 mode: str = "latency"):
+                 mode: str = "latency", optimization: str = "ALL"):
         """``mode="throughput"``: ``threads`` (default: every core) concurrent runs of one single-threaded session."""
         super().__init__()
         ort = require("onnxruntime", INSTALL)
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise UserError(f"unknown ONNX Runtime graph optimisation level '{optimization}'; "
+                            f"choose from {', '.join(OPTIMIZATION_LEVELS)}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+        self.optimization = optimization
         self.mode = check_mode(mode)
         if mode == "throughput":
             self.streams = threads or os.cpu_count() or 1
@@ -86,6 +92,7 @@ class OnnxRuntimeRunner(Runner):
     def describe(self) -> dict:
         return {"device": "CPU" if self.providers == ["CPUExecutionProvider"] else ",".join(self.session.get_providers()),
                 "threads": self.threads, "mode": self.mode, "streams": self.streams,
+                "graph_optimization_level": self.optimization,
                 "providers": self.session.get_providers(), "onnxruntime": ort_info()}
 
     def close(self) -> None:
@@ -97,7 +104,21 @@ class OnnxRuntimeRunner(Runner):
 
 def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
                   mode: str = "latency") -> OnnxRuntimeRunner:
-    return OnnxRuntimeRunner(path, threads=threads, providers=config.get("providers"), mode=mode)
+    return OnnxRuntimeRunner(path, threads=threads, providers=config.get("providers"), mode=mode,
+                             optimization=config.get("graph_optimization_level", "ALL"))
 
 
-BACKEND = Backend(name="onnxruntime", sdk="onnxruntime", install=INSTALL, rank=30, open=open_artifact)
+def alternatives(config: dict) -> list[tuple[str, dict]]:
+    """Fewer graph rewrites, one level at a time, for an artefact that fails its gate as configured.
+
+    # reason: ORT's fusions (attention, GELU, LayerNorm, QDQ into integer kernels) are where its numerics
+    # differ from the graph's; each level below ALL applies fewer of them (ORT's graph optimisation docs).
+    """
+    order = list(OPTIMIZATION_LEVELS)[:3]
+    level = config.get("graph_optimization_level", "ALL")
+    below = order[order.index(level) + 1:] if level in order else []
+    return [(f"graph optimisation {lv}", {**config, "graph_optimization_level": lv}) for lv in below]
+
+
+BACKEND = Backend(name="onnxruntime", sdk="onnxruntime", install=INSTALL, rank=30, open=open_artifact,
+                  alternatives=alternatives)

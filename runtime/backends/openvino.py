@@ -48,8 +48,10 @@ class OpenVinoRunner(Runner):
     """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` through a compiled OpenVINO model."""
 
     def __init__(self, model, device: str = "CPU", threads: int | None = None,
-                 inference_precision: str = "f32", mode: str = "latency", config: dict | None = None):
-        """``model``: an IR/ONNX path or an ``ov.Model``; ``config``: used verbatim instead of ours when given."""
+                 inference_precision: str = "f32", mode: str = "latency", config: dict | None = None,
+                 plugin: dict | None = None):
+        """``model``: an IR/ONNX path or an ``ov.Model``; ``config``: used verbatim instead of ours when given;
+        ``plugin``: further plugin properties on top of ours (the repair ladder's switches, ``PLUGIN_KEYS``)."""
         super().__init__()
         ov = require("openvino", INSTALL)
         core = ov.Core()
@@ -62,6 +64,7 @@ class OpenVinoRunner(Runner):
                     config["NUM_STREAMS"] = "1"
                 if threads:
                     config["INFERENCE_NUM_THREADS"] = str(threads)
+            config.update(plugin or {})
         try:
             self.compiled = core.compile_model(model if isinstance(model, ov.Model) else str(model), device, config)
         except Exception as exc:  # reason: OpenVINO raises RuntimeError with multi-line text
@@ -106,10 +109,41 @@ class OpenVinoRunner(Runner):
         super().close()
 
 
+# runtime_config keys that become plugin properties (the repair ladder's switches)
+PLUGIN_KEYS = {"snippets_mode": "SNIPPETS_MODE", "execution_mode": "EXECUTION_MODE_HINT"}
+
+
 def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
                   mode: str = "latency") -> OpenVinoRunner:
+    plugin = {prop: str(config[key]) for key, prop in PLUGIN_KEYS.items() if config.get(key)}
     return OpenVinoRunner(path, device=device or config.get("device", "CPU"), threads=threads,
-                          inference_precision=config.get("inference_precision", "f32"), mode=mode)
+                          inference_precision=config.get("inference_precision", "f32"), mode=mode, plugin=plugin)
 
 
-BACKEND = Backend(name="openvino", sdk="openvino", install=INSTALL, rank=20, open=open_artifact)
+def alternatives(config: dict) -> list[tuple[str, dict]]:
+    """Known-safe CPU configurations, cheapest first, for an artefact that fails its gate as configured.
+
+    # reason: OpenVINO's CPU plugin has shipped low-precision corruption on some ISAs (INT8 + bf16 on AMX Xeons:
+    # digits_swin cosine -0.26 under the bf16 hint, 0.9998 under f32; bf16 GEMMs on Zen 5, openvino#38256).
+    # Measured there (docs/BENCHMARKS.md section 9): the bf16 hint with the generated fused-subgraph kernels
+    # off (SNIPPETS_MODE=DISABLE), the f16 hint (CPUs with AVX512-FP16/AMX-FP16), the f32 hint and
+    # EXECUTION_MODE_HINT=ACCURACY each repaired it; which is fastest depends on the model and the CPU, so
+    # every one is gated and timed (runtime/repair.py). A candidate that fails to compile is a failed candidate.
+    """
+    hint = config.get("inference_precision", "f32")
+    out = []
+    if hint in ("bf16", "f16"):
+        out.append((f"{hint} hint, snippets off", {**config, "snippets_mode": "DISABLE"}))
+    if hint == "bf16" and (config.get("device") or "CPU") == "CPU" and "FP16" in cpu_capabilities():
+        out.append(("f16 hint", {**config, "inference_precision": "f16"}))
+    if hint != "f32":
+        out.append(("f32 hint", {**config, "inference_precision": "f32"}))
+    elif not config.get("snippets_mode"):
+        out.append(("f32 hint, snippets off", {**config, "snippets_mode": "DISABLE"}))
+    if config.get("execution_mode") != "ACCURACY":
+        out.append(("accuracy mode", {**config, "inference_precision": "f32", "execution_mode": "ACCURACY"}))
+    return [(n, c) for n, c in out if c != config]
+
+
+BACKEND = Backend(name="openvino", sdk="openvino", install=INSTALL, rank=20, open=open_artifact,
+                  alternatives=alternatives)

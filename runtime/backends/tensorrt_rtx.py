@@ -34,4 +34,4 @@ def open_artifact(path: Path, config: dict, device: str | None, threads: int | N
 
 
 BACKEND = Backend(name="tensorrt_rtx", sdk="tensorrt_rtx", install=INSTALL, rank=11, open=open_artifact,
-                  probe=gpu_present)
+                  probe=gpu_present, gpu=True)

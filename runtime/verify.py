@@ -1,0 +1,88 @@
+"""``python -m runtime verify BUNDLE``: prove a bundle's artefacts on this machine with their golden set.
+
+Each artefact's golden set runs here and is judged with the gates it passed at build; one that fails is
+repaired through its backend's safe runtime configurations unless ``--no-repair``. Verdicts are recorded
+outside the bundle (``runtime/proof.py``), so ``runtime.open()`` uses them. Exit 0 when every artefact
+checked can run correctly here (as built or repaired), 1 when one cannot, 2 for bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from runtime.cli import GATE_FAILED, OK
+
+
+def parser() -> argparse.ArgumentParser:
+    from runtime.backends import backends
+    p = argparse.ArgumentParser(prog="python -m runtime verify",
+                                description="Run the bundle's golden set through its artefacts on this machine and "
+                                            "apply the gates they passed at build; exit 1 when one fails here.")
+    p.add_argument("bundle")
+    p.add_argument("--target", choices=list(backends()), default=None)
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None)
+    p.add_argument("--all", action="store_true",
+                   help="also check artefacts that failed their gates at build or were never proven")
+    p.add_argument("--no-repair", action="store_true",
+                   help="judge only the runtime configuration the bundle records (no safe alternatives tried)")
+    p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    return p
+
+
+def verify_main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from runtime.errors import UserError
+    from runtime.golden import read_golden
+    from runtime.manifest import read_manifest
+    from runtime.proof import prove, record
+    from runtime.session import name_of, ranked, standing
+    a = parser().parse_args(argv)
+    bundle = Path(a.bundle)
+    manifest = read_manifest(bundle)
+    arts = [x for x in ranked(manifest, a.target, a.precision) if a.all or standing(x) == "passed"]
+    if not arts:
+        raise UserError("no artefact that passed its gates at build matches (--all checks the others too)")
+    golden = read_golden(bundle, manifest)
+    verdicts = []
+    for art in arts:
+        manifest.verify(bundle, art.files)
+        v = prove(bundle, manifest, art, golden, a.device, a.threads, repair=not a.no_repair)
+        record(bundle, art, v)
+        verdicts.append((art, v))
+    if a.json:
+        print(json.dumps([{**v.to_dict(), "at_build": standing(art)} for art, v in verdicts], default=str))
+    else:
+        print(table(verdicts, golden, standing, name_of))
+    return OK if all(v.passed for _, v in verdicts) else GATE_FAILED
+
+
+def table(verdicts, golden, standing, name_of) -> str:
+    from runtime.proof import attempt_lines
+    fp = verdicts[0][1].fingerprint
+    out = [f"golden set: {len(golden.pixels)} samples · this machine: {fp.get('cpu')} "
+           f"({' '.join(fp.get('isa', []))}), {fp.get('sdk')}" + (f", GPU {fp['gpu']}" if fp.get("gpu") else ""), "",
+           "| artefact | at build | here | golden cosine min | top-1 flips (allowed) | runs with |",
+           "|---|---|---|---|---|---|"]
+    for art, v in verdicts:
+        here = ("repaired" if v.repaired else "passed") if v.passed else "**FAILED**"
+        vals = v.values
+        allowed = (art.verification.gates if art.verification else {}).get("golden_max_flips", "–")
+        cos = f"{vals['cosine_min']:.6f}" if "cosine_min" in vals else "–"
+        flips = f"{vals['flips']} ({allowed})" if "flips" in vals else "–"
+        out.append(f"| {name_of(art)} | {standing(art)} | {here} | {cos} | {flips} | {config_line(v.config)} |")
+    for art, v in verdicts:
+        if v.differs:
+            out.append(f"\n{name_of(art)}: proven at build on another machine ({'; '.join(v.differs)[:300]})")
+        if not v.passed or v.repaired:
+            out.append(f"{name_of(art)}: " + "; ".join(v.failures or []) if not v.passed else
+                       f"{name_of(art)}: repaired")
+            out += [f"  - {line}" for line in attempt_lines(v)]
+    return "\n".join(out)
+
+
+def config_line(config: dict) -> str:
+    keys = ("inference_precision", "snippets_mode", "execution_mode", "graph_optimization_level", "device")
+    return ", ".join(f"{k}={config[k]}" for k in keys if k in config) or "as built"
