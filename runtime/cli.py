@@ -33,6 +33,21 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _default_sigterm_in_child() -> None:
+    """In a process forked while our handler is installed, SIGTERM goes back to its default (terminate).
+
+    # reason: OpenVINO's telemetry (run by ov.convert_model and NNCF) sends each event from a multiprocessing
+    # fork child and terminate()s it after a timeout; with no network, the child of a threaded parent can
+    # deadlock in getaddrinfo. It inherited our Python-level handler, which a thread stuck in C never runs,
+    # so terminate() did nothing and the exporter hung at exit joining it (seen in the test suite).
+    """
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 def _log_dir(argv: list[str]) -> Path:
     """The ``--out`` folder when one was given and exists, else the system's temporary folder."""
     values = [b for a, b in zip(argv, argv[1:]) if a == "--out"] + [a[6:] for a in argv if a.startswith("--out=")]

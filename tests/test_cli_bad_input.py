@@ -141,3 +141,25 @@ def test_flag_for_another_target_is_refused(tmp_path, capsys):
 def test_negative_threads_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(["digits_vit", "--threads", "-1", "--out", tmp_path / "o"], capsys)
     _assert_clean_failure(code, err, tmp_path / "o", "--threads must be at least 1")
+
+
+def test_a_child_forked_under_our_sigterm_handler_can_still_be_terminated():
+    """OpenVINO's telemetry forks a child per event and terminate()s it after a timeout; one stuck in C (here a
+    self-deadlocked mutex, there getaddrinfo with no network) must die, or the exporter hangs at exit."""
+    code = (
+        "import ctypes, multiprocessing as mp, sys\n"
+        "from runtime.cli import run_cli\n"
+        "def stuck():\n"
+        "    libc = ctypes.CDLL(None); m = ctypes.create_string_buffer(64)\n"
+        "    libc.pthread_mutex_lock(m); libc.pthread_mutex_lock(m)\n"
+        "def main(argv):\n"
+        "    p = mp.get_context('fork').Process(target=stuck, daemon=True); p.start(); p.join(1)\n"
+        "    p.terminate(); p.join(10)\n"
+        "    print('alive' if p.is_alive() else 'terminated'); return 0\n"
+        "sys.exit(run_cli('t', main, []))\n")
+    import subprocess
+    import sys
+    from pathlib import Path
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "terminated", proc.stdout + proc.stderr
