@@ -50,3 +50,14 @@ def run_cli(argv, capsys):
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def cli_in_process(capsys, module: str, *args):
+    """``python -m <module> <args>`` run in this process (the CLI path, without a new interpreter's imports):
+    (exit code, stdout, stderr). Bad-input cases use it; a few tests keep real subprocesses for the process
+    boundary (exit status, signals, no traceback on a real stderr)."""
+    import importlib
+    capsys.readouterr()
+    code = importlib.import_module(f"{module}.__main__").main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

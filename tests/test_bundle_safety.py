@@ -27,6 +27,12 @@ def cli(*args, cwd=ROOT, timeout=300, env=None):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def icli(capsys, *args):
+    """The same CLI in this process: bad-input cases (the process boundary is covered by the signal tests)."""
+    from tests.conftest import cli_in_process
+    return cli_in_process(capsys, *args)
+
+
 def one_error_line(err: str, match: str) -> None:
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert "Traceback" not in err, err
@@ -36,7 +42,7 @@ def one_error_line(err: str, match: str) -> None:
 # --- never replace what is not ours --------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["folder", "file"])
-def test_users_own_files_at_the_bundle_path_are_refused_untouched(tmp_path, kind):
+def test_users_own_files_at_the_bundle_path_are_refused_untouched(tmp_path, kind, capsys):
     target = tmp_path / "out" / "digits_vit"
     if kind == "folder":
         target.mkdir(parents=True)
@@ -44,7 +50,7 @@ def test_users_own_files_at_the_bundle_path_are_refused_untouched(tmp_path, kind
     else:
         target.parent.mkdir(parents=True)
         target.write_bytes(b"precious")
-    code, _, err = cli("exporters", "digits_vit", "--out", tmp_path / "out", "--runs", "2", "--quiet")
+    code, _, err = icli(capsys, "exporters", "digits_vit", "--out", tmp_path / "out", "--runs", "2", "--quiet")
     assert code == 2
     one_error_line(err, "is not a vitdeploy bundle; refusing to replace it")
     if kind == "folder":
@@ -207,23 +213,22 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory):
-    from exporters.pipeline import RunOptions, run
-    out = tmp_path_factory.mktemp("safety")
-    run(RunOptions(model="digits_vit", out=out, runs=2, warmup=1, quiet=True))
-    return out / "digits_vit"
+def small_bundle(digits_bundles):
+    """The session's digits_vit bundle (tests that change it change a copy)."""
+    return digits_bundles[0] / "digits_vit"
 
 
-def test_runtime_refuses_a_bomb_and_an_absurd_aspect_ratio(tmp_path, small_bundle):
+def test_runtime_refuses_a_bomb_and_an_absurd_aspect_ratio(tmp_path, small_bundle, capsys, monkeypatch):
     _png_header_only(tmp_path / "bomb.png", 14000, 14000)
-    code, _, err = cli("runtime", small_bundle, tmp_path / "bomb.png")
+    code, _, err = icli(capsys, "runtime", small_bundle, tmp_path / "bomb.png")
     assert code == 2
     one_error_line(err, "over the limit of 89,478,485")
     Image.new("L", (60000, 1)).save(tmp_path / "long.png")
-    code, _, err = cli("runtime", small_bundle, tmp_path / "long.png")
+    code, _, err = icli(capsys, "runtime", small_bundle, tmp_path / "long.png")
     assert code == 2
     one_error_line(err, "aspect ratio over 100:1")
-    code, out, err = cli("runtime", small_bundle, tmp_path / "long.png", env={"VITDEPLOY_MAX_PIXELS": "10"})
+    monkeypatch.setenv("VITDEPLOY_MAX_PIXELS", "10")
+    code, out, err = icli(capsys, "runtime", small_bundle, tmp_path / "long.png")
     assert code == 2 and "over the limit of 10" in err  # the limit is configurable
 
 
@@ -247,17 +252,17 @@ def test_data_folder_skips_and_counts_refused_images(tmp_path, capsys):
     ({"images": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.arange(3)}, "3 labels for 4 images"),
     ({"images": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.ones((4, 2), np.int64)}, "1-D integer array"),
 ])
-def test_bad_arrays_are_one_line_exit_2(tmp_path, arrays, match):
+def test_bad_arrays_are_one_line_exit_2(tmp_path, arrays, match, capsys):
     np.savez(tmp_path / "d.npz", **arrays)
-    code, _, err = cli("exporters", "digits_vit", "--data", tmp_path / "d.npz", "--out", tmp_path / "o")
+    code, _, err = icli(capsys, "exporters", "digits_vit", "--data", tmp_path / "d.npz", "--out", tmp_path / "o")
     assert code == 2
     one_error_line(err, match)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_zero_byte_checkpoint(tmp_path):
+def test_zero_byte_checkpoint(tmp_path, capsys):
     (tmp_path / "w.pth").write_bytes(b"")
-    code, _, err = cli("exporters", "digits_vit", "--weights", tmp_path / "w.pth", "--out", tmp_path / "o")
+    code, _, err = icli(capsys, "exporters", "digits_vit", "--weights", tmp_path / "w.pth", "--out", tmp_path / "o")
     assert code == 2
     one_error_line(err, "cannot read weights file")
 
@@ -281,15 +286,15 @@ def _tampered(small_bundle: Path, tmp_path: Path, change) -> Path:
     (lambda m, b: m["preprocessing"].update(crop_pct=0), "crop_pct"),
     (lambda m, b: m.update(labels=["a"]), "1 labels for 10 output classes"),
 ])
-def test_bad_manifests_are_refused_by_the_runtime_cli(tmp_path, small_bundle, change, match):
+def test_bad_manifests_are_refused_by_the_runtime_cli(tmp_path, small_bundle, change, match, capsys):
     bundle = _tampered(small_bundle, tmp_path, change)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
-    code, _, err = cli("runtime", bundle, tmp_path / "x.png")
+    code, _, err = icli(capsys, "runtime", bundle, tmp_path / "x.png")
     assert code == 2
     one_error_line(err, match)
 
 
-def test_symlink_out_of_the_bundle_is_refused(tmp_path, small_bundle):
+def test_symlink_out_of_the_bundle_is_refused(tmp_path, small_bundle, capsys):
     outside = tmp_path / "outside.onnx"
     shutil.copy(small_bundle / "model.onnx", outside)
 
@@ -298,40 +303,41 @@ def test_symlink_out_of_the_bundle_is_refused(tmp_path, small_bundle):
         os.symlink(outside, b / "model.onnx")
     bundle = _tampered(small_bundle, tmp_path, link)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
-    code, _, err = cli("runtime", bundle, tmp_path / "x.png", "--target", "onnxruntime")
+    code, _, err = icli(capsys, "runtime", bundle, tmp_path / "x.png", "--target", "onnxruntime", "--precision",
+                        "fp32")
     assert code == 2
     one_error_line(err, "resolves outside the bundle")
 
 
-def test_runtime_bench_zero_runs(small_bundle):
-    code, _, err = cli("runtime", "bench", small_bundle, "--runs", "0")
+def test_runtime_bench_zero_runs(small_bundle, capsys):
+    code, _, err = icli(capsys, "runtime", "bench", small_bundle, "--runs", "0")
     assert code == 2
     one_error_line(err, "--runs must be at least 1")
 
 
 # --- benchmarks ----------------------------------------------------------------------------------
 
-def test_benchmarks_bad_precision_target_and_reports(tmp_path, small_bundle):
-    code, _, err = cli("benchmarks", "digits_vit", "--precisions", "bogus", "--out", tmp_path / "b")
+def test_benchmarks_bad_precision_target_and_reports(tmp_path, small_bundle, capsys):
+    code, _, err = icli(capsys, "benchmarks", "digits_vit", "--precisions", "bogus", "--out", tmp_path / "b")
     assert code == 2
     one_error_line(err, "unknown precision(s) bogus")
-    code, _, err = cli("benchmarks", "digits_vit", "--targets", "nope", "--out", tmp_path / "b")
+    code, _, err = icli(capsys, "benchmarks", "digits_vit", "--targets", "nope", "--out", tmp_path / "b")
     assert code == 2
     one_error_line(err, "unknown target 'nope'")
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
-    code, _, err = cli("benchmarks", "compare", tmp_path / "bin.json", small_bundle / "report.json")
+    code, _, err = icli(capsys, "benchmarks", "compare", tmp_path / "bin.json", small_bundle / "report.json")
     assert code == 2
     one_error_line(err, "is not a JSON report")
     (tmp_path / "list.json").write_text("[1, 2]")
-    code, _, err = cli("benchmarks", "compare", tmp_path / "list.json", small_bundle / "report.json")
+    code, _, err = icli(capsys, "benchmarks", "compare", tmp_path / "list.json", small_bundle / "report.json")
     assert code == 2
     one_error_line(err, "is not a vitdeploy report")
     other = json.loads((small_bundle / "report.json").read_text())
     other["model"] = "another_model"
     (tmp_path / "other.json").write_text(json.dumps(other))
-    code, _, err = cli("benchmarks", "compare", tmp_path / "other.json", small_bundle / "report.json")
+    code, _, err = icli(capsys, "benchmarks", "compare", tmp_path / "other.json", small_bundle / "report.json")
     assert code == 2
     one_error_line(err, "different models")
-    code, out, _ = cli("benchmarks", "compare", tmp_path / "other.json", small_bundle / "report.json",
+    code, out, _ = icli(capsys, "benchmarks", "compare", tmp_path / "other.json", small_bundle / "report.json",
                        "--allow-different-models")
     assert code == 0 and "only in old" in out

@@ -127,6 +127,10 @@ def test_real_process_exit_code_and_single_line(tmp_path):
 
 def test_pretrained_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a machine without network sees, without waiting on it
+    import huggingface_hub.constants
+    # reason: huggingface_hub reads HF_HUB_OFFLINE once, at import; imported earlier in the session, it would try
+    # the network for ~40 s (measured) before failing the same way
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     code, _, err = run_cli(["vit_ti", "--pretrained", "--out", tmp_path / "o"], capsys)
     _assert_clean_failure(code, err, tmp_path / "o", "could not download pretrained weights")
 

@@ -125,10 +125,11 @@ def test_python_api_bad_arguments_are_one_exception_type(tmp_path):
         exporters.export("digits_vit", labels=["a", "b", "c"], out=tmp_path)
 
 
-def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "exporters", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
-    return proc.returncode, proc.stderr
+def _cli(capsys, *args):
+    """``python -m exporters`` in this process (test_real_process_exit_code_and_single_line covers the process)."""
+    from tests.conftest import cli_in_process
+    code, _, err = cli_in_process(capsys, "exporters", *args)
+    return code, err
 
 
 @pytest.mark.parametrize("make, match", [
@@ -140,30 +141,30 @@ def _cli(*args):
                                                           "model_args": {**CONFIG, "embed_dim": 48}})),
      "do not fit its config.json"),
 ])
-def test_bad_saved_folders_are_one_line_exit_2(saved, tmp_path, make, match):
+def test_bad_saved_folders_are_one_line_exit_2(saved, tmp_path, make, match, capsys):
     import shutil
     folder = tmp_path / "copy"
     shutil.copytree(saved[0], folder)
     make(folder)
-    code, err = _cli(f"local-dir:{folder}", "--out", tmp_path / "o")
+    code, err = _cli(capsys, f"local-dir:{folder}", "--out", tmp_path / "o")
     assert code == 2 and err.count("error:") == 1 and match in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_bare_checkpoint_classes_inferred_checked_and_labels_counted(tmp_path):
+def test_bare_checkpoint_classes_inferred_checked_and_labels_counted(tmp_path, capsys):
     import timm
     from safetensors.torch import save_file
     model = timm.create_model("vit_tiny_patch16_224", num_classes=37, img_size=64)
     ckpt = tmp_path / "ft.safetensors"
     save_file(model.state_dict(), str(ckpt))
-    code, err = _cli("vit_ti", "--weights", ckpt, "--num-classes", "10", "--img-size", "64", "--out", tmp_path / "o")
+    code, err = _cli(capsys, "vit_ti", "--weights", ckpt, "--num-classes", "10", "--img-size", "64", "--out", tmp_path / "o")
     assert code == 2 and "--num-classes 10 contradicts the checkpoint" in err and "37 classes" in err
     (tmp_path / "labels.txt").write_text("\n".join(f"c{i}" for i in range(36)))
-    code, err = _cli("vit_ti", "--weights", ckpt, "--img-size", "64", "--labels", tmp_path / "labels.txt",
+    code, err = _cli(capsys, "vit_ti", "--weights", ckpt, "--img-size", "64", "--labels", tmp_path / "labels.txt",
                      "--out", tmp_path / "o")
     assert code == 2 and "36 label names for a model with 37 classes" in err
     (tmp_path / "labels.json").write_text(json.dumps([f"c{i}" for i in range(37)]))
-    code, err = _cli("vit_ti", "--weights", ckpt, "--img-size", "64", "--labels", tmp_path / "labels.json",
+    code, err = _cli(capsys, "vit_ti", "--weights", ckpt, "--img-size", "64", "--labels", tmp_path / "labels.json",
                      "--out", tmp_path / "o", "--eval-size", "4", "--runs", "2", "--quiet")
     assert code == 0, err
     rep = json.loads((tmp_path / "o" / "vit_ti" / "report.json").read_text())
@@ -185,8 +186,8 @@ def test_torchvision_swin_fine_tuned_to_37_classes_loads_into_timm(tmp_path):
         assert torch.allclose(model(x), tv(x), atol=1e-4)
 
 
-def test_swin_img_size_that_does_not_fit_is_one_line(tmp_path):
-    code, err = _cli("swin_t", "--img-size", "3", "--out", tmp_path / "o")
+def test_swin_img_size_that_does_not_fit_is_one_line(tmp_path, capsys):
+    code, err = _cli(capsys, "swin_t", "--img-size", "3", "--out", tmp_path / "o")
     assert code == 2 and "--img-size 3 does not fit" in err and "Traceback" not in err, err
 
 
