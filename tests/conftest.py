@@ -14,16 +14,35 @@ def _verdict_cache(tmp_path_factory):
     yield
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (the run's base folder; without xdist, its own)."""
+    import os
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def digits_bundles(tmp_path_factory):
-    """digits_swin and digits_vit through ONNX Runtime FP32/INT8 and OpenVINO FP32/FP16/INT8."""
+    """digits_swin and digits_vit through ONNX Runtime FP32/INT8 and OpenVINO FP32/FP16/INT8, built once per test
+    run: under pytest-xdist the first worker that needs them builds them, the others wait on a lock and read them."""
+    import json
+
+    from filelock import FileLock
+
     from exporters.pipeline import RunOptions, run
 
-    out = tmp_path_factory.mktemp("bundles")
+    root = shared_dir(tmp_path_factory)
+    out, names = root / "digits-bundles", ("digits_swin", "digits_vit")
+    with FileLock(str(root / "digits-bundles.lock")):
+        if not (root / "digits-bundles.complete").is_file():
+            for name in names:
+                run(RunOptions(model=name, targets=["onnxruntime", "openvino"], data="digits", calib="digits",
+                               out=out, runs=10, warmup=2, quiet=True))
+            (root / "digits-bundles.complete").write_text("ok")
     reports = {}
-    for name in ("digits_swin", "digits_vit"):
-        reports[name] = run(RunOptions(model=name, targets=["onnxruntime", "openvino"], data="digits",
-                                       calib="digits", out=out, runs=10, warmup=2, quiet=True))
+    for name in names:
+        reports[name] = json.loads((out / name / "report.json").read_text())
+        reports[name]["bundle"] = str(out / name)
     return out, reports
 
 
