@@ -43,8 +43,8 @@ class Attempt:
 def run_ladder(candidates: list[tuple[str, dict]], open_runner: Callable[[dict], Runner],
                judge: Callable[[Runner], tuple[bool, dict, list[str]]], feeds_for: Callable[[Runner], dict],
                runs: int = LADDER_RUNS) -> tuple[list[Attempt], Attempt | None]:
-    """Gate every candidate ``(name, config)``; time those that pass, interleaved; return all attempts and the
-    fastest passing one (``None`` when none passes). Runners are closed before returning."""
+    """Gate every candidate ``(name, config)``; time those that pass, interleaved (``runs=0``: no timing); return
+    all attempts and the fastest passing one (``None`` when none passes). Runners are closed before returning."""
     attempts, passing = [], {}
     try:
         for name, config in candidates:
@@ -63,7 +63,7 @@ def run_ladder(candidates: list[tuple[str, dict]], open_runner: Callable[[dict],
                 passing[len(attempts) - 1] = runner
             else:
                 runner.close()
-        if passing:
+        if passing and runs > 0:
             lats = measure_interleaved(passing, feeds_for, runs=runs, warmup=2)
             for i, lat in lats.items():
                 attempts[i].p50_ms = round(lat.p50, 4)

@@ -198,8 +198,8 @@ def test_runtime_verify_passes_a_good_bundle_and_fails_a_corrupted_configuration
 
 @pytest.fixture(scope="module")
 def faulted_exports(tmp_path_factory):
-    """digits_swin, ONNX Runtime + OpenVINO INT8, with OpenVINO's as-built configuration corrupted: repaired,
-    and with --no-repair."""
+    """digits_swin INT8 with OpenVINO's as-built configuration corrupted: OpenVINO repaired, and ONNX Runtime +
+    OpenVINO with --no-repair."""
     import os
 
     from exporters.pipeline import RunOptions, run
@@ -209,8 +209,8 @@ def faulted_exports(tmp_path_factory):
     os.environ[FAULT_ENV] = fault
     try:
         reports = {}
-        for repair in (True, False):
-            reports[repair] = run(RunOptions(model="digits_swin", targets=["onnxruntime", "openvino"], precision="int8",
+        for repair, targets in ((True, ["openvino"]), (False, ["onnxruntime", "openvino"])):
+            reports[repair] = run(RunOptions(model="digits_swin", targets=targets, precision="int8",
                                              out=out / str(repair), runs=5, warmup=1, quiet=True, repair=repair))
     finally:
         del os.environ[FAULT_ENV]
