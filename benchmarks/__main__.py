@@ -5,14 +5,17 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
 
+from runtime import values
 from runtime.cli import GATE_FAILED, OK
 from runtime.errors import UserError
+
+RATIO = values.real(0.0, 1000.0, name="ratio")
+WORKERS = values.integer(1, 4096, "workers")
 
 WEIGHTS_HELP = "the PyTorch reference's checkpoint, when the bundle's weights cannot be rebuilt from its manifest"
 
@@ -27,19 +30,19 @@ def _emit(out: Path, stem: str, md: str, data: dict | None = None) -> None:
 
 
 def _matrix(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Build (or rebuild), verify and time every "
+    p = values.Parser(prog="python -m benchmarks", description="Build (or rebuild), verify and time every "
                                 "model × target × precision; write one report for the matrix.")
     p.add_argument("models", nargs="+", help="zoo names, e.g. swin_t vit_b digits_vit")
     p.add_argument("--targets", default="onnxruntime,openvino", help="comma list (default onnxruntime,openvino)")
     p.add_argument("--precisions", default="fp32,fp16,int8", help="comma list (default fp32,fp16,int8)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=values.BATCH, default=1)
+    p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--data", default="digits")
     p.add_argument("--calib", default=None)
-    p.add_argument("--calib-size", type=int, default=128)
-    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all for models "
+    p.add_argument("--calib-size", type=values.SAMPLES, default=128)
+    p.add_argument("--eval-size", type=values.SAMPLES, default=None, help="evaluation samples (default: all for models "
                                                                 "<= 64 px, else 64)")
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--runs", type=values.RUNS, default=50)
     p.add_argument("--throughput", action="store_true", help="also measure images/s in throughput mode "
                    "(several inferences in flight)")
     p.add_argument("--out", default="out/bench")
@@ -79,11 +82,11 @@ def _matrix(argv) -> int:
 
 
 def _rewrites(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks rewrites",
+    p = values.Parser(prog="python -m benchmarks rewrites",
                                 description="Naive export against rewritten: node counts and FP32 latency, one run.")
     p.add_argument("models", nargs="+")
-    p.add_argument("--runs", type=int, default=80)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", type=values.RUNS, default=80)
+    p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--dynamic-batch", action="store_true", help="export both graphs with a dynamic batch")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
@@ -101,11 +104,11 @@ def _rewrites(argv) -> int:
 
 
 def _ort_int8(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks ort-int8",
+    p = values.Parser(prog="python -m benchmarks ort-int8",
                                 description="ONNX Runtime INT8 variants: latency and digits accuracy in one run.")
     p.add_argument("--speed-model", default="swin_t")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--runs", type=int, default=40)
+    p.add_argument("--threads", type=values.threads, default=None)
+    p.add_argument("--runs", type=values.RUNS, default=40)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.ort_int8 import measure_options, render
@@ -119,13 +122,13 @@ def _ort_int8(argv) -> int:
 
 
 def _compare(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks compare",
+    p = values.Parser(prog="python -m benchmarks compare",
                                 description="Compare two report.json files; exit 1 when a regression is flagged.")
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("--threshold", type=float, default=0.10, help="latency rise that counts as a regression "
+    p.add_argument("--threshold", type=RATIO, default=0.10, help="latency rise that counts as a regression "
                                                                  "(fraction, default 0.10)")
-    p.add_argument("--acc-threshold", type=float, default=0.5, help="top-1 agreement fall, in points (default 0.5)")
+    p.add_argument("--acc-threshold", type=values.POINTS, default=0.5, help="top-1 agreement fall, in points (default 0.5)")
     p.add_argument("--allow-different-models", action="store_true",
                    help="compare reports whose models differ (by default that is refused, exit 2)")
     a = p.parse_args(argv)
@@ -139,7 +142,7 @@ def _compare(argv) -> int:
 
 
 def _render(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks render", description="Re-render a matrix report.json.")
+    p = values.Parser(prog="python -m benchmarks render", description="Re-render a matrix report.json.")
     p.add_argument("report")
     a = p.parse_args(argv)
     from exporters.report import write_matrix
@@ -157,7 +160,7 @@ def _coreml(argv) -> int:
 
 
 def _contract(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks contract",
+    p = values.Parser(prog="python -m benchmarks contract",
                                 description="Export every zoo model (or the ones named) with rewrites; check the contract.")
     p.add_argument("models", nargs="*")
     p.add_argument("--dynamic-batch", action="store_true")
@@ -177,18 +180,18 @@ def _contract(argv) -> int:
 
 
 def _vs_naive(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks vs-naive",
+    p = values.Parser(prog="python -m benchmarks vs-naive",
                                 description="vitdeploy's artefacts against the naive export paths (timm -> "
                                             "torch.onnx.export -> ONNX Runtime / OpenVINO / NNCF / quantize_static "
                                             "with defaults), timed interleaved in one process; INT8 accuracy on "
                                             "the trained digits models.")
     p.add_argument("models", nargs="+")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--runs", type=int, default=40)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=values.threads, default=None)
+    p.add_argument("--runs", type=values.RUNS, default=40)
+    p.add_argument("--batch", type=values.BATCH, default=1)
     p.add_argument("--throughput", action="store_true", help="also images/s with every path in throughput mode "
                    "(OpenVINO THROUGHPUT hint and streams, ONNX Runtime concurrent runs), one path at a time")
-    p.add_argument("--throughput-seconds", type=float, default=5.0)
+    p.add_argument("--throughput-seconds", type=values.SECONDS, default=5.0)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render
@@ -208,12 +211,12 @@ def _vs_naive(argv) -> int:
 
 
 def _op_profile(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks op-profile",
+    p = values.Parser(prog="python -m benchmarks op-profile",
                                 description="OpenVINO's per-op counters for the best naive path (NNCF INT8, defaults) "
                                             "and vitdeploy's OpenVINO INT8, summed by node type and kernel.")
     p.add_argument("models", nargs="+")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--threads", type=values.threads, default=None)
+    p.add_argument("--runs", type=values.RUNS, default=30)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.op_profile import measure, render
@@ -231,7 +234,7 @@ def _op_profile(argv) -> int:
 
 
 def _eval(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks eval",
+    p = values.Parser(prog="python -m benchmarks eval",
                                 description="Evaluate a bundle's artefacts and its PyTorch reference on a whole labelled "
                                             "image folder (class sub-folders), streaming, resumable, optionally "
                                             "sharded on Ray; writes eval.json / eval.md.")
@@ -244,13 +247,13 @@ def _eval(argv) -> int:
                    help="torch: PyTorch rebuilt from the manifest; onnx: the bundle's FP32 ONNX in ONNX Runtime; "
                         "auto: torch unless the weights cannot be rebuilt (random or downloaded)")
     scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--workers", type=int, default=1, help="N > 1: start a local Ray with N workers")
+    scale.add_argument("--workers", type=WORKERS, default=1, help="N > 1: start a local Ray with N workers")
     scale.add_argument("--ray", default=None, metavar="ADDRESS", help="join a running Ray cluster (e.g. auto, "
                                                                       "ray://head:10001)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images (sorted order)")
-    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--limit", type=values.SAMPLES, default=None, help="only the first N images (sorted order)")
+    p.add_argument("--shard-size", type=values.integer(1, 1_000_000, "shard_size"), default=256)
     p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    p.add_argument("--threads", type=int, default=None, help="threads per worker (default: all cores in one "
+    p.add_argument("--threads", type=values.threads, default=None, help="threads per worker (default: all cores in one "
                                                              "process, 1 per Ray worker)")
     p.add_argument("--out", default="out/eval")
     a = p.parse_args(argv)
@@ -274,7 +277,7 @@ def _eval(argv) -> int:
 
 
 def _drift(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks drift",
+    p = values.Parser(prog="python -m benchmarks drift",
                                 description="Compare one artefact of a bundle with PyTorch block by block (embedding, "
                                             "every block's attention and MLP, patch merging, head), under the PyTorch "
                                             "module names; writes drift.json / drift.md / drift.png.")
@@ -282,9 +285,9 @@ def _drift(argv) -> int:
     p.add_argument("--target", default=None)
     p.add_argument("--precision", default=None)
     p.add_argument("--data", default="digits", help="image folder, array file or digits (default digits: hold-out)")
-    p.add_argument("--size", type=int, default=32, help="samples (default 32)")
+    p.add_argument("--size", type=values.SAMPLES, default=32, help="samples (default 32)")
     p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--out", default="out/drift")
     a = p.parse_args(argv)
     if a.size < 1:

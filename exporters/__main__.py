@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runtime import values
 from runtime.cli import GATE_FAILED, OK
 
 
@@ -20,7 +21,7 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from exporters.targets import targets
-    p = argparse.ArgumentParser(
+    p = values.Parser(
         prog="python -m exporters",
         description="Export a ViT/Swin classifier with export-friendly rewrites, build artefacts for a target, "
                     "verify them against PyTorch and time them. Writes OUT/<model>/ with manifest.json, "
@@ -47,29 +48,29 @@ def parser() -> argparse.ArgumentParser:
                         "list, or 'digits' (the built-in hold-out; default)")
     p.add_argument("--calib", default=None,
                    help="calibration source, same forms as --data (default: --data; digits uses its train split)")
-    p.add_argument("--calib-size", type=int, default=128, help="calibration samples, chosen with a fixed seed "
+    p.add_argument("--calib-size", type=values.SAMPLES, default=128, help="calibration samples, chosen with a fixed seed "
                                                                "(default 128)")
-    p.add_argument("--eval-size", type=int, default=None,
+    p.add_argument("--eval-size", type=values.SAMPLES, default=None,
                    help="evaluation samples (default: all for models <= 64 px, else 64)")
     p.add_argument("--weights", default=None, help="checkpoint: .safetensors or a torch file (timm or "
                                                    "torchvision key layout)")
     p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights "
                                                              "(needs network)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=values.CLASSES, default=None,
                    help="classes of a fine-tuned checkpoint (default: read from its classifier, stated in the report)")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--img-size", type=values.IMG_SIZE, default=None,
                    help="input resolution of a timm model (Swin windows checked; ViT position embeddings resampled)")
     p.add_argument("--labels", default=None, help="label names: a file with one per line, or a JSON list")
     p.add_argument("--out", default="out", help="output folder; the bundle is OUT/<model>/ (default out)")
-    p.add_argument("--batch", type=int, default=1, help="batch size for export, verification and timing "
+    p.add_argument("--batch", type=values.BATCH, default=1, help="batch size for export, verification and timing "
                                                         "(default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
-    p.add_argument("--runs", type=int, default=50, help="timed runs after 10 warm-up runs (default 50)")
-    p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
-    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+    p.add_argument("--runs", type=values.RUNS, default=50, help="timed runs after 10 warm-up runs (default 50)")
+    p.add_argument("--threads", type=values.threads, default=None, help="threads for every runtime (default: all cores)")
+    p.add_argument("--max-drop", type=values.POINTS, default=None, metavar="POINTS",
                    help="accuracy budget for INT8/FP16 (every target's precisions in Target.keeps): largest top-1 drop "
                         "against PyTorch, in points, on labelled --data; blocks are kept in higher precision until it holds")
-    p.add_argument("--min-cosine", type=float, default=None, metavar="C",
+    p.add_argument("--min-cosine", type=values.COSINE, default=None, metavar="C",
                    help="accuracy budget for INT8/FP16: smallest per-sample cosine to PyTorch's logits (no labels needed)")
     p.add_argument("--throughput", action="store_true", help="also measure images/s with each artefact opened in "
                    "throughput mode (OpenVINO THROUGHPUT hint and streams; ONNX Runtime concurrent runs)")

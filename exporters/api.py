@@ -59,6 +59,7 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
 
     from exporters.saved import read_labels
     from exporters.zoo import ModelSpec, _timm_spec
+    from runtime.values import check_labels
     if not isinstance(module, nn.Module):
         raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(module).__name__}")
     timm_like = hasattr(module, "pretrained_cfg") and hasattr(module, "num_classes")
@@ -88,7 +89,7 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ExportError("the module must return logits [B, classes] as one tensor")
     classes = int(out.shape[-1])
-    names = read_labels(labels) if isinstance(labels, (str, Path)) else list(map(str, labels)) if labels else \
+    names = read_labels(labels) if isinstance(labels, (str, Path)) else check_labels(list(labels), "labels") if labels else \
         (base.labels if base is not None and base.num_classes == classes else None)
     if names is not None and len(names) != classes:
         raise ExportError(f"{len(names)} label names for a model with {classes} classes")

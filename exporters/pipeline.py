@@ -22,6 +22,7 @@ from exporters.proof import golden_spec, golden_stage, repair_stage
 from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
+from runtime import values
 from runtime.accuracy import compare, judge
 from runtime.backends import Runner
 from runtime.environment import environment
@@ -179,15 +180,13 @@ def _validate(opts: RunOptions) -> None:
         target(name)  # an unknown target fails here, before any work
     if len(opts.targets) == 1 and opts.precision and opts.precision != "auto":
         target(opts.targets[0]).check_precision(opts.precision)
-    if opts.calib_size is not None and opts.calib_size < 1:
-        raise UserError(f"--calib-size must be at least 1 (got {opts.calib_size})")
-    if opts.batch < 1 or opts.runs < 1:
-        raise UserError("--batch and --runs must be at least 1")
-    if opts.threads is not None and opts.threads < 1:
-        raise UserError(f"--threads must be at least 1 (got {opts.threads})")
+    # the CLI's rules for every number (runtime/values.py), for the Python API alike
+    for name, kind in (("calib_size", values.SAMPLES), ("eval_size", values.SAMPLES), ("batch", values.BATCH),
+                       ("runs", values.RUNS), ("warmup", values.WARMUP), ("threads", values.threads),
+                       ("num_classes", values.CLASSES), ("img_size", values.IMG_SIZE), ("max_drop", values.POINTS),
+                       ("min_cosine", values.COSINE), ("throughput_seconds", values.SECONDS)):
+        values.check(name, getattr(opts, name), kind)
     budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
-    if opts.throughput_seconds <= 0:
-        raise UserError(f"--throughput-seconds must be positive (got {opts.throughput_seconds})")
 
 
 def prepare(opts: RunOptions) -> Job:

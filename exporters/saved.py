@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.values import check_labels
 
 SOURCES = ("local-dir:", "hf-hub:")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -78,8 +79,8 @@ def label_names(pretrained_cfg: dict, num_classes: int) -> list[str] | None:
     """``label_names`` of a timm pretrained config as a list (timm also allows an id -> name dict)."""
     names = (pretrained_cfg or {}).get("label_names")
     if isinstance(names, dict):
-        names = [names.get(str(i), names.get(i, str(i))) for i in range(num_classes)]
-    return [str(n) for n in names] if names else None
+        names = dense_labels(names, "label_names of the model's config")
+    return check_labels(list(names), "label_names of the model's config") if names else None
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -97,16 +98,27 @@ def read_labels(path: str | Path) -> list[str]:
         except ValueError as exc:
             raise UserError(f"{p} is not valid JSON: {str(exc).splitlines()[0][:120]}") from None
         if isinstance(data, dict):
-            data = [data[k] for k in sorted(data, key=lambda k: int(k))] if all(str(k).isdigit() for k in data) \
-                else None
-        if not isinstance(data, list) or not all(isinstance(x, (str, int)) for x in data):
+            data = dense_labels(data, str(p))
+        if not isinstance(data, list):
             raise UserError(f"{p} must hold a JSON list of label names (or an object of index -> name)")
-        names = [str(x) for x in data]
+        names = data
     else:
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not names:
         raise UserError(f"{p} holds no label names")
-    return names
+    return check_labels(names, str(p))
+
+
+def dense_labels(data: dict, where: str) -> list:
+    """An ``{index: name}`` object as a list; its keys must be exactly 0..N-1 (a gap would shift every name after it)."""
+    odd = [k for k in data if not (str(k).isdigit() and str(int(k)) == str(k))]
+    idx = sorted(int(k) for k in data if k not in odd)
+    if odd or idx != list(range(len(data))):
+        missing = sorted(set(range(len(data))) - set(idx))
+        why = (f"keys that are not indices: {', '.join(map(repr, odd[:3]))}" if odd
+               else f"missing {', '.join(map(str, missing[:5]))}")
+        raise UserError(f"{where}: an object of labels needs the keys 0..{len(data) - 1} exactly ({why})")
+    return [data[k] for k in sorted(data, key=lambda k: int(k))]
 
 
 def checkpoint_classes(sd: dict) -> tuple[int, str] | None:

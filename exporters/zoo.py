@@ -79,9 +79,15 @@ def _family(arch: str) -> str:
 def _imagenet_labels(num_classes: int) -> list[str] | None:
     if num_classes != 1000:
         return None
-    from timm.data import ImageNetInfo
+    import collections
 
-    return list(ImageNetInfo().label_descriptions(as_dict=False))
+    from timm.data import ImageNetInfo
+    info = ImageNetInfo()
+    names, synsets = list(info.label_descriptions(as_dict=False)), list(info.label_names())
+    # reason: ImageNet's descriptions repeat two names ("crane" the bird and the machine, "maillot" twice); label
+    # names must be unique, so a repeated one carries its WordNet synset
+    twice = {n for n, c in collections.Counter(names).items() if c > 1}
+    return [f"{n} ({s})" if n in twice else n for n, s in zip(names, synsets)]
 
 
 def _timm_spec(model: nn.Module, name: str, source: str, arch: str) -> ModelSpec:
@@ -298,7 +304,8 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
                           "backends on a randomly initialised network, not a trained one")
     if labels is not None:
         from exporters.saved import read_labels
-        names = read_labels(labels) if isinstance(labels, (str, Path)) else [str(x) for x in labels]
+        from runtime.values import check_labels
+        names = read_labels(labels) if isinstance(labels, (str, Path)) else check_labels(list(labels), "labels")
         if len(names) != spec.num_classes:
             raise UserError(f"{len(names)} label names for a model with {spec.num_classes} classes")
         spec.labels = names

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from runtime import values
 from runtime.errors import UserError
 
 
@@ -21,7 +22,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
                    help="artefact precision (default: the fastest in the bundle)")
     p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=values.threads, default=None)
 
 
 def _proof_flags(p: argparse.ArgumentParser) -> None:
@@ -42,10 +43,10 @@ def _open(a, **kw):
 
 
 def _predict(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime", description="Top-k predictions from a bundle.")
+    p = values.Parser(prog="python -m runtime", description="Top-k predictions from a bundle.")
     p.add_argument("bundle")
     p.add_argument("images", nargs="+")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=values.TOPK, default=5)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     _common(p)
     _proof_flags(p)
@@ -62,15 +63,15 @@ def _predict(argv) -> int:
 
 
 def _bench(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime bench", description="Latency of a bundle's artefact, "
+    p = values.Parser(prog="python -m runtime bench", description="Latency of a bundle's artefact, "
                                 "measured as the exporter's report measures it.")
     p.add_argument("bundle")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=values.RUNS, default=50)
+    p.add_argument("--warmup", type=values.WARMUP, default=10)
     p.add_argument("--json", action="store_true")
     p.add_argument("--throughput", action="store_true",
                    help="also open the artefact in throughput mode (several inferences in flight) and report img/s")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of the throughput measurement (default 5)")
+    p.add_argument("--seconds", type=values.SECONDS, default=5.0, help="length of the throughput measurement (default 5)")
     _common(p)
     _proof_flags(p)
     a = p.parse_args(argv)
@@ -103,11 +104,11 @@ def _bench(argv) -> int:
 
 
 def _build(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime build", description="Build the TensorRT engine from the "
+    p = values.Parser(prog="python -m runtime build", description="Build the TensorRT engine from the "
                                 "bundle's TensorRT-ready ONNX, on this device, and record it in the manifest.")
     p.add_argument("bundle")
     p.add_argument("--precision", choices=("fp16", "int8"), default=None)
-    p.add_argument("--workspace-gb", type=float, default=4.0)
+    p.add_argument("--workspace-gb", type=values.real(0.0, 1024.0, lo_open=True, name="gigabytes"), default=4.0)
     p.add_argument("--library", choices=("tensorrt", "tensorrt_rtx"), default="tensorrt",
                    help="full TensorRT (Jetson, data-centre GPUs; default) or TensorRT-RTX, for this GPU")
     a = p.parse_args(argv)

@@ -74,9 +74,15 @@ class ArtifactEntry(_Model):
         return self
 
 
+def _dimension(d: int) -> int:
+    if d == 0 or d < -1:
+        raise ValueError(f"a dimension must be positive, or -1 for a dynamic one (got {d})")
+    return d
+
+
 class TensorSpec(_Model):
     name: str
-    shape: list[Annotated[int, Field(ge=-1)]]
+    shape: list[Annotated[int, AfterValidator(_dimension)]]
     dtype: Literal["float32", "float16"]
     dynamic_batch: bool = False
     layout: str | None = None
@@ -127,6 +133,18 @@ class Manifest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.labels is not None:
+            from runtime.values import check_labels
+            try:
+                check_labels(self.labels, "labels", unique=False)  # bundles of earlier versions: ImageNet's "crane" twice
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        seen = set()
+        for art in self.artifacts:
+            key = (art.target, art.precision, art.status)
+            if key in seen:
+                raise ValueError(f"two {art.status} {art.target} {art.precision} artefacts: which one runs is ambiguous")
+            seen.add(key)
         classes = self.output.shape[-1] if self.output.shape else -1
         if self.labels is not None and classes > 0 and len(self.labels) != classes:
             raise ValueError(f"{len(self.labels)} labels for {classes} output classes")
@@ -184,6 +202,20 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}" + (f" ({exc.error_count()} problems in all)" if exc.error_count() > 1 else "")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook: a key given twice in one object is refused (JSON keeps the last one silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(repr(k))
+        out[k] = v
+    return out
+
+
 def read_manifest(bundle: Path) -> Manifest:
     """Read and validate ``bundle/manifest.json``; any problem is one ``UserError`` line."""
     bundle = Path(bundle)
@@ -193,9 +225,11 @@ def read_manifest(bundle: Path) -> Manifest:
     if not path.is_file():
         raise UserError(f"{bundle} is not a bundle: it has no {MANIFEST}")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise UserError(f"{path} is not a valid vitdeploy manifest: the key {exc} appears twice in one object") from None
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

@@ -81,6 +81,8 @@ class Session:
     def __init__(self, bundle: str | Path, target: str | None = None, precision: str | None = None,
                  device: str | None = None, threads: int | None = None, mode: str = "latency",
                  verify: str = "auto", allow_unverified: bool = False, repair: bool = True):
+        from runtime import values
+        values.check("threads", threads, values.threads)
         if verify not in VERIFY_MODES:
             raise UserError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {verify!r})")
         self.bundle = Path(bundle)
@@ -189,6 +191,8 @@ class Session:
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
+        from runtime import values
+        values.check("topk", topk, values.TOPK)
         loaded = [open_image(im) if isinstance(im, (str, Path)) else im for im in images]
         logits = self.logits(preprocess_batch(loaded, self.preprocessing))
         z = logits - logits.max(-1, keepdims=True)

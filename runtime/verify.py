@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from runtime import values
 from runtime.cli import GATE_FAILED, OK
 
 
 def parser() -> argparse.ArgumentParser:
     from runtime.backends import backends
-    p = argparse.ArgumentParser(prog="python -m runtime verify",
+    p = values.Parser(prog="python -m runtime verify",
                                 description="Run the bundle's golden set through its artefacts on this machine and "
                                             "apply the gates they passed at build; exit 1 when one fails here.")
     p.add_argument("bundle")
@@ -26,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repair", action="store_true",
                    help="judge only the runtime configuration the bundle records (no safe alternatives tried)")
     p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     return p
 

@@ -45,6 +45,7 @@ def digits_bundles(tmp_path_factory):
     """digits_swin and digits_vit through ONNX Runtime FP32/INT8 and OpenVINO FP32/FP16/INT8, built once per test
     run: under pytest-xdist the first worker that needs them builds them, the others wait on a lock and read them."""
     import json
+    import os
 
     from filelock import FileLock
 
@@ -52,12 +53,14 @@ def digits_bundles(tmp_path_factory):
 
     root = shared_dir(tmp_path_factory)
     out, names = root / "digits-bundles", ("digits_swin", "digits_vit")
-    with FileLock(str(root / "digits-bundles.lock")):
-        if not (root / "digits-bundles.complete").is_file():
-            for name in names:
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    # one lock per model, and the second worker starts with the other model: both build at once, none waits idle
+    for name in names[worker % 2:] + names[:worker % 2]:
+        with FileLock(str(root / f"{name}.lock")):
+            if not (root / f"{name}.complete").is_file():
                 run(RunOptions(model=name, targets=["onnxruntime", "openvino"], data="digits", calib="digits",
                                out=out, runs=10, warmup=2, quiet=True))
-            (root / "digits-bundles.complete").write_text("ok")
+                (root / f"{name}.complete").write_text("ok")
     reports = {}
     for name in names:
         reports[name] = json.loads((out / name / "report.json").read_text())

@@ -12,8 +12,6 @@ Each planted model (tests/fixtures/planted.py) is the trained digits_swin with o
   weight-only INT8 (Core ML's) rounds the rest of each row away on.
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,8 +29,16 @@ def planted_weights(tmp_path_factory) -> Path:
 
 
 def _export(*args):
-    return subprocess.run([sys.executable, "-m", "exporters", "digits_swin", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    """``python -m exporters digits_swin ARGS`` in this process (no new interpreter's imports per export)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    from types import SimpleNamespace
+
+    from exporters.__main__ import main
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["digits_swin", *map(str, args)])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _row(out: Path, target: str, precision: str = "int8") -> dict:
@@ -153,15 +159,19 @@ def test_openvino_exclusion_reaches_the_block_named(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--max-drop", "0.1", "--data", "DATA"], "--max-drop needs labelled --data"),
-    (["--min-cosine", "2"], "--min-cosine must be in (0, 1]"),
-    (["--max-drop", "-1"], "--max-drop must be at least 0"),
+    (["--min-cosine", "2"], "argument --min-cosine: must be a finite number in (0, 1] (got 2)"),
+    (["--max-drop", "-1"], "argument --max-drop: must be a finite number in [0, 100] (got -1)"),
+    (["--max-drop", "nan"], "argument --max-drop: must be a finite number in [0, 100] (got nan)"),
 ])
-def test_bad_budget_is_one_line(tmp_path, args, message):
+def test_bad_budget_is_one_line(tmp_path, args, message, capsys):
     import numpy as np
+
+    from tests.conftest import cli_in_process
     np.save(tmp_path / "unlabelled.npy", np.zeros((4, 3, 32, 32), np.float32))
     args = [str(tmp_path / "unlabelled.npy") if a == "DATA" else a for a in args]
-    p = _export("--target", "onnxruntime", "--int8", *args, "--out", tmp_path / "out")
-    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    code, _, err = cli_in_process(capsys, "exporters", "digits_swin", "--target", "onnxruntime", "--int8", *args,
+                                  "--out", tmp_path / "out")
+    assert code == 2 and err.count("error:") == 1 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "digits_swin").exists()
 
 

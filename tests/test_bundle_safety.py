@@ -312,7 +312,7 @@ def test_symlink_out_of_the_bundle_is_refused(tmp_path, small_bundle, capsys):
 def test_runtime_bench_zero_runs(small_bundle, capsys):
     code, _, err = icli(capsys, "runtime", "bench", small_bundle, "--runs", "0")
     assert code == 2
-    one_error_line(err, "--runs must be at least 1")
+    one_error_line(err, "argument --runs: must be in [1, 100000] (got 0)")
 
 
 # --- benchmarks ----------------------------------------------------------------------------------

@@ -54,12 +54,24 @@ def test_valid_manifest_round_trips(tmp_path):
     (lambda d: {**d, "artifacts": [{**d["artifacts"][0], "files": []}]}, "primary 'model.onnx' is not among"),
     (lambda d: {**d, "sha256": {}}, "no sha256 for model.onnx"),
     (lambda d: {**d, "sha256": {"model.onnx": "abc"}}, "sha256"),
+    (lambda d: {**d, "artifacts": [d["artifacts"][0], d["artifacts"][0]]}, "two built onnxruntime fp32 artefacts"),
+    (lambda d: {**d, "input": {**d["input"], "shape": [1, 3, 0, 8]}}, "a dimension must be positive"),
+    (lambda d: {**d, "output": {**d["output"], "shape": [1, -2]}}, "a dimension must be positive"),
+    (lambda d: {**d, "labels": ["a", "b\nc"]}, "holds a control character"),
+    (lambda d: {**d, "labels": ["a", " "]}, "label 1 is empty"),
 ])
 def test_bad_manifest_is_one_line(tmp_path, mutate, match):
     _write(tmp_path, mutate(_valid(tmp_path)))
     with pytest.raises(UserError, match=match) as exc:
         read_manifest(tmp_path)
     assert "\n" not in str(exc.value) and str(exc.value).startswith(str(tmp_path / "manifest.json"))
+
+
+def test_duplicate_json_keys_are_refused(tmp_path):
+    text = json.dumps(_valid(tmp_path))
+    (tmp_path / "manifest.json").write_text(text[:-1] + ', "weights": "other"}')  # JSON would keep the last
+    with pytest.raises(UserError, match="the key 'weights' appears twice"):
+        read_manifest(tmp_path)
 
 
 def test_non_utf8_manifest(tmp_path):
