@@ -109,7 +109,7 @@ def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 check_image_size(*im.size, limit=limit)
-                return im.convert("RGB")
+                return to_rgb(im)
     except ImageRejected:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -118,6 +118,25 @@ def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
         raise UserError(f"cannot decode image {path}: {first}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, mapping high-bit-depth and float pixels by their range instead of clipping.
+
+    # reason: PIL's convert("RGB") clips 16-bit ("I;16", "I") and float ("F") pixels at 255, so a 16-bit greyscale
+    # PNG became all white and came back as a confident wrong prediction. 16-bit maps 0..65535 onto 0..255; float
+    # images in [0, 1] are scaled by 255 (others clipped to 0..255). EXIF orientation is NOT applied, as timm's and
+    # torchvision's loaders do not apply it when models are trained and evaluated: the pixels are used as stored.
+    """
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
+        img = Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if arr.size and arr.min() >= 0 and arr.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")  # a loaded copy even when already RGB: the caller may close the file
 
 
 def _resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
@@ -142,7 +161,7 @@ def _center_crop(img: Image.Image, out_h: int, out_w: int) -> Image.Image:
 def preprocess_image(img: Image.Image, pp: Preprocessing) -> np.ndarray:
     """One PIL image of any size or mode -> ``[3, H, W]`` float32, normalised."""
     check_image_size(*img.size)
-    img = img.convert("RGB")
+    img = to_rgb(img)
     h, w = pp.input_size
     resample = _PIL_INTERP[pp.interpolation]
     if pp.crop_mode == "squash":

@@ -67,12 +67,22 @@ def real(lo: float, hi: float | None = None, lo_open: bool = False, name: str = 
     return parse
 
 
+MAX_THREADS = 4096
+
+
 def threads(text) -> int:
-    """Threads: 1 to this machine's usable cores (more only oversubscribes: measured 35x slower at 1000 on 2)."""
-    return integer(1, usable_cores(), "threads")(text)
+    """Threads: 1 to 4096; above this machine's usable cores, clamped to them with a warning (more only
+    oversubscribes: one step was measured 35x slower with 1000 threads on 2 cores)."""
+    import sys
+    n = integer(1, MAX_THREADS, "threads")(text)
+    cores = usable_cores()
+    if n > cores:
+        print(f"warning: {n} threads asked for, {cores} usable core(s) here: using {cores}", file=sys.stderr)
+        return cores
+    return n
 
 
-threads.lo, threads.hi, threads.lo_open, threads.whole = 1, None, False, True  # hi: usable_cores(), read when parsed
+threads.lo, threads.hi, threads.lo_open, threads.whole = 1, MAX_THREADS, False, True
 
 
 # the flags every CLI shares, by name: one definition, one range

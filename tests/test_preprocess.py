@@ -47,3 +47,37 @@ def test_odd_sizes_and_modes_are_resized_never_misshaped():
 def test_round_trip_dict():
     pp = Preprocessing(input_size=(224, 224), resize_size=232)
     assert Preprocessing.from_dict(pp.to_dict()) == pp
+
+
+def test_sixteen_bit_and_float_images_map_by_their_range_not_clipped(tmp_path):
+    """A 16-bit greyscale PNG (PIL mode I;16 / I) and a float image in [0, 1] give the pixels of their 8-bit
+    equivalent, where PIL's own convert("RGB") clips them to white."""
+    import numpy as np
+    from PIL import Image
+
+    from runtime.preprocess import Preprocessing, open_image, preprocess_image
+    rng = np.random.default_rng(0)
+    grey8 = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    assert np.array_equal(np.asarray(open_image(tmp_path / "g16.png"))[..., 0], grey8)
+    pp = Preprocessing(input_size=(32, 32))
+    want = preprocess_image(Image.fromarray(grey8), pp)
+    assert np.array_equal(preprocess_image(Image.fromarray(grey8.astype(np.float32) / 255.0, "F"), pp), want)
+    assert np.array_equal(preprocess_image(Image.open(tmp_path / "g16.png"), pp), want)
+
+
+def test_non_finite_inputs_and_unknown_feeds_are_refused(digits_bundles):
+    import numpy as np
+    import pytest
+
+    import runtime
+    from runtime.errors import UserError
+    out, _ = digits_bundles
+    with runtime.open(out / "digits_vit", target="onnxruntime", precision="fp32") as s:
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        x[0, 0, 0, 0] = np.nan
+        with pytest.raises(UserError, match="holds NaN or infinite values"):
+            s.infer({s.runner.input_name: x})
+        with pytest.raises(UserError, match="unknown feed name"):
+            s.infer({s.runner.input_name: np.zeros((1, 3, 32, 32), np.float32), "extra": x})

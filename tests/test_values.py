@@ -62,8 +62,7 @@ def test_every_numeric_flag_of_every_cli_goes_through_the_validation_layer(monke
 
 def bad_values(kind) -> st.SearchStrategy[str]:
     """Values the flag must refuse: non-finite, garbage, and numbers just outside and far outside its range."""
-    hi = values.usable_cores() if kind is values.threads else kind.hi
-    lo = kind.lo
+    hi, lo = kind.hi, kind.lo
     out = [st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1e400", "", "ten", "0x10", "1,5"])]
     below = st.integers(max_value=lo - 1) if kind.whole else st.floats(max_value=lo, exclude_max=not kind.lo_open,
                                                                         allow_nan=False, allow_infinity=False)
@@ -104,7 +103,7 @@ def test_bad_numbers_are_one_line_exit_2_and_write_nothing(flags, tmp_path, caps
     ("--max-drop", "nan", "argument --max-drop: must be a finite number in [0, 100] (got nan)"),
     ("--min-cosine", "0", "argument --min-cosine: must be a finite number in (0, 1] (got 0)"),
     ("--batch", "100000", "argument --batch: must be in [1, 1024] (got 100000)"),
-    ("--threads", "1000", "argument --threads: must be in [1, "),
+    ("--threads", "5000", "argument --threads: must be in [1, 4096] (got 5000)"),
     ("--runs", "1e3", "argument --runs: must be a whole number in [1, 100000] (got '1e3')"),
 ])
 def test_messages_name_the_flag_and_the_range(tmp_path, capsys, flag, value, message):
@@ -117,7 +116,7 @@ def test_the_python_apis_apply_the_same_rules(tmp_path):
     import runtime
     for kw, message in (({"batch": 0}, "batch must be in [1, 1024] (got 0)"),
                         ({"max_drop": float("nan")}, "max_drop must be a finite number in [0, 100] (got nan)"),
-                        ({"threads": 10_000}, "threads must be in [1, "),
+                        ({"threads": 10_000}, "threads must be in [1, 4096] (got 10000)"),
                         ({"runs": True}, "runs must be in [1, 100000] (got True)")):
         with pytest.raises(exporters.ExportError, match=message.replace("[", r"\[").replace("(", r"\(")
                            .replace(")", r"\)").replace("]", r"\]")):
@@ -156,3 +155,10 @@ def test_duplicate_labels_from_the_cli_are_exit_2(tmp_path, capsys):
                                   "--out", tmp_path / "o")
     assert code == 2 and "label '0' is given twice (classes 0 and 9)" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_threads_above_the_usable_cores_are_clamped_with_a_warning(capsys):
+    cores = values.usable_cores()
+    assert values.threads(str(cores + 7)) == cores
+    assert f"{cores + 7} threads asked for, {cores} usable core(s) here: using {cores}" in capsys.readouterr().err
+    assert values.threads("1") == 1

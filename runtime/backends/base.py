@@ -62,7 +62,13 @@ class Runner:
             raise UserError(f"{type(self).__name__} is closed")
         if self.input_name not in feeds:
             raise UserError(f"input '{self.input_name}' missing from the feed (got {', '.join(feeds) or 'nothing'})")
+        if len(feeds) > 1:
+            extra = sorted(set(feeds) - {self.input_name})
+            raise UserError(f"unknown feed name(s) {', '.join(extra)}: the artefact takes only '{self.input_name}'")
         x = np.ascontiguousarray(feeds[self.input_name], dtype=self.input_dtype)
+        if not np.isfinite(x).all():
+            raise UserError(f"input '{self.input_name}' holds NaN or infinite values: refused (they would come back "
+                            "as NaN logits)")
         want = self.input_shape
         if x.ndim != len(want) or any(w > 0 and w != s for w, s in zip(want, x.shape)):
             raise UserError(f"input '{self.input_name}' has shape {list(x.shape)}; the artefact takes {want} "
