@@ -70,7 +70,8 @@ def table(verdicts, golden, standing, name_of) -> str:
     for art, v in verdicts:
         here = ("repaired" if v.repaired else "passed") if v.passed else "**FAILED**"
         vals = v.values
-        allowed = (art.verification.gates if art.verification else {}).get("golden_max_flips", "–")
+        gates = art.verification.gates if art.verification else {}
+        allowed = gates.get("golden_max_flips", "–") if gates.get("gate_agreement", True) else "not gated"
         cos = f"{vals['cosine_min']:.6f}" if "cosine_min" in vals else "–"
         flips = f"{vals['flips']} ({allowed})" if "flips" in vals else "–"
         out.append(f"| {name_of(art)} | {standing(art)} | {here} | {cos} | {flips} | {config_line(v.config)} |")
