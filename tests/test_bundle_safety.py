@@ -146,7 +146,11 @@ def _wait_for_staging(out: Path, timeout=120) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_clean_up(tmp_path, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "exporters", "digits_vit", "--out", str(out), "--quiet",
+    # reason: a shell without job control starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler; the child restores Python's own, as an interactive run of the exporter has it
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.argv[0] = 'exporters'; runpy.run_module('exporters', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", start, "digits_vit", "--out", str(out), "--quiet",
                              "--runs", "2000"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     _wait_for_staging(out)
     proc.send_signal(sig)
