@@ -44,11 +44,12 @@ class Plan:
     manifest_sha256: str = ""
     weights: str | None = None  # the reference's checkpoint, when the manifest's cannot be rebuilt
     format: int = 2  # bumped when a shard's content changes meaning, so older shards are not reused
+    notes: tuple[str, ...] = ()  # what the data folder's reading said (unreadable folders, labels dropped and why)
 
     @property
     def key(self) -> str:
         d = asdict(self)
-        d.pop("bundle"), d.pop("data")  # the same files elsewhere are the same plan
+        d.pop("bundle"), d.pop("data"), d.pop("notes")  # the same files elsewhere are the same plan
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def shards(self) -> list[range]:
@@ -178,7 +179,22 @@ class ShardStore:
     def __init__(self, out: Path, plan: Plan):
         self.folder = Path(out) / "shards" / plan.key
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "plan.json").write_text(json.dumps({**asdict(plan), "ids": len(plan.ids)}, indent=1))
+        self._write(self.folder / "plan.json", json.dumps({**asdict(plan), "ids": len(plan.ids)}, indent=1).encode())
+        for stale in self.folder.glob(".*.tmp"):  # a temporary file of a run killed mid-write
+            stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def _write(path: Path, body: bytes) -> None:
+        """``path`` by rename from a temporary file, which is removed on every failure (disk full included)."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(body)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def finished(self) -> int:
+        return len(list(self.folder.glob("shard-*.sha256")))
 
     def _path(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.json"
@@ -201,10 +217,15 @@ class ShardStore:
         """Write the shard, then its hash, each by rename: a crash leaves no half-written shard that loads."""
         data = json.dumps(asdict(res)).encode()
         p = self._path(res.index)
-        for path, body in ((p, data), (p.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(body)
-            os.replace(tmp, path)
+        try:
+            for path, body in ((p, data), (p.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())):
+                self._write(path, body)
+        except OSError:
+            p.unlink(missing_ok=True)  # no shard without its hash
+            raise
+
+
+SKIPPED_NAMED = 100  # skipped images named in eval.json (the rest counted)
 
 
 def metrics(plan: Plan, shards: list[ShardResult]) -> dict:
@@ -233,7 +254,10 @@ def metrics(plan: Plan, shards: list[ShardResult]) -> dict:
                    "top1_agreement": (round(float((p[:, 0] == ref[:, 0]).mean()) * 100, 4)
                                       if ref is not None and n != ref_name and len(kept) else None),
                    "inference_images_per_s": round(len(kept) / secs, 2) if secs else None}
+    ranges = plan.shards()
+    missed = [plan.ids[i] for s in shards for i in ranges[s.index] if i not in set(s.kept)]
     return {"images": len(plan.ids), "evaluated": len(kept), "skipped": skipped, "labelled": labelled,
+            "skipped_files": missed[:SKIPPED_NAMED], "skipped_files_not_named": max(0, len(missed) - SKIPPED_NAMED),
             "shards": len(shards), "results": rows}
 
 
@@ -245,6 +269,12 @@ def render(res: dict, command: str, env_line: str) -> str:
              f"path together; {res['resumed']} shards reused from an earlier run)"]
     if res["skipped"]:
         lines.append("skipped: " + ", ".join(f"{v} {k}" for k, v in sorted(res["skipped"].items())))
+    lines += [f"note: {n}" for n in res.get("data_notes", [])]
+    if res.get("skipped_files"):
+        more = res.get("skipped_files_not_named", 0)
+        lines.append("skipped files: " + ", ".join(res["skipped_files"][:10])
+                     + (f" and {len(res['skipped_files']) - 10 + more} more (eval.json names up to {SKIPPED_NAMED})"
+                        if len(res["skipped_files"]) > 10 or more else ""))
     if not res["labelled"]:
         lines.append("no labels (class folders not matching the model's labels): top-1/top-5 not computed")
     lines += ["", "| path | top-1 % | top-5 % | top-1 agreement with the reference % | inference img/s per worker |",

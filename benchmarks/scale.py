@@ -39,7 +39,7 @@ def make_plan(bundle: Path, data: Path, targets: list[str] | None, precisions: l
     ids, labels = raw.ids[:limit], raw.labels[:limit]
     return Plan(bundle=str(Path(bundle).resolve()), data=str(Path(data).resolve()), ids=ids, labels=labels,
                 artefacts=runnable, reference=reference, shard_size=shard_size, threads=threads,
-                manifest_sha256=sha256_file(Path(bundle) / MANIFEST),
+                manifest_sha256=sha256_file(Path(bundle) / MANIFEST), notes=tuple(raw.notes),
                 weights=str(Path(weights).resolve()) if weights else None)
 
 
@@ -116,6 +116,8 @@ def evaluate(plan: Plan, out: Path, workers: int | None = None, address: str | N
     if (workers and workers > 1) or address:
         _ray()  # without Ray: one line, before any work
     store = ShardStore(out, plan)
+    from runtime.cli import keep
+    keep(lambda: f"{store.finished()} finished shard(s) in {store.folder}, from which the next run resumes")
     n = len(plan.shards())
     finished = {i: s for i in range(n) if (s := store.load(i, row_names(plan))) is not None}
     pending = [i for i in range(n) if i not in finished]
@@ -133,5 +135,6 @@ def evaluate(plan: Plan, out: Path, workers: int | None = None, address: str | N
     res.update(bundle=plan.bundle, data=plan.data, shard_size=plan.shard_size, mode=mode, wall_s=round(wall, 2),
                wall_images_per_s=round(evaluated_now / wall, 2) if wall and evaluated_now else 0.0,
                resumed=len(finished), threads_per_worker=plan.threads, reference=plan.reference,
+               data_notes=list(plan.notes),
                shard_folder=str(store.folder))
     return res

@@ -5,6 +5,8 @@ not fatal. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +43,11 @@ def from_folder(root: Path, label_index: dict[str, int] | None) -> RawSamples:
         raise UserError(f"data directory not found: {root}")
     if not root.is_dir():
         raise UserError(f"not a directory: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files, unreadable = _walk(root)
+    notes = [f"{len(unreadable)} folder(s) could not be read and were left out: {_names(unreadable, root)}"] \
+        if unreadable else []
     if not files:
-        raise UserError(f"data directory is empty: {root}")
+        raise UserError(f"data directory is empty: {root}" + (f" ({notes[0]})" if notes else ""))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
     if not images:
         raise UserError(f"no images in {root} ({len(files)} file(s), none with an image extension)")
@@ -51,9 +55,37 @@ def from_folder(root: Path, label_index: dict[str, int] | None) -> RawSamples:
     for p in images:
         rel = p.relative_to(root).parts
         labels.append(_label(rel[0], label_index) if len(rel) > 1 else None)
-    if any(lab is None for lab in labels):
-        labels = [None] * len(images)  # partial labels would make top-1 meaningless
-    return RawSamples([str(p.relative_to(root)) for p in images], images, labels, "folder")
+    if any(lab is None for lab in labels) and any(lab is not None for lab in labels):
+        # partial labels would make top-1 meaningless: dropped for the whole set, saying which images caused it
+        stray = [p for p, lab in zip(images, labels) if lab is None]
+        top = [p for p in stray if len(p.relative_to(root).parts) == 1]
+        other = sorted({p.relative_to(root).parts[0] for p in stray if p not in top})
+        why = "; ".join(x for x in (
+            f"{len(top)} image(s) at the top of the folder, outside any class folder: {_names(top, root)}" if top else "",
+            f"folder(s) that name no class of the model: {', '.join(other[:5])}" if other else "") if x)
+        notes.append(f"labels dropped for the whole set (dataset top-1 not computed): {why}")
+        labels = [None] * len(images)
+    elif any(lab is None for lab in labels):
+        labels = [None] * len(images)
+    for n in notes:
+        print(f"warning: {n}", file=sys.stderr)
+    return RawSamples([str(p.relative_to(root)) for p in images], images, labels, "folder", notes=notes)
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """Every non-hidden file under ``root`` (sorted) and the folders that could not be read (rglob skips them
+    silently)."""
+    unreadable: list[Path] = []
+    files = []
+    for folder, dirs, names in os.walk(root, onerror=lambda e: unreadable.append(Path(e.filename))):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(folder) / n for n in names if not n.startswith(".")]
+    return sorted(p for p in files if p.is_file()), unreadable
+
+
+def _names(paths: list[Path], root: Path, most: int = 5) -> str:
+    shown = ", ".join(str(p.relative_to(root)) if p != root else str(p) for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def from_list(path: Path, label_index: dict[str, int] | None) -> RawSamples:

@@ -33,6 +33,25 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+_KEPT: list = []  # callables -> str: what the running command keeps on purpose when it stops early
+
+
+def keep(describe) -> None:
+    """Say what a command deliberately keeps if it is stopped (``describe()`` -> one phrase, read at that moment),
+    so the error line does not claim "nothing was written" (benchmarks eval keeps finished shards to resume)."""
+    _KEPT.append(describe)
+
+
+def _outcome() -> str:
+    kept = []
+    for describe in _KEPT:
+        try:
+            kept.append(describe())
+        except Exception:  # reason: the line must come out whatever state the command was stopped in
+            continue
+    return "kept: " + "; ".join(kept) if kept else "nothing was written"
+
+
 def _default_sigterm_in_child() -> None:
     """In a process forked while our handler is installed, SIGTERM goes back to its default (terminate).
 
@@ -67,22 +86,23 @@ def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str] | None 
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # reason: only the main thread may set handlers (e.g. when called from a worker)
         previous = None
+    _KEPT.clear()
     try:
         return main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
+        print(f"error: interrupted; {_outcome()}", file=sys.stderr)
         return 130
     except Terminated:
-        print("error: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        print(f"error: terminated (SIGTERM); {_outcome()}", file=sys.stderr)
         return 143
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT or debug:
             return _internal(prog, argv, exc, debug)
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; nothing was written", file=sys.stderr)
+        print(f"error: {exc.strerror or exc}{where}; {_outcome()}", file=sys.stderr)
         return BAD_INPUT
     except Exception as exc:  # reason: the last line of defence: one line and a log, never a bare traceback
         return _internal(prog, argv, exc, debug)

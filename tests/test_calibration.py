@@ -68,3 +68,45 @@ def test_batches_pad_the_last_one():
     s = load_set("digits", PP, size=5, part="train", progress=False)
     batches = list(s.batches(2))
     assert [b.shape[0] for b in batches] == [2, 2, 2] and np.array_equal(batches[-1][1], s.inputs[-1])
+
+
+def test_a_stray_image_or_a_foreign_folder_is_named_when_labels_are_dropped(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from calibration.sources import from_folder
+    for folder in ("0", "1"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / folder / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "stray.png")
+    (tmp_path / "misc").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "misc" / "b.png")
+    raw = from_folder(tmp_path, {"0": 0, "1": 1})
+    assert raw.labels == [None] * 4
+    note = raw.notes[-1]
+    assert "labels dropped for the whole set" in note and "stray.png" in note and "misc" in note
+    assert "warning: labels dropped" in capsys.readouterr().err
+
+
+def test_an_unreadable_folder_is_counted_and_named(tmp_path, monkeypatch):
+    """A folder os.walk cannot list (PermissionError, simulated: CI runs as root, which reads any folder) is named
+    in the notes instead of vanishing, as Path.rglob let it."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from calibration.sources import from_folder
+    (tmp_path / "ok").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok" / "a.png")
+    (tmp_path / "locked").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "locked" / "b.png")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    raw = from_folder(tmp_path, None)
+    assert raw.ids == ["ok/a.png"] and "1 folder(s) could not be read" in raw.notes[0] and "locked" in raw.notes[0]

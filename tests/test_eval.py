@@ -65,6 +65,9 @@ def test_single_process_counts_every_image_and_reports_accuracy(single):
     assert rows["onnxruntime int8"]["top1_agreement"] > 97
     md = (out / "eval.md").read_text()
     assert "3594 of 3596 images" in md and "2 undecodable" in md
+    res = json.loads((out / "eval.json").read_text())
+    assert sorted(res["skipped_files"]) == ["3/broken.png", "7/empty.jpg"] and res["skipped_files_not_named"] == 0
+    assert "skipped files: " in md and "broken.png" in md
 
 
 def test_two_ray_workers_give_the_same_numbers_and_a_dead_worker_is_retried(single, digits_folder, tmp_path):
@@ -134,3 +137,37 @@ def test_bad_input_is_one_line(single, tmp_path):
                  ["--data", tmp_path, "--targets", "coreml"]):
         p = _cli(bundle, *args, "--out", tmp_path / "o")
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_disk_full_leaves_no_temporary_file_and_no_shard_without_its_hash(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from benchmarks.evaluate import Plan, ShardResult, ShardStore
+    plan = Plan(bundle="b", data="d", ids=["a.png"], labels=[None], artefacts=[("onnxruntime", "fp32")],
+                reference="none")
+    store = ShardStore(tmp_path, plan)
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".shard-00000.sha256"):
+            real(self, data[:1])  # a partial temporary file, as a full disk leaves one
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError):
+        store.save(ShardResult(index=0, kept=[0], top5={"onnxruntime fp32": [[1, 2, 3, 4, 5]]}))
+    assert sorted(p.name for p in store.folder.iterdir()) == ["plan.json"]
+
+
+def test_an_interrupted_eval_says_what_it_kept(capsys):
+    from runtime.cli import Terminated, keep, run_cli
+
+    def main(argv):
+        keep(lambda: "3 finished shard(s) in OUT/shards/x, from which the next run resumes")
+        raise Terminated()
+    assert run_cli("python -m benchmarks", main, []) == 143
+    err = capsys.readouterr().err
+    assert "kept: 3 finished shard(s)" in err and "nothing was written" not in err
+    assert run_cli("python -m benchmarks", lambda argv: (_ for _ in ()).throw(Terminated()), []) == 143
+    assert "nothing was written" in capsys.readouterr().err  # what one command kept is not claimed by the next
