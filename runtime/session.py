@@ -67,6 +67,35 @@ def standing(art: ArtifactEntry) -> str:
     return "passed" if art.verification.passed else "failed"
 
 
+def as_images(images) -> list:
+    """``predict``'s argument as a list of PIL images or uint8 ``[H, W, 3]``/``[H, W]`` arrays; anything else is one
+    ``UserError`` naming the item (a single path is one image, not a sequence of letters)."""
+    from PIL import Image
+    if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        images = [images]
+    try:
+        images = list(images)
+    except TypeError:
+        raise UserError(f"images must be a list of paths, PIL images or uint8 arrays (got {type(images).__name__})")
+    if not images:
+        raise UserError("no images given")
+    out = []
+    for i, im in enumerate(images):
+        if isinstance(im, (str, Path)):
+            out.append(open_image(im))
+        elif isinstance(im, Image.Image):
+            out.append(im)
+        elif isinstance(im, np.ndarray):
+            if im.dtype != np.uint8 or not (im.ndim == 2 or (im.ndim == 3 and im.shape[-1] in (3, 4))):
+                raise UserError(f"image {i}: arrays must be uint8 [H, W, 3] (got {im.dtype} {list(im.shape)}"
+                                + ("; channels first? transpose to [H, W, 3]" if im.ndim == 3 and im.shape[0] in (3, 4)
+                                   else "") + ")")
+            out.append(im)
+        else:
+            raise UserError(f"image {i} is {type(im).__name__}: give a path, a PIL image or a uint8 [H, W, 3] array")
+    return out
+
+
 def name_of(art: ArtifactEntry) -> str:
     return f"{art.target} {art.precision}"
 
@@ -193,8 +222,7 @@ class Session:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
         from runtime import values
         values.check("topk", topk, values.TOPK)
-        loaded = [open_image(im) if isinstance(im, (str, Path)) else im for im in images]
-        logits = self.logits(preprocess_batch(loaded, self.preprocessing))
+        logits = self.logits(preprocess_batch(as_images(images), self.preprocessing))
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         k = min(topk, probs.shape[-1])

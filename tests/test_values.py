@@ -3,6 +3,7 @@ values outside its range and garbage before any work, in one line that names the
 apply the same rules."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -162,3 +163,31 @@ def test_threads_above_the_usable_cores_are_clamped_with_a_warning(capsys):
     assert values.threads(str(cores + 7)) == cores
     assert f"{cores + 7} threads asked for, {cores} usable core(s) here: using {cores}" in capsys.readouterr().err
     assert values.threads("1") == 1
+
+
+@pytest.mark.parametrize("images, message", [
+    ([], "no images given"),
+    ([None], "image 0 is NoneType"),
+    ([b"\x89PNG"], "image 0 is bytes"),
+    ([np.zeros((32, 32, 3), np.float32)], "arrays must be uint8 [H, W, 3] (got float32 [32, 32, 3])"),
+    ([np.zeros((3, 32, 32), np.uint8)], "channels first? transpose to [H, W, 3]"),
+    (42, "images must be a list"),
+])
+def test_predict_refuses_what_is_not_an_image_in_one_line(digits_bundles, images, message):
+    import runtime
+    out, _ = digits_bundles
+    with runtime.open(out / "digits_vit", target="onnxruntime", precision="fp32") as s:
+        with pytest.raises(UserError) as exc:
+            s.predict(images)
+        assert message in str(exc.value)
+
+
+def test_predict_takes_one_path_as_one_image(digits_bundles, tmp_path):
+    from PIL import Image
+
+    import runtime
+    out, _ = digits_bundles
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "x.png")
+    with runtime.open(out / "digits_vit", target="onnxruntime", precision="fp32") as s:
+        one, listed = s.predict(str(tmp_path / "x.png")), s.predict([tmp_path / "x.png"])
+    assert len(one) == 1 and one[0].indices == listed[0].indices
