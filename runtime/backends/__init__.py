@@ -46,7 +46,9 @@ class Backend:
     def fingerprint(self, config: dict | None = None) -> dict:
         """This machine's fingerprint for artefacts of this backend (``runtime.environment.fingerprint``)."""
         from runtime.environment import fingerprint
-        return fingerprint(self.sdk, gpu=self.gpu, device=(config or {}).get("device"))
+        config = config or {}
+        on_gpu = self.gpu or any("CUDA" in p or "Tensorrt" in p for p in config.get("providers") or [])
+        return fingerprint(self.sdk, gpu=on_gpu, device=config.get("device"))
 
     def repairs(self, config: dict) -> list[tuple[str, dict]]:
         return self.alternatives(dict(config)) if self.alternatives else []
