@@ -18,7 +18,7 @@ import numpy as np
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters import budget
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
-from exporters.proof import golden_spec, golden_stage, repair_stage
+from exporters.proof import gate_for, golden_spec, golden_stage, repair_stage
 from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
@@ -29,7 +29,6 @@ from runtime.environment import environment
 from runtime.errors import UserError
 from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput_interleaved, throughput
 from runtime.manifest import Manifest, TensorSpec, file_hashes
-from runtime.tolerances import tolerance_for
 
 BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (digits models use all)
 
@@ -260,8 +259,7 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
     logits = run_outputs(runner, job.data, job.opts.batch)
     ref_logits = logits if ref is None else ref.logits
     acc = compare(ref_logits, logits, job.data.labels)
-    tol = tolerance_for(result.target, result.precision)
-    gate = not (job.is_random and result.precision != "fp32")
+    tol, gate = gate_for(job, result.target, result.precision)
     ref_top1 = None if ref is None else ref.result.accuracy.top1
     passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
     if not gate:

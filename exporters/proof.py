@@ -27,18 +27,22 @@ from runtime.tolerances import tolerance_for
 SPREAD_SHARE = 0.5  # at most half the golden set is the worst samples; the rest an even spread over the set
 
 
+def gate_for(job, target: str, precision: str):
+    """``(tolerance, whether top-1 agreement is gated)``: random weights carry no signal in reduced precision."""
+    return tolerance_for(target, precision), not (job.is_random and precision != "fp32")
+
+
 def gates(job, target: str, precision: str) -> dict:
     """The gate an artefact passed at build, as the deployment machine applies it to the golden set."""
-    tol = tolerance_for(target, precision)
+    tol, gated = gate_for(job, target, precision)
     return {"cosine_min": tol.cosine_min, "top1_agreement": tol.top1_agreement, "top1_drop": tol.top1_drop,
-            "gate_agreement": not (job.is_random and precision != "fp32"),
+            "gate_agreement": gated,
             # the flips the whole evaluation set was allowed; the golden set is a subset of it
             "golden_max_flips": math.floor((1 - tol.top1_agreement) * len(job.data) + 1e-9)}
 
 
 def _eval_judge(job, ref, res, run_outputs):
-    tol = tolerance_for(res.target, res.precision)
-    gate = not (job.is_random and res.precision != "fp32")
+    tol, gate = gate_for(job, res.target, res.precision)
     ref_top1 = ref.result.accuracy.top1
 
     def judge_runner(runner):
