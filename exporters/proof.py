@@ -11,16 +11,16 @@ on another machine).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from runtime.accuracy import compare, cosine_per_sample, judge
+from exporters.budget import worst_samples
+from runtime.accuracy import compare, judge
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.golden import GOLDEN, Golden, golden_count, judge_golden, write_golden
 from runtime.manifest import GoldenSpec, Verification
 from runtime.preprocess import Preprocessing, normalise, pixels_from_inputs
+from runtime.proof import tolerance_gates
 from runtime.repair import Attempt, closest, run_ladder
 from runtime.tolerances import tolerance_for
 
@@ -34,11 +34,7 @@ def gate_for(job, target: str, precision: str):
 
 def gates(job, target: str, precision: str) -> dict:
     """The gate an artefact passed at build, as the deployment machine applies it to the golden set."""
-    tol, gated = gate_for(job, target, precision)
-    return {"cosine_min": tol.cosine_min, "top1_agreement": tol.top1_agreement, "top1_drop": tol.top1_drop,
-            "gate_agreement": gated,
-            # the flips the whole evaluation set was allowed; the golden set is a subset of it
-            "golden_max_flips": math.floor((1 - tol.top1_agreement) * len(job.data) + 1e-9)}
+    return tolerance_gates(target, precision, gate_for(job, target, precision)[1], len(job.data))
 
 
 def _eval_judge(job, ref, res, run_outputs):
@@ -97,8 +93,7 @@ def choose_golden(job, logits_by_row: dict) -> np.ndarray:
     chosen: list[int] = []
     rank = []
     for logits in logits_by_row.values():
-        flipped = job.ref_logits.argmax(1) != logits.argmax(1)
-        rank.append(list(np.lexsort((cosine_per_sample(job.ref_logits, logits), ~flipped))))
+        rank.append(list(worst_samples(job.ref_logits, logits, n_all)))
     worst_cap = max(1, int(n * SPREAD_SHARE)) if rank else 0
     for depth in range(n_all):  # round-robin over the artefacts' worst lists
         for r in rank:

@@ -11,7 +11,6 @@ import argparse
 import json
 
 from runtime import values
-from runtime.errors import UserError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -78,9 +77,6 @@ def _bench(argv) -> int:
     import numpy as np
 
     from runtime.latency import measure, measure_throughput, throughput
-    if a.runs < 1 or a.warmup < 0 or a.seconds <= 0:
-        raise UserError(f"--runs must be at least 1, --warmup at least 0 and --seconds positive "
-                        f"(got {a.runs}, {a.warmup}, {a.seconds})")
     s = _open(a)
     shape = [s.batch, *s.runner.input_shape[1:]]
     feeds = {s.runner.input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}

@@ -5,6 +5,11 @@ import os
 import platform
 from importlib import metadata
 
+# ISA flags the backends' kernels dispatch on: a change in any of them can change numerics (issue: on an AMX
+# Xeon, OpenVINO's INT8 + bf16 path corrupted a Swin that passes on AVX2 and AVX-512 machines)
+NUMERIC_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                 "amx_bf16", "amx_int8", "amx_fp16")
+
 
 def _cpu() -> dict:
     info = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count()}
@@ -20,8 +25,7 @@ def _cpu() -> dict:
         elif line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
     info.pop("_seen", None)
-    wanted = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-    info["flags"] = [f for f in wanted if f in flags]
+    info["flags"] = [f for f in NUMERIC_FLAGS if f in flags]
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -73,22 +77,9 @@ def one_line(env: dict) -> str:
     return " · ".join(parts)
 
 
-# ISA flags the backends' kernels dispatch on: a change in any of them can change numerics (issue: on an AMX
-# Xeon, OpenVINO's INT8 + bf16 path corrupted a Swin that passes on AVX2 and AVX-512 machines)
-NUMERIC_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-                 "amx_bf16", "amx_int8", "amx_fp16")
 _SDK_DISTS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "openvino": ("openvino",),
               "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "tensorrt_rtx": ("tensorrt-rtx",),
               "coremltools": ("coremltools",)}
-
-
-def _numeric_flags() -> list[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = next((set(ln.split(":", 1)[1].split()) for ln in text.splitlines() if ln.startswith("flags")), set())
-    return [f for f in NUMERIC_FLAGS if f in flags]
 
 
 def sdk_version(sdk: str) -> str | None:
@@ -123,7 +114,7 @@ def fingerprint(sdk: str, gpu: bool = False, device: str | None = None) -> dict:
     kernels dispatch on, OS and architecture, the backend SDK's version, and for GPU backends the GPU and its
     compute capability. Two machines with equal fingerprints are expected to compute the same outputs."""
     cpu = _cpu()
-    fp = {"cpu": cpu.get("model"), "isa": _numeric_flags(), "os": platform.system(), "arch": platform.machine(),
+    fp = {"cpu": cpu.get("model"), "isa": list(cpu.get("flags", [])), "os": platform.system(), "arch": platform.machine(),
           "sdk": sdk_version(sdk), "device": device or "CPU"}
     if gpu:
         fp["gpu"] = gpu_identity()

@@ -1,10 +1,11 @@
 """Proof where it runs: an artefact's build verdict holds on the machine that reached it; elsewhere its golden
 set is run here, judged with its own gates, and repaired through the backend's ladder when it fails.
 
-``prove(bundle, manifest, art, ...) -> Verdict`` runs the golden check (and the ladder); ``standing(...)``
-says whether an artefact can be used here without one (same fingerprint as its build, or a verdict recorded
-for this machine). Verdicts reached here are recorded outside the bundle, which stays read-only, in a user
-cache keyed by the bundle's manifest hash and this machine's fingerprint (which holds the SDK version):
+``prove(bundle, manifest, art, ...) -> Verdict`` runs the golden check (and the ladder); ``proven_here`` and
+``recorded`` say whether an artefact can be used here without one (the same fingerprint as its build verdict,
+or a verdict recorded for this machine). Verdicts reached here are recorded outside the bundle, which stays
+read-only, in a user cache keyed by the bundle's manifest hash and this machine's fingerprint (which holds the
+SDK version):
 ``$VITDEPLOY_CACHE``, else ``$XDG_CACHE_HOME/vitdeploy``, else ``~/.cache/vitdeploy``.
 """
 from __future__ import annotations
@@ -51,15 +52,23 @@ class Verdict:
         return asdict(self)
 
 
+def tolerance_gates(target: str, precision: str, gate_agreement: bool, samples: int) -> dict:
+    """The tolerance table's gates for the golden set: its limits, whether agreement is gated, and
+    ``golden_max_flips``, the top-1 flips the tolerance allows over ``samples`` (at export: the whole evaluation
+    set, of which the golden set is a subset)."""
+    tol = tolerance_for(target, precision)
+    return {"cosine_min": tol.cosine_min, "top1_agreement": tol.top1_agreement, "top1_drop": tol.top1_drop,
+            "gate_agreement": gate_agreement,
+            "golden_max_flips": math.floor((1 - tol.top1_agreement) * samples + 1e-9)}
+
+
 def gates_of(manifest: Manifest, art: ArtifactEntry, samples: int) -> dict:
-    """The artefact's gates: those recorded with its build verdict, else the tolerance table's (an engine built
-    on the device), with the golden flips allowed as the tolerance allows over ``samples``."""
+    """The artefact's gates: those recorded with its build verdict, else the tolerance table's over the ``samples``
+    of the golden set (an engine built on the device)."""
     if art.verification is not None:
         return dict(art.verification.gates)
-    tol = tolerance_for(art.target, art.precision)
-    gate = not (manifest.weights == "random" and art.precision != "fp32")
-    return {"cosine_min": tol.cosine_min, "top1_agreement": tol.top1_agreement, "top1_drop": tol.top1_drop,
-            "gate_agreement": gate, "golden_max_flips": math.floor((1 - tol.top1_agreement) * samples + 1e-9)}
+    return tolerance_gates(art.target, art.precision, not (manifest.weights == "random" and art.precision != "fp32"),
+                           samples)
 
 
 def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, device: str | None = None,

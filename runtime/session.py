@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import backends, runner_from_artifact
-from runtime.backends.base import batched_logits
+from runtime.backends.base import batched_logits, runner_batch
 from runtime.errors import UserError
 from runtime.manifest import ArtifactEntry, Manifest, read_manifest
 from runtime.preprocess import Preprocessing, open_image, preprocess_batch
@@ -208,8 +208,7 @@ class Session:
 
     @property
     def batch(self) -> int:
-        b = self.runner.input_shape[0]
-        return b if b and b > 0 else 1
+        return runner_batch(self.runner)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner.infer(feeds)
