@@ -77,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repair", action="store_true",
                    help="fail fast: a row that fails its gate is not repaired (by default the backend's safe runtime "
                         "configurations are tried, then blocks are kept in higher precision with the gate as budget)")
+    p.add_argument("--sign-key", default=None, metavar="KEY.pem",
+                   help="sign the bundle with this PEM EC private key (P-256/384/521) in the OpenSSF model-signing "
+                        "format: BUNDLE/model.sig; an encrypted key reads its password from VITDEPLOY_SIGN_PASSWORD")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
                                                               "export-friendly rewrites (for comparison)")
     _target_flags(p)
@@ -104,7 +107,8 @@ def _main(argv: list[str]) -> int:
                       labels=args.labels, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
                       max_drop=args.max_drop, min_cosine=args.min_cosine, throughput=args.throughput,
-                      options=given, quiet=args.quiet, repair=not args.no_repair)
+                      options=given, quiet=args.quiet, repair=not args.no_repair,
+                      sign_key=Path(args.sign_key) if args.sign_key else None)
     report = run(opts)
     from exporters.report import results_table
     print(results_table(report["results"]))

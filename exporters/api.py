@@ -105,7 +105,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
            num_classes: int | None = None, img_size: int | None = None, batch: int = 1, runs: int = 50,
            threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
            min_cosine: float | None = None, throughput: bool = False, repair: bool = True, quiet: bool = True,
-           **target_options) -> Report:
+           sign_key=None, **target_options) -> Report:
     """Export ``model_or_name`` (a zoo name, ``timm:``/``tv:``/``local-dir:``/``hf-hub:`` name, or any
     ``nn.Module``), build ``targets`` (a name, a list, or "all") at ``precision``, verify every artefact
     against the model on ``data``, time it, and write ``out/<name>/``. Returns the ``Report``.
@@ -115,7 +115,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
     ``max_drop``/``min_cosine`` the INT8/FP16 accuracy budget (exporters/budget.py); ``throughput`` also
     measures images/s in throughput mode; ``repair=False`` keeps a failed row as it failed (no safe runtime
-    configurations tried, no blocks kept).
+    configurations tried, no blocks kept); ``sign_key`` a PEM EC private key to sign the bundle with
+    (``model.sig``, OpenSSF model-signing format; ``runtime.open(..., trust=PUBLIC_KEY)`` checks it).
     """
     from torch import nn
 
@@ -137,5 +138,5 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
                       labels=None if module is not None else labels, module=module, spec=spec, out=Path(out),
                       batch=batch, runs=runs, threads=threads, rewrites=rewrites, options=target_options,
                       max_drop=max_drop, min_cosine=min_cosine, throughput=throughput, repair=repair,
-                      quiet=quiet)
+                      quiet=quiet, sign_key=Path(sign_key) if sign_key is not None else None)
     return Report(run(opts))

@@ -18,11 +18,12 @@ import numpy as np
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters import budget
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
+from exporters.memory import check_batch
 from exporters.proof import gate_for, golden_spec, golden_stage, repair_stage
 from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
-from runtime import values
+from runtime import signing, values
 from runtime.accuracy import compare, judge
 from runtime.backends import Runner
 from runtime.environment import environment
@@ -61,6 +62,7 @@ class RunOptions:
     min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/budget.py
     throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
     throughput_seconds: float = 3.0
+    sign_key: Path | None = None  # a PEM EC private key: the bundle is signed (model.sig, runtime/signing.py)
     repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (proof.py)
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
@@ -186,6 +188,8 @@ def _validate(opts: RunOptions) -> None:
                        ("min_cosine", values.COSINE), ("throughput_seconds", values.SECONDS)):
         values.check(name, getattr(opts, name), kind)
     budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
+    if opts.sign_key is not None:
+        signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
 
 
 def prepare(opts: RunOptions) -> Job:
@@ -206,6 +210,8 @@ def prepare(opts: RunOptions) -> Job:
             model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                        num_classes=opts.num_classes, img_size=opts.img_size, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
+    with steps("memory estimate"):
+        memory = check_batch(model, spec.input_shape, opts.batch)  # a batch that cannot fit: one line, now
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)
     with steps(f"evaluation set ({opts.data})"):
@@ -229,7 +235,7 @@ def prepare(opts: RunOptions) -> Job:
               "input_shape": [opts.batch, *spec.input_shape],
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "environment": environment(threads, gpu=gpu_name()), "notes": list(spec.notes),
-              "data": data.describe(),
+              "data": data.describe(), "memory": memory,
               "roofline": {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
                            "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}}
     return Job(opts=opts, model=model, spec=spec, data=data, threads=threads, target_options=target_options,
@@ -433,8 +439,13 @@ def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Art
     if "set" in job.calib_cache:
         job.report["calibration"] = job.calib_cache["set"].describe()
     manifest = manifest_for(job, work, artifacts, exp)
+    if job.opts.sign_key is not None:
+        manifest.signed_by = job.report["signed_by"] = signing.key_id(signing.signing_key(job.opts.sign_key).public_key())
     write_report(job.report, work)
     manifest.write(work)
+    if job.opts.sign_key is not None:
+        with job.steps("signature (model-signing)"):
+            signing.sign_bundle(work, job.opts.sign_key)  # last: it covers every file written above
 
 
 def run(opts: RunOptions) -> dict:

@@ -132,6 +132,10 @@ def render_markdown(report: dict) -> str:
         out += budget_table(r)
     if golden_line(report):
         out += [golden_line(report), ""]
+    if report.get("signed_by"):
+        out += [f"Signed: `model.sig` (OpenSSF model-signing format) covers every file of this bundle; key id "
+                f"`{report['signed_by'][:16]}…`. Check it with `python -m runtime verify BUNDLE --trust KEY.pub.pem` or "
+                "model-signing's own `verify key` command.", ""]
     if any((r.get("checks") or {}).get("budget") for r in report["results"]):
         out += ["![accuracy budget, step by step](plot_accuracy_budget.png)", ""]
     for r in report["results"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def open(bundle_dir: str | Path, target: str | None = None, device: str | None = None,
          precision: str | None = None, threads: int | None = None, mode: str = "latency", verify: str = "auto",
-         allow_unverified: bool = False, repair: bool = True):
+         allow_unverified: bool = False, repair: bool = True, trust: str | Path | None = None):
     """Read ``manifest.json``, choose an artefact that passed its gates, verify its sha256; return a ``Session``.
 
     ``mode``: ``"latency"`` (one image batch at a time) or ``"throughput"`` (several in flight; see
@@ -19,11 +19,13 @@ def open(bundle_dir: str | Path, target: str | None = None, device: str | None =
     when this machine's fingerprint differs from the one it was proven on and no verdict is recorded here;
     ``"always"`` runs it every time; ``"never"`` trusts the build verdict. An artefact that fails here is
     repaired through its backend's safe configurations (``repair``), else the next proven one runs, with one
-    warning line. ``allow_unverified`` serves a failed or unproven artefact anyway.
+    warning line. ``allow_unverified`` serves a failed or unproven artefact anyway. ``trust``: a PEM public key
+    (default ``$VITDEPLOY_TRUST``); when set, a bundle not signed with its private key, or with any file changed
+    since it was signed, is refused (``UserError``) before anything in it is read.
     """
     from runtime.session import Session
     return Session(bundle_dir, target=target, precision=precision, device=device, threads=threads, mode=mode,
-                   verify=verify, allow_unverified=allow_unverified, repair=repair)
+                   verify=verify, allow_unverified=allow_unverified, repair=repair, trust=trust)
 
 
 __all__ = ["open"]

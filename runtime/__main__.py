@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from runtime import values
+from runtime.signing import trust_flag
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,13 +35,14 @@ def _proof_flags(p: argparse.ArgumentParser) -> None:
                    help="serve an artefact that failed its gates or cannot be proven here (not recommended)")
     p.add_argument("--no-repair", action="store_true",
                    help="do not try the backend's safe runtime configurations when the golden check fails")
+    trust_flag(p)
 
 
 def _open(a, **kw):
     import runtime
     return runtime.open(a.bundle, target=kw.pop("target", a.target), precision=kw.pop("precision", a.precision),
                         device=a.device, threads=a.threads, verify=a.verify, allow_unverified=a.allow_unverified,
-                        repair=not a.no_repair, **kw)
+                        repair=not a.no_repair, trust=a.trust, **kw)
 
 
 def _predict(argv) -> int:
@@ -107,10 +111,23 @@ def _build(argv) -> int:
     p.add_argument("--workspace-gb", type=values.real(0.0, 1024.0, lo_open=True, name="gigabytes"), default=4.0)
     p.add_argument("--library", choices=("tensorrt", "tensorrt_rtx"), default="tensorrt",
                    help="full TensorRT (Jetson, data-centre GPUs; default) or TensorRT-RTX, for this GPU")
+    p.add_argument("--sign-key", default=None, metavar="KEY.pem",
+                   help="sign the bundle again once the engine is recorded (the engine and the manifest change)")
+    trust_flag(p)
     a = p.parse_args(argv)
+    from runtime import signing
     from runtime.backends.tensorrt import build_bundle_engine
-    path = build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb, lib=a.library)
+    if a.sign_key:
+        signing.signing_key(a.sign_key)  # a bad key fails before the build
+    path = build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb, lib=a.library,
+                               trust=a.trust)
     print(f"engine: {path}")
+    if a.sign_key:
+        signing.sign_bundle(Path(a.bundle), a.sign_key)
+        print(f"signed again: {Path(a.bundle) / signing.SIGNATURE}")
+    elif (Path(a.bundle) / signing.SIGNATURE).is_file():
+        print(f"warning: {signing.SIGNATURE} no longer covers the bundle (the engine and the manifest changed): "
+              "sign it again with --sign-key, or a --trust check will refuse it", file=sys.stderr)
     return 0
 
 

@@ -49,6 +49,25 @@ def int8_may_saturate() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and not has_int8_dot()
 
 
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the system's MemAvailable, capped by the cgroup's limit (a container
+    or a CI runner sees the host's memory in /proc/meminfo); None where neither can be read."""
+    found = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit != "max":
+            found.append(int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu",

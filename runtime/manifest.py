@@ -130,6 +130,7 @@ class Manifest(_Model):
     created: str = ""
     selection: dict | None = None  # --precision auto: the fastest artefact that passed, and what it was timed on
     golden: GoldenSpec | None = None  # a small set any machine can prove its artefacts on (runtime verify)
+    signed_by: str | None = None  # the signing key's id (runtime/signing.py key_id) when model.sig was written
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -10,9 +10,10 @@ import numpy as np
 from runtime.backends import backends, runner_from_artifact
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.errors import UserError
-from runtime.manifest import ArtifactEntry, Manifest, read_manifest
+from runtime.manifest import ArtifactEntry, Manifest
 from runtime.preprocess import Preprocessing, open_image, preprocess_batch
 from runtime.proof import VERIFY_MODES, Verdict, prove, proven_here, record, recorded
+from runtime.signing import read_trusted
 
 PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # without a measured choice: the smallest type first
 
@@ -109,13 +110,14 @@ class Session:
 
     def __init__(self, bundle: str | Path, target: str | None = None, precision: str | None = None,
                  device: str | None = None, threads: int | None = None, mode: str = "latency",
-                 verify: str = "auto", allow_unverified: bool = False, repair: bool = True):
+                 verify: str = "auto", allow_unverified: bool = False, repair: bool = True,
+                 trust: str | Path | None = None):
         from runtime import values
         values.check("threads", threads, values.threads)
         if verify not in VERIFY_MODES:
             raise UserError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {verify!r})")
         self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
+        self.manifest, self.signed_by = read_trusted(self.bundle, trust)
         self.device, self.threads = device, threads
         self._verify, self._allow, self._repair = verify, allow_unverified, repair
         self._golden = None

@@ -12,6 +12,7 @@ import json
 
 from runtime import values
 from runtime.cli import GATE_FAILED, OK
+from runtime.signing import trust_flag
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
     p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    trust_flag(p)
     return p
 
 
@@ -37,12 +39,12 @@ def verify_main(argv: list[str]) -> int:
 
     from runtime.errors import UserError
     from runtime.golden import read_golden
-    from runtime.manifest import read_manifest
     from runtime.proof import prove, record
     from runtime.session import name_of, ranked, standing
+    from runtime.signing import read_trusted
     a = parser().parse_args(argv)
     bundle = Path(a.bundle)
-    manifest = read_manifest(bundle)
+    manifest, signer = read_trusted(bundle, a.trust)
     arts = [x for x in ranked(manifest, a.target, a.precision) if a.all or standing(x) == "passed"]
     if not arts:
         raise UserError("no artefact that passed its gates at build matches (--all checks the others too)")
@@ -56,6 +58,8 @@ def verify_main(argv: list[str]) -> int:
     if a.json:
         print(json.dumps([{**v.to_dict(), "at_build": standing(art)} for art, v in verdicts], default=str))
     else:
+        if signer:
+            print(f"signature: {bundle / 'model.sig'} verified with {a.trust or 'VITDEPLOY_TRUST'} (key {signer[:16]})")
         print(table(verdicts, golden, standing, name_of))
     return OK if all(v.passed for _, v in verdicts) else GATE_FAILED
 

@@ -191,3 +191,22 @@ def test_predict_takes_one_path_as_one_image(digits_bundles, tmp_path):
     with runtime.open(out / "digits_vit", target="onnxruntime", precision="fp32") as s:
         one, listed = s.predict(str(tmp_path / "x.png")), s.predict([tmp_path / "x.png"])
     assert len(one) == 1 and one[0].indices == listed[0].indices
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys):
+    """The bound on --batch is the machine's: activations per sample are measured on a batch-1 forward pass."""
+    from exporters.memory import ACTIVATION_COPIES, check_batch
+    from exporters.zoo import create_model
+    model, spec = create_model("digits_vit")
+    est = check_batch(model, spec.input_shape, 8, available=1 << 40)
+    assert est["activation_bytes_per_sample"] > 0 and est["need_bytes"] > est["weight_bytes"]
+    # more samples need more memory, by the measured activations per sample
+    assert check_batch(model, spec.input_shape, 16, available=1 << 40)["need_bytes"] - est["need_bytes"] == \
+        ACTIVATION_COPIES * 8 * est["activation_bytes_per_sample"]
+    with pytest.raises(UserError, match=r"--batch 512 needs about .* use --batch \d+ or less"):
+        check_batch(model, spec.input_shape, 512, available=est["need_bytes"])
+    # swin_t at the largest batch the flag takes: hundreds of GiB of activations on any machine of ours
+    out = tmp_path / "o"
+    code, _, err = cli_in_process(capsys, "exporters", "swin_t", "--batch", "1024", "--out", out, "--quiet")
+    assert code == 2 and "--batch 1024 needs about" in err and "Traceback" not in err, err
+    assert not out.exists() or not any(out.iterdir())

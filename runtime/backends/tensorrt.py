@@ -21,14 +21,15 @@ INSTALL = LIBRARIES["tensorrt"]
 
 
 def build_bundle_engine(bundle: str | Path, precision: str | None = None, workspace_gb: float = 4.0,
-                        lib: str = "tensorrt") -> Path:
+                        lib: str = "tensorrt", trust=None) -> Path:
     """``python -m runtime build``: build (or reuse from ``engines/``) the engine of a bundle's TensorRT ONNX.
 
     The engine is recorded in the manifest (``status: built``, its sha256) for ``lib``'s backend.
     """
-    from runtime.manifest import ArtifactEntry, read_manifest, sha256_file
+    from runtime.manifest import ArtifactEntry, sha256_file
+    from runtime.signing import read_trusted
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    manifest, _ = read_trusted(bundle, trust)
     arts = [a for a in manifest.artifacts if a.target in ("tensorrt", "tensorrt_rtx")
             and (precision is None or a.precision == precision) and a.runtime_config.get("onnx")]
     if not arts:
