@@ -19,7 +19,8 @@ from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters import budget
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
 from exporters.memory import check_batch
-from exporters.proof import gate_for, golden_spec, golden_stage, repair_stage
+from exporters.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
+from exporters.recipes import check_recipe_flag, recipe_stage, wants_auto
 from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
@@ -200,6 +201,7 @@ def prepare(opts: RunOptions) -> Job:
 
     _validate(opts)
     target_options = resolve_options(opts.targets, opts.options)
+    check_recipe_flag(opts.options, plan(opts.targets, opts.precision, opts.precisions))
     threads = opts.threads or default_threads()
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
@@ -304,8 +306,10 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
         return Result.not_built(name, precision, "skipped", why), None, None
     t.check_precision(precision)
 
+    options = {"chosen": job.target_options[name]}  # --recipe auto: rebuilds use the recipe it kept
+
     def build_once(c: BuildContext) -> tuple[Result, Artifact, Runner, np.ndarray]:
-        art = t.build(c, precision, job.target_options[name])
+        art = t.build(c, precision, options["chosen"])
         art.runtime_config.update(c.runtime_config)
         return open_and_verify(c, art)
 
@@ -319,8 +323,13 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
                      checks=art.checks)
         logits = verify(job, res, runner, ref, art)
         return res, art, runner, logits
-    with job.steps(f"{name} {precision}"):
-        built = build_once(ctx)
+    if wants_auto(job, t, precision):
+        built, recipe = recipe_stage(job, ctx, t, precision, eval_judge(job, ref, name, precision, run_outputs),
+                                     lambda art: open_and_verify(ctx, art))
+        options["chosen"] = dataclasses.replace(options["chosen"], recipe=recipe)
+    else:
+        with job.steps(f"{name} {precision}"):
+            built = build_once(ctx)
     built, overrides = repair_stage(job, ctx, built, ref, lambda art: open_and_verify(ctx, art), run_outputs)
     ctx = dataclasses.replace(ctx, runtime_config={**ctx.runtime_config, **overrides})
     if job.opts.max_drop is None and job.opts.min_cosine is None and built[0].passed is False and job.opts.repair \

@@ -37,8 +37,9 @@ def gates(job, target: str, precision: str) -> dict:
     return tolerance_gates(target, precision, gate_for(job, target, precision)[1], len(job.data))
 
 
-def _eval_judge(job, ref, res, run_outputs):
-    tol, gate = gate_for(job, res.target, res.precision)
+def eval_judge(job, ref, target: str, precision: str, run_outputs):
+    """``judge(runner) -> (passed, values, failures)`` on the evaluation set, with the row's own gate."""
+    tol, gate = gate_for(job, target, precision)
     ref_top1 = ref.result.accuracy.top1
 
     def judge_runner(runner):
@@ -62,7 +63,7 @@ def repair_stage(job, ctx, built: tuple, ref, reverify, run_outputs) -> tuple[tu
     with job.steps(f"{res.target} {res.precision}: failed its gate; trying {len(cands)} safe runtime configurations"):
         attempts, best = run_ladder(
             cands, lambda cfg: open_with(art.target, path, cfg, threads=job.threads),
-            _eval_judge(job, ref, res, run_outputs), lambda r: {r.input_name: feeds})
+            eval_judge(job, ref, res.target, res.precision, run_outputs), lambda r: {r.input_name: feeds})
     as_built = Attempt("as built", dict(art.runtime_config), passed=False, failures=list(res.failures),
                        values={k: v for k, v in res.accuracy.to_dict().items() if k != "samples"})
     keep = best or closest(attempts)

@@ -74,14 +74,30 @@ def repair_table(r: dict) -> list[str]:
     verdict = (f"repaired with {rep['kept']}" if rep["kept"] else
                f"no configuration passed; continued with {rep['continued_with']}" if rep.get("continued_with")
                else "no configuration passed")
-    out = [f"**Repair, {r['target']} {r['precision']}** (failed its gate as built): {verdict}", "",
-           "| configuration | passed | cosine min | top-1 agree | p50 ms | missed |", "|---|---|---|---|---|---|"]
-    for a in rep["attempts"]:
+    return attempts_table(f"**Repair, {r['target']} {r['precision']}** (failed its gate as built): {verdict}",
+                          rep["attempts"])
+
+
+def recipe_table(r: dict) -> list[str]:
+    """``--recipe auto`` for one row (exporters/recipes.py): every candidate recipe, gated and timed here."""
+    rec = (r.get("checks") or {}).get("recipes")
+    if not rec:
+        return []
+    return attempts_table(f"**INT8 recipes, {r['target']} {r['precision']}** (tuned on {rec['tuned_on']}): "
+                          f"{'kept ' + rec['kept'] if rec['kept'] else 'none passed'}, {rec['why']}", rec["attempts"],
+                          column="recipe, unquantized ops")
+
+
+def attempts_table(title: str, attempts: list[dict], column: str = "configuration") -> list[str]:
+    """Candidates of one loop (runtime/repair.py): passed or not, the measured fidelity, p50, what was missed."""
+    out = [title, "", f"| {column} | passed | cosine min | top-1 agree | top-1 | p50 ms | missed |",
+           "|---|---|---|---|---|---|---|"]
+    for a in attempts:
         v = a.get("values") or {}
         missed = a.get("error") and f"did not open: {a['error']}" or "; ".join(a.get("failures") or []) or "–"
         out.append(f"| {a['name']}{' (kept)' if a.get('kept') else ''} | {'yes' if a.get('passed') else '**NO**'} | "
                    f"{_fmt(v.get('cosine_min'), 6)} | {_fmt(v.get('top1_agreement'), 2, pct=True)} | "
-                   f"{_fmt(a.get('p50_ms'), 2)} | {missed[:160]} |")
+                   f"{_fmt(v.get('top1'), 2, pct=True)} | {_fmt(a.get('p50_ms'), 2)} | {missed[:160]} |")
     return out + [""]
 
 
@@ -128,6 +144,7 @@ def render_markdown(report: dict) -> str:
         out += ["**Accuracy gates missed** (the artefact is kept; the limits are in runtime/tolerances.py):", "",
                 *[f"- {line}" for line in failed], ""]
     for r in report["results"]:
+        out += recipe_table(r)
         out += repair_table(r)
         out += budget_table(r)
     if golden_line(report):
@@ -231,8 +248,10 @@ def _html_budgets(results: list[dict]) -> str:
     """Each repair ladder and accuracy-budget loop: its one-line verdict and its table."""
     out = ""
     for r in results:
-        for lines, ok in ((repair_table(r), ((r.get("checks") or {}).get("repair") or {}).get("kept")),
-                          (budget_table(r), ((r.get("checks") or {}).get("budget") or {}).get("met"))):
+        checks = r.get("checks") or {}
+        for lines, ok in ((recipe_table(r), (checks.get("recipes") or {}).get("kept")),
+                          (repair_table(r), (checks.get("repair") or {}).get("kept")),
+                          (budget_table(r), (checks.get("budget") or {}).get("met"))):
             if lines:
                 title = lines[0].replace("**", "")
                 out += f"<p class='{'' if ok else 'bad'}'>{html.escape(title)}</p>"

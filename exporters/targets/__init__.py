@@ -106,6 +106,9 @@ class Target:
     refusals: tuple[tuple[str, str], ...] = ()  # (precision, why it is not offered and what to use instead)
     keeps: tuple[str, ...] = ()  # precisions whose build keeps ctx.keep_tensors/keep_modules in higher precision
     first_last: tuple[str, ...] = ()  # precisions whose build already keeps the first and last compute layers
+    # precision -> candidates(options) -> [(recipe, runtime_config)]: what `--recipe auto` builds, gates and times
+    # (exporters/recipes.py); the options dataclass then has a ``recipe`` field
+    recipes: dict = dataclasses.field(default_factory=dict)
 
     def available(self) -> str | None:
         return missing(self.sdk, self.install)

@@ -27,9 +27,34 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # IR at 0.84x / 0.92x the speed of NNCF's defaults (which run the rest in bf16); accuracy is gated as ever.
 
 
+# INT8 recipes: which op groups are INT8, how activations are quantized, and (at run time) the precision of what
+# stays unquantized. Each is a named choice; `--recipe auto` builds every one, gates each on the evaluation set,
+# times the passing ones interleaved on this machine and keeps the fastest (exporters/recipes.py).
+RECIPES = {
+    "mixed": "NNCF transformer mode, mixed preset: symmetric weights, asymmetric activations (a zero point "
+             "subtracted before each INT8 GEMM); projections, MLP and attention matmuls INT8",
+    "symmetric": "performance preset: symmetric activations too, so no zero-point subtraction (the inputs of "
+                 "the GEMMs follow LayerNorm or attention and are centred; after GELU one bit of range is spent)",
+    "projections": "mixed preset with the attention matmuls (QK^T, AV) left unquantized: projections and MLP "
+                   "INT8, attention at the 16-bit hint (for CPUs where 16-bit attention beats INT8 attention)",
+}
+DEFAULT_RECIPE = "mixed"
+
+
 @dataclass(frozen=True)
 class OpenVinoOptions:
     device: str = field(default="CPU", metadata={"help": "OpenVINO device: CPU, GPU, NPU (default CPU)"})
+    recipe: str = field(default=DEFAULT_RECIPE, metadata={
+        "choices": (*RECIPES, "auto"),
+        "help": "INT8 recipe: " + "; ".join(RECIPES) + f" (default {DEFAULT_RECIPE}); auto: build each, gate each, "
+                "keep the fastest that passes on this machine (also under --precision auto)"})
+
+
+def recipe_candidates(options: OpenVinoOptions) -> list[tuple[str, dict]]:
+    """``--recipe auto``: ``(recipe, runtime configuration)`` per candidate: every recipe under the CPU's fastest
+    16-bit hint for the unquantized ops and under f32 (one candidate where those are the same)."""
+    hints = list(dict.fromkeys([half_hint(options.device), "f32"]))
+    return [(r, {"recipe": r, "inference_precision": h}) for r in RECIPES for h in hints]
 
 
 def first_last_compute_ops(model) -> list[str]:
@@ -88,16 +113,19 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         # NNCF's default fixes the first layer only. Measured on an AVX2 EPYC (digits_swin hold-out, 539 images):
         # cosine_min 0.979 with the default, 0.99979 with the fix on every layer (docs/BENCHMARKS.md section 8).
         overflow = nncf.OverflowFix.ENABLE if int8_may_saturate() else nncf.OverflowFix.FIRST_LAYER
+        recipe = options.recipe if options.recipe in RECIPES else DEFAULT_RECIPE
+        preset = nncf.QuantizationPreset.PERFORMANCE if recipe == "symmetric" else None
+        types = ["ScaledDotProductAttention"] if recipe == "projections" else []
         with contextlib.redirect_stdout(io.StringIO()):
             model = nncf.quantize(model, nncf.Dataset(list(calib.batches(ctx.batch))),
-                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
-                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False),
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib), preset=preset,
+                                  ignored_scope=nncf.IgnoredScope(names=keep, types=types, validate=False),
                                   advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow))
         times["quantize"] = time.perf_counter() - t0
         hint = half_hint(device)
         kept = (f"{', '.join(keep[:2])} (patch embedding and classifier head)"
                 + (f" and {len(keep) - 2} more kept by the accuracy budget" if len(keep) > 2 else ""))
-        notes.append(f"NNCF PTQ (transformer mode, mixed preset) on {len(calib)} calibration samples; "
+        notes.append(f"NNCF PTQ, recipe {recipe} ({RECIPES[recipe].split(':')[0]}) on {len(calib)} calibration samples; "
                      f"not quantized: {kept}; unquantized ops run at inference precision {hint}"
                      + ("; 7-bit weights on every layer (NNCF overflow fix: this CPU has no VNNI/AMX)"
                         if overflow == nncf.OverflowFix.ENABLE else ""))
@@ -107,10 +135,10 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
     xml = ctx.workdir / f"openvino-{precision}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
     files = [xml, xml.with_suffix(".bin")]
-    return Artifact("openvino", precision, files, xml, build_s=times,
-                    runtime_config={"device": device, "inference_precision": hint}, notes=notes)
+    config = {"device": device, "inference_precision": hint, **({"recipe": recipe} if precision == "int8" else {})}
+    return Artifact("openvino", precision, files, xml, build_s=times, runtime_config=config, notes=notes)
 
 
 TARGET = Target(name="openvino", precisions=PRECISIONS, build=build, backend="openvino", sdk="openvino",
                 install=INSTALL, order=20, options=OpenVinoOptions, keeps=("int8",),
-                first_last=("int8",))
+                first_last=("int8",), recipes={"int8": recipe_candidates})

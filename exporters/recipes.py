@@ -1,0 +1,93 @@
+"""``--recipe auto``: choose what to quantize by measuring on this machine.
+
+A target lists its INT8 recipe candidates (``Target.recipes``: which op groups are INT8, how activations are
+quantized, the precision of what stays unquantized). Each recipe is built once, every candidate is gated on the
+evaluation set with the row's own tolerance, the passing ones are timed interleaved on this machine (the
+repair ladder's loop, ``runtime/repair.py``), and the fastest is kept: its files move into the bundle, its
+recipe and runtime configuration go to the manifest, and the report shows every candidate and why the winner
+won. When none passes, the target's default recipe is kept and the usual repair and budget steps follow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+from runtime.backends import open_with
+from runtime.errors import UserError
+from runtime.repair import run_ladder
+
+RECIPE_RUNS = 20  # timed runs per candidate, interleaved
+
+
+def wants_auto(job, t, precision: str) -> bool:
+    """``--recipe auto``, or ``--precision auto`` without a recipe named, for a precision the target has recipes for."""
+    if precision not in t.recipes:
+        return False
+    chosen = getattr(job.target_options[t.name], "recipe", None)
+    return chosen == "auto" or (job.opts.precision == "auto" and "recipe" not in job.opts.options)
+
+
+def check_recipe_flag(given: dict, planned: list[tuple[str, str]]) -> None:
+    """``--recipe`` is refused (one line) when nothing planned has recipes: it would be silently ignored."""
+    from exporters.targets import target, targets
+    if "recipe" in given and not any(p in target(n).recipes for n, p in planned):
+        takes = " and ".join(f"{t.name} {p}" for t in targets().values() for p in t.recipes)
+        raise UserError(f"--recipe applies to {takes} builds (add --int8 or --precision auto); this run builds "
+                        + ", ".join(f"{n} {p}" for n, p in planned))
+
+
+def why_won(attempts, best) -> str:
+    ok = sorted((a for a in attempts if a.passed and a.p50_ms is not None), key=lambda a: a.p50_ms)
+    failed = [a.name for a in attempts if not a.passed]
+    text = f"fastest of {len(ok)} candidates that passed the gate (p50 {best.p50_ms:.2f} ms"
+    if len(ok) > 1:
+        text += f"; next {ok[1].name} at {ok[1].p50_ms:.2f} ms, {ok[1].p50_ms / best.p50_ms:.2f}x"
+    text += ")"
+    return text + (f"; failed the gate: {', '.join(failed)}" if failed else "")
+
+
+def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[tuple, str | None]:
+    """Build every recipe of ``t`` at ``precision``, gate and time the candidates, keep the fastest that passes.
+
+    Returns the verified row ``(res, art, runner, logits)`` of the winner (or of the default recipe when none
+    passes) and the recipe later rebuilds (the accuracy budget) must use."""
+    options = job.target_options[t.name]
+    cands = t.recipes[precision](options)
+    arts = {}
+    try:
+        for recipe in dict.fromkeys(r for r, _ in cands):
+            sub = ctx.workdir / f".recipe-{recipe}"
+            sub.mkdir()
+            art = t.build(dataclasses.replace(ctx, workdir=sub), precision, dataclasses.replace(options, recipe=recipe))
+            art.runtime_config.update(ctx.runtime_config)
+            arts[recipe] = art
+        feeds = next(job.data.batches(job.opts.batch))
+        named = [(f"{r}, rest at {cfg.get('inference_precision', 'as built')}", {**arts[r].runtime_config, **cfg})
+                 for r, cfg in cands]
+        with job.steps(f"{t.name} {precision}: {len(arts)} recipes, {len(named)} candidates gated and timed"):
+            attempts, best = run_ladder(named, lambda cfg: open_with(t.backend, arts[cfg["recipe"]].primary, cfg,
+                                                                     threads=job.threads),
+                                        judge, lambda r: {r.input_name: feeds}, runs=RECIPE_RUNS)
+        fallback = next(f.default for f in dataclasses.fields(options) if f.name == "recipe")
+        chosen = best.config["recipe"] if best else fallback
+        art = arts[chosen]
+        moved = [ctx.workdir / f.name for f in art.files]
+        for src, dst in zip(art.files, moved):
+            os.replace(src, dst)
+        art.primary = ctx.workdir / art.primary.name
+        art.files = moved
+        if best:
+            art.runtime_config = dict(best.config)
+        env = job.report["environment"]["cpu"]
+        art.checks["recipes"] = {
+            "attempts": [a.to_dict() for a in attempts], "kept": best.name if best else None,
+            "why": why_won(attempts, best) if best else f"no candidate passed: the default recipe {fallback} is kept",
+            "tuned_on": f"{env.get('model')} ({' '.join(env.get('flags', []))}), {job.threads} threads"}
+        art.notes.append(f"recipe auto: {best.name if best else fallback} kept; " + art.checks["recipes"]["why"])
+    finally:
+        for recipe in arts:
+            shutil.rmtree(ctx.workdir / f".recipe-{recipe}", ignore_errors=True)
+        for p in ctx.workdir.glob(".recipe-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    return open_and_verify(art), chosen

@@ -1,0 +1,119 @@
+"""INT8 recipes (exporters/recipes.py, exporters/targets/openvino.py): each named recipe builds the IR it says,
+``--recipe auto`` gates and times every candidate on this machine and keeps the fastest that passes, and the
+report and manifest say which won and why."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="INT8 recipes are OpenVINO's: pip install 'vitdeploy[openvino]'")
+pytest.importorskip("nncf", reason="INT8 recipes need NNCF: pip install 'vitdeploy[openvino]'")
+pytestmark = pytest.mark.slow
+
+from exporters.targets.openvino import RECIPES, OpenVinoOptions, recipe_candidates  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
+
+
+def activation_fq(xml: Path) -> dict:
+    """What an INT8 IR quantizes: activation FakeQuantize ops, how many are asymmetric (a zero point), and how many
+    feed the fused attention op."""
+    import openvino as ov
+    model = ov.Core().read_model(str(xml))
+    act = [o for o in model.get_ordered_ops() if o.get_type_name() == "FakeQuantize"
+           and o.input(0).get_source_output().get_node().get_type_name() != "Constant"]
+    asym = 0
+    for o in act:
+        lo, hi = (o.input(i).get_source_output().get_node().get_data() for i in (1, 2))
+        symmetric = np.all(lo == 0) or np.allclose(lo, -hi * 128 / 127, rtol=1e-3) or np.allclose(lo, -hi, rtol=1e-3)
+        asym += not symmetric
+    attention = sum(1 for o in act for t in o.output(0).get_target_inputs()
+                    if t.get_node().get_type_name() == "ScaledDotProductAttention")
+    return {"activations": len(act), "asymmetric": asym, "attention": attention}
+
+
+@pytest.fixture(scope="module")
+def recipe_irs(tmp_path_factory):
+    """digits_swin's INT8 IR under each named recipe, from one ONNX export and one calibration set."""
+    from calibration import load_set
+    from exporters.onnx import export_onnx
+    from exporters.rewrites import apply_rewrites
+    from exporters.targets import BuildContext, target
+    from exporters.zoo import create_model
+    d = tmp_path_factory.mktemp("recipes")
+    model, spec = create_model("digits_swin")
+    model, _ = apply_rewrites(model, (1, *spec.input_shape))
+    exp = export_onnx(model, (1, *spec.input_shape), d / "model.onnx")
+    calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
+    out = {}
+    for recipe in RECIPES:
+        (d / recipe).mkdir()
+        ctx = BuildContext(spec=spec, model=model, onnx_path=exp.path, workdir=d / recipe, batch=1, threads=None,
+                           calib=lambda: calib)
+        art = target("openvino").build(ctx, "int8", OpenVinoOptions(recipe=recipe))
+        assert art.runtime_config["recipe"] == recipe and f"recipe {recipe}" in art.notes[0]
+        out[recipe] = activation_fq(art.primary)
+    return out
+
+
+def test_each_recipe_builds_what_it_says(recipe_irs):
+    mixed, sym, proj = recipe_irs["mixed"], recipe_irs["symmetric"], recipe_irs["projections"]
+    assert mixed["asymmetric"] > 0 and mixed["attention"] > 0  # zero points, INT8 attention
+    assert sym["asymmetric"] == 0 and sym["activations"] == mixed["activations"]  # same ops, no zero points
+    assert proj["attention"] == 0 and proj["activations"] == mixed["activations"] - mixed["attention"]
+
+
+def test_candidates_cover_every_recipe_under_each_hint():
+    cands = recipe_candidates(OpenVinoOptions())
+    assert {r for r, _ in cands} == set(RECIPES)
+    assert {c["inference_precision"] for _, c in cands} >= {"f32"}
+    assert len(cands) == len(RECIPES) * len({c["inference_precision"] for _, c in cands})
+
+
+def test_recipe_auto_keeps_the_fastest_that_passes(tmp_path, capsys):
+    code, _, err = run_cli(["digits_swin", "--target", "openvino", "--int8", "--recipe", "auto", "--out", tmp_path,
+                            "--runs", "5", "--quiet"], capsys)
+    assert code == 0, err
+    bundle = tmp_path / "digits_swin"
+    rep = json.loads((bundle / "report.json").read_text())
+    row = next(r for r in rep["results"] if r["target"] == "openvino")
+    rec = row["checks"]["recipes"]
+    assert len(rec["attempts"]) == len(recipe_candidates(OpenVinoOptions()))
+    passing = [a for a in rec["attempts"] if a["passed"]]
+    kept = next(a for a in rec["attempts"] if a["kept"])
+    assert kept["p50_ms"] == min(a["p50_ms"] for a in passing) and rec["kept"] == kept["name"]
+    assert "fastest of" in rec["why"] and rec["tuned_on"]
+    art = next(a for a in json.loads((bundle / "manifest.json").read_text())["artifacts"] if a["target"] == "openvino")
+    assert art["runtime_config"]["recipe"] == kept["config"]["recipe"]
+    assert art["runtime_config"]["inference_precision"] == kept["config"]["inference_precision"]
+    assert not list(bundle.glob(".recipe-*"))  # the losing candidates are gone
+    assert "INT8 recipes, openvino int8" in (bundle / "report.md").read_text()
+    import runtime
+    with runtime.open(bundle, target="openvino", verify="always") as s:  # the kept files are the manifest's
+        assert s.verdict.passed
+
+
+def test_recipe_for_a_build_without_recipes_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["digits_swin", "--target", "openvino", "--fp16", "--recipe", "symmetric", "--out",
+                            tmp_path, "--quiet"], capsys)
+    assert code == 2 and "--recipe applies to openvino int8 builds" in err, err
+    code, _, err = run_cli(["digits_swin", "--target", "openvino", "--int8", "--recipe", "fastest", "--out",
+                            tmp_path, "--quiet"], capsys)
+    assert code == 2 and "--recipe" in err and "Traceback" not in err, err
+
+
+def test_precision_auto_means_recipe_auto_unless_one_is_named():
+    from exporters.recipes import wants_auto
+    from exporters.targets import target
+    t = target("openvino")
+
+    def job(precision, options):
+        return SimpleNamespace(opts=SimpleNamespace(precision=precision, options=options),
+                               target_options={"openvino": OpenVinoOptions(**options)})
+    assert wants_auto(job("auto", {}), t, "int8")
+    assert not wants_auto(job("auto", {"recipe": "mixed"}), t, "int8")
+    assert wants_auto(job("int8", {"recipe": "auto"}), t, "int8")
+    assert not wants_auto(job("int8", {}), t, "int8")
+    assert not wants_auto(job("auto", {}), t, "fp16")
+    assert not wants_auto(job("auto", {}), target("onnxruntime"), "int8")
