@@ -195,8 +195,6 @@ def _vs_naive(argv) -> int:
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render
-    if a.batch < 1 or a.runs < 1 or a.throughput_seconds <= 0:
-        raise UserError("--batch and --runs must be at least 1 and --throughput-seconds positive")
     from exporters.pipeline import default_threads
     from exporters.zoo import create_model
     from runtime.environment import environment, one_line

@@ -21,9 +21,30 @@ def test_vs_naive_on_digits_vit():
     assert acc["reference_top1"] > 95
     int8 = [k for k in acc if k != "reference_top1"]
     assert len(int8) == 4 and all(0 < acc[k]["agreement"] <= 100 for k in int8)
+    assert all({"cosine_min", "correct", "gate_cosine"} <= set(v) for k, v in rows.items() if k != "pytorch eager fp32")
+    assert rows["naive onnxruntime fp32"]["cosine_min"] > 0.9999 and rows["naive onnxruntime fp32"]["correct"]
+    from exporters.targets.openvino import RECIPES
+    assert rows["vitdeploy openvino int8"]["recipe"] in RECIPES  # chosen by --recipe auto
+    assert all("correct" in acc[k] for k in int8)
     md = render(res, "test machine", "python -m benchmarks vs-naive digits_vit")
-    assert "best naive path" in md and "| vitdeploy openvino int8 |" in md
+    assert "best correct naive path" in md and "| vitdeploy openvino int8 |" in md
     assert "(batch 2," in md and "img/s, throughput mode" in md
+
+
+def test_a_fast_wrong_naive_path_is_no_competitor():
+    """The best-naive ratio counts only paths correct on the timed model and on every trained digits fixture."""
+    from benchmarks.vs_naive import competitors, render
+    row = lambda p50, ok=True: {"p50": p50, "p90": p50, "hint": None, "cosine_min": 0.99 if ok else -0.26,  # noqa: E731
+                                "correct": ok, "gate_cosine": 0.9}
+    rows = {"pytorch eager fp32": {"p50": 90.0, "p90": 90.0, "hint": None},
+            "naive openvino default": row(20.0), "naive openvino nncf int8": row(18.0),
+            "naive onnxruntime quantize_static int8": row(10.0, ok=False), "vitdeploy openvino int8": row(16.0)}
+    acc = {"digits_swin": {"reference_top1": 98.0,
+                           "naive openvino nncf int8": {"top1": 90.0, "agreement": 87.0, "cosine_min": 0.8,
+                                                        "correct": False, "missed": ["top1_agreement 0.87 < 0.99"]}}}
+    assert set(competitors(rows, acc)) == {"naive openvino default"}
+    md = render({"batch": 1, "latency_ms": {"swin_t": rows}, "accuracy": acc}, "m", "cmd")
+    assert "best correct naive path by p50 = naive openvino default" in md and "**1.25×** it" in md
 
 
 def test_op_profile_on_digits_vit():
