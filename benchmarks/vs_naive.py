@@ -144,9 +144,9 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
                     "hint": (runners[k].describe().get("compiled") or {}).get("INFERENCE_PRECISION_HINT"),
                     **fid.get(k, {})}
                 for k, v in lats.items()}
-        recipe = next((a.runtime_config for a in read_manifest(bundle).artifacts
-                       if a.target == "openvino" and a.precision == "int8"), {})
-        rows["vitdeploy openvino int8"]["recipe"] = recipe.get("recipe")
+        for a in read_manifest(bundle).artifacts:
+            if a.runtime_config.get("recipe") and f"vitdeploy {a.target} {a.precision}" in rows:
+                rows[f"vitdeploy {a.target} {a.precision}"]["recipe"] = a.runtime_config["recipe"]
     finally:
         _close(runners)
     if throughput_s:
@@ -223,10 +223,10 @@ def render(res: dict, env_line: str, command: str) -> str:
         best_tp = max(v["images_per_s"] for v in naive.values()) if tp else None
         ours = {k: v for k, v in rows.items() if k.startswith("vitdeploy") and v.get("correct", True)}
         top = min(ours, key=lambda k: ours[k]["p50"]) if ours else None
-        recipe = rows.get("vitdeploy openvino int8", {}).get("recipe")
+        recipes = ", ".join(f"{k.removeprefix('vitdeploy ')} **{v['recipe']}**" for k, v in rows.items() if v.get("recipe"))
         lines += [f"### {model} (batch {batch}, random weights): best correct naive path by p50 = {best_k}"
                   + (f"; best vitdeploy = {top}, **{best / ours[top]['p50']:.2f}×** it" if top else ""), "",
-                  (f"vitdeploy's OpenVINO INT8 recipe, chosen here by `--recipe auto`: **{recipe}**. " if recipe else "")
+                  (f"vitdeploy's INT8 recipes, chosen here by `--recipe auto`: {recipes}. " if recipes else "")
                   + f"Fidelity: cosine of the logits against eager FP32 on {FIDELITY_SAMPLES} digits images at the "
                   "model's size, gated with the tolerance of the path's runtime and precision (runtime/tolerances.py); "
                   "a naive path that fails it, or fails its gate on a trained digits fixture below, is left out of "

@@ -18,6 +18,18 @@ from runtime.errors import UserError
 from runtime.repair import run_ladder
 
 RECIPE_RUNS = 20  # timed runs per candidate, interleaved
+# The recipe names every CPU INT8 target offers, each meaning the same choice there (the target's module says how)
+RECIPE_NAMES = ("mixed", "symmetric", "projections")
+DEFAULT_RECIPE = "mixed"
+
+
+def recipe_field(docs: dict[str, str]):
+    """The ``recipe`` field of a target's options dataclass (the shared ``--recipe`` flag)."""
+    assert tuple(docs) == RECIPE_NAMES
+    return dataclasses.field(default=DEFAULT_RECIPE, metadata={
+        "choices": (*RECIPE_NAMES, "auto"),
+        "help": f"INT8 recipe: {', '.join(RECIPE_NAMES)} (default {DEFAULT_RECIPE}; see the README) or auto: build "
+                "each, gate each, keep the fastest that passes on this machine (also under --precision auto)"})
 
 
 def wants_auto(job, t, precision: str) -> bool:
@@ -63,8 +75,8 @@ def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[t
             art.runtime_config.update(ctx.runtime_config)
             arts[recipe] = art
         feeds = next(job.data.batches(job.opts.batch))
-        named = [(f"{r}, rest at {cfg.get('inference_precision', 'as built')}", {**arts[r].runtime_config, **cfg})
-                 for r, cfg in cands]
+        named = [(r + (f", rest at {cfg['inference_precision']}" if "inference_precision" in cfg else ""),
+                  {**arts[r].runtime_config, **cfg}) for r, cfg in cands]
         with job.steps(f"{t.name} {precision}: {len(arts)} recipes, {len(named)} candidates gated and timed"):
             attempts, best = run_ladder(named, lambda cfg: open_with(t.backend, arts[cfg["recipe"]].primary, cfg,
                                                                      threads=job.threads),

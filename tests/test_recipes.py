@@ -33,15 +33,33 @@ def activation_fq(xml: Path) -> dict:
     return {"activations": len(act), "asymmetric": asym, "attention": attention}
 
 
-@pytest.fixture(scope="module")
-def recipe_irs(tmp_path_factory):
-    """digits_swin's INT8 IR under each named recipe, from one ONNX export and one calibration set."""
+def qdq_facts(path: Path) -> dict:
+    """What an ONNX Runtime QDQ model quantizes: activation zero-point types, and DequantizeLinear ops feeding an
+    activation-by-activation MatMul (attention)."""
+    import onnx
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+
+    def weight(name: str) -> bool:  # an initializer, or a DequantizeLinear of one (a quantized weight)
+        p = producer.get(name)
+        return name in inits or (p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits)
+    att = {n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(weight(i) for i in n.input)}
+    zp_types = {inits[n.input[2]].data_type for n in proto.graph.node if n.op_type == "QuantizeLinear"
+                and len(n.input) > 2 and n.input[2] in inits}
+    into_attention = sum(1 for n in proto.graph.node if n.name in att for i in n.input
+                         if i in producer and producer[i].op_type == "DequantizeLinear")
+    return {"zero_point_types": zp_types, "into_attention": into_attention}
+
+
+def build_each_recipe(tmp_path_factory, name: str, options, facts) -> dict:
+    """digits_swin's INT8 artefact of target ``name`` under each named recipe, from one export and one calibration set."""
     from calibration import load_set
     from exporters.onnx import export_onnx
     from exporters.rewrites import apply_rewrites
     from exporters.targets import BuildContext, target
     from exporters.zoo import create_model
-    d = tmp_path_factory.mktemp("recipes")
+    d = tmp_path_factory.mktemp(f"recipes-{name}")
     model, spec = create_model("digits_swin")
     model, _ = apply_rewrites(model, (1, *spec.input_shape))
     exp = export_onnx(model, (1, *spec.input_shape), d / "model.onnx")
@@ -51,10 +69,27 @@ def recipe_irs(tmp_path_factory):
         (d / recipe).mkdir()
         ctx = BuildContext(spec=spec, model=model, onnx_path=exp.path, workdir=d / recipe, batch=1, threads=None,
                            calib=lambda: calib)
-        art = target("openvino").build(ctx, "int8", OpenVinoOptions(recipe=recipe))
+        art = target(name).build(ctx, "int8", options(recipe=recipe))
         assert art.runtime_config["recipe"] == recipe and f"recipe {recipe}" in art.notes[0]
-        out[recipe] = activation_fq(art.primary)
+        out[recipe] = facts(art.primary)
     return out
+
+
+@pytest.fixture(scope="module")
+def recipe_irs(tmp_path_factory):
+    return build_each_recipe(tmp_path_factory, "openvino", OpenVinoOptions, activation_fq)
+
+
+def test_onnxruntime_recipes_build_what_they_say(tmp_path_factory):
+    import onnx
+
+    from exporters.targets.onnxruntime import RECIPES as ORT_RECIPES
+    from exporters.targets.onnxruntime import OnnxRuntimeOptions
+    assert set(ORT_RECIPES) == set(RECIPES)  # one --recipe flag, the same names on every CPU INT8 target
+    got = build_each_recipe(tmp_path_factory, "onnxruntime", OnnxRuntimeOptions, qdq_facts)
+    assert got["mixed"]["zero_point_types"] == {onnx.TensorProto.UINT8} and got["mixed"]["into_attention"] > 0
+    assert onnx.TensorProto.INT8 in got["symmetric"]["zero_point_types"]
+    assert got["projections"]["into_attention"] == 0
 
 
 def test_each_recipe_builds_what_it_says(recipe_irs):
@@ -97,7 +132,7 @@ def test_recipe_auto_keeps_the_fastest_that_passes(tmp_path, capsys):
 def test_recipe_for_a_build_without_recipes_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(["digits_swin", "--target", "openvino", "--fp16", "--recipe", "symmetric", "--out",
                             tmp_path, "--quiet"], capsys)
-    assert code == 2 and "--recipe applies to openvino int8 builds" in err, err
+    assert code == 2 and "--recipe applies to onnxruntime int8 and openvino int8 builds" in err, err
     code, _, err = run_cli(["digits_swin", "--target", "openvino", "--int8", "--recipe", "fastest", "--out",
                             tmp_path, "--quiet"], capsys)
     assert code == 2 and "--recipe" in err and "Traceback" not in err, err
@@ -116,4 +151,4 @@ def test_precision_auto_means_recipe_auto_unless_one_is_named():
     assert wants_auto(job("int8", {"recipe": "auto"}), t, "int8")
     assert not wants_auto(job("int8", {}), t, "int8")
     assert not wants_auto(job("auto", {}), t, "fp16")
-    assert not wants_auto(job("auto", {}), target("onnxruntime"), "int8")
+    assert not wants_auto(job("auto", {}), t, "fp32")

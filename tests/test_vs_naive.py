@@ -25,6 +25,7 @@ def test_vs_naive_on_digits_vit():
     assert rows["naive onnxruntime fp32"]["cosine_min"] > 0.9999 and rows["naive onnxruntime fp32"]["correct"]
     from exporters.targets.openvino import RECIPES
     assert rows["vitdeploy openvino int8"]["recipe"] in RECIPES  # chosen by --recipe auto
+    assert rows["vitdeploy onnxruntime int8"]["recipe"] in RECIPES
     assert all("correct" in acc[k] for k in int8)
     md = render(res, "test machine", "python -m benchmarks vs-naive digits_vit")
     assert "best correct naive path" in md and "| vitdeploy openvino int8 |" in md

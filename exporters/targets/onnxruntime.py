@@ -11,7 +11,9 @@ import contextlib
 import io
 import logging
 import time
+from dataclasses import dataclass
 
+from exporters.recipes import DEFAULT_RECIPE, recipe_field
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import require
 from runtime.backends.onnxruntime import INSTALL
@@ -22,6 +24,34 @@ PRECISIONS = ("fp32", "int8")
 # issue reported. "reduce_range": None means "decide from the CPU": see _reduce_range().
 DEFAULT_INT8 = {"activation": "uint8", "weight": "int8", "per_channel": True, "method": "minmax",
                 "op_types": ("MatMul", "Gemm", "Conv"), "reduce_range": None, "keep_first_last": True}
+
+
+# INT8 recipes (the names every CPU INT8 target shares, exporters/recipes.py); `--recipe auto` measures them here
+RECIPES = {
+    "mixed": "unsigned activations with a zero point (U8S8, asymmetric), signed symmetric per-channel weights; "
+             "every MatMul/Gemm/Conv input quantized, attention matmuls included",
+    "symmetric": "signed symmetric activations (S8S8): no zero point (slower than U8S8 on the x86 CPUs measured "
+                 "so far, docs/BENCHMARKS.md section 3; kept as a candidate because that depends on the CPU)",
+    "projections": "U8S8 on the projections and the MLP only: the attention matmuls (QK^T, AV, both inputs "
+                   "activations) stay FP32, without their Q/DQ pairs",
+}
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    recipe: str = recipe_field(RECIPES)
+
+
+def recipe_candidates(options: OnnxRuntimeOptions) -> list[tuple[str, dict]]:
+    """``--recipe auto``: each recipe once (the runtime configuration does not change between them)."""
+    return [(r, {"recipe": r}) for r in RECIPES]
+
+
+def attention_matmuls(proto) -> list[str]:
+    """MatMul nodes whose inputs are both activations (QK^T and AV), not weights."""
+    consts = {i.name for i in proto.graph.initializer} | {o for n in proto.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and not consts.intersection(n.input)]
 
 
 def _reduce_range(opts: dict) -> bool:
@@ -87,6 +117,8 @@ def quantize_qdq(src, dst, calib, batch: int, opts: dict) -> None:
     exclude = first_last_compute_nodes(proto) if opts["keep_first_last"] else []
     keep = opts.get("keep_tensors") or frozenset()
     exclude += [n.name for n in proto.graph.node if n.op_type in opts["op_types"] and keep.intersection(n.output)]
+    if opts.get("attention") is False:
+        exclude += attention_matmuls(proto)
     with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
         ort_q.quantize_static(
             str(src), str(dst), _Reader(calib, "input", batch), quant_format=QuantFormat.QDQ,
@@ -107,6 +139,11 @@ def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
         return Artifact("onnxruntime", "fp32", [ctx.onnx_path], ctx.onnx_path,
                         runtime_config={"providers": ["CPUExecutionProvider"]})
     opts = dict(DEFAULT_INT8)
+    recipe = getattr(options, "recipe", DEFAULT_RECIPE)
+    recipe = recipe if recipe in RECIPES else DEFAULT_RECIPE
+    if recipe == "symmetric":
+        opts["activation"] = "int8"
+    opts["attention"] = recipe != "projections"
     opts["reduce_range"] = _reduce_range(opts)
     opts["keep_tensors"] = ctx.keep_tensors
     calib = ctx.calib()
@@ -114,16 +151,18 @@ def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
     t0 = time.perf_counter()
     quantize_qdq(ctx.onnx_path, dst, calib, ctx.batch, opts)
     return Artifact("onnxruntime", "int8", [dst], dst, build_s={"quantize": time.perf_counter() - t0},
-                    runtime_config={"providers": ["CPUExecutionProvider"]},
-                    notes=[f"static QDQ: activations {opts['activation']} per-tensor, weights {opts['weight']} "
+                    runtime_config={"providers": ["CPUExecutionProvider"], "recipe": recipe},
+                    notes=[f"recipe {recipe}; static QDQ: activations {opts['activation']} per-tensor, "
+                           f"weights {opts['weight']} "
                            f"{'per-channel' if opts['per_channel'] else 'per-tensor'} symmetric"
                            f"{' 7-bit (reduce_range: this CPU has no VNNI/AMX)' if opts['reduce_range'] else ''}, "
                            f"{opts['method']} "
                            f"calibration on {len(calib)} samples; quantized ops: {', '.join(opts['op_types'])}"
+                           + ("" if opts["attention"] else " but the attention matmuls")
                            + ("; patch embedding and head kept FP32" if opts["keep_first_last"] else "")
                            + ("; more layers kept FP32 by the accuracy budget" if ctx.keep_tensors else "")])
 
 
 TARGET = Target(name="onnxruntime", precisions=PRECISIONS, build=build, backend="onnxruntime",
                 sdk="onnxruntime", install=INSTALL, order=10, refusals=(("fp16", FP16_REFUSAL),), keeps=("int8",),
-                first_last=("int8",))
+                first_last=("int8",), options=OnnxRuntimeOptions, recipes={"int8": recipe_candidates})

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from exporters.recipes import DEFAULT_RECIPE, recipe_field
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
@@ -38,16 +39,12 @@ RECIPES = {
     "projections": "mixed preset with the attention matmuls (QK^T, AV) left unquantized: projections and MLP "
                    "INT8, attention at the 16-bit hint (for CPUs where 16-bit attention beats INT8 attention)",
 }
-DEFAULT_RECIPE = "mixed"
 
 
 @dataclass(frozen=True)
 class OpenVinoOptions:
     device: str = field(default="CPU", metadata={"help": "OpenVINO device: CPU, GPU, NPU (default CPU)"})
-    recipe: str = field(default=DEFAULT_RECIPE, metadata={
-        "choices": (*RECIPES, "auto"),
-        "help": "INT8 recipe: " + "; ".join(RECIPES) + f" (default {DEFAULT_RECIPE}); auto: build each, gate each, "
-                "keep the fastest that passes on this machine (also under --precision auto)"})
+    recipe: str = recipe_field(RECIPES)
 
 
 def recipe_candidates(options: OpenVinoOptions) -> list[tuple[str, dict]]:
