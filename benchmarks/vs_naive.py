@@ -95,10 +95,13 @@ def naive_runner(kind: str, artefact, mode: str) -> Runner:
     return OpenVinoRunner(artefact, mode=mode, config={} if mode == "latency" else {"PERFORMANCE_HINT": "THROUGHPUT"})
 
 
-def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | None, batch: int = 1) -> Path:
-    """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults."""
+def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | None, batch: int = 1,
+               model=None, spec=None) -> Path:
+    """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults; given ``model`` and ``spec``, of
+    that very module (a zoo model with random weights differs from one creation to the next)."""
     from exporters.pipeline import RunOptions, run
-    rep = run(RunOptions(model=name, targets=["onnxruntime", "openvino"], precisions=["fp16", "int8"], data=data,
+    rep = run(RunOptions(model=name, module=model, spec=spec, targets=["onnxruntime", "openvino"],
+                         precisions=["fp16", "int8"], data=data,
                          calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, batch=batch,
                          options={"recipe": "auto"}, quiet=True))
     return Path(rep["bundle"])
@@ -128,7 +131,7 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
     naive = naive_artefacts(model, shape, calib, work)
-    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch)
+    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch, model=model, spec=spec)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
     def runners_in(mode: str) -> dict[str, Runner]:

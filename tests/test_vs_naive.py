@@ -23,6 +23,8 @@ def test_vs_naive_on_digits_vit():
     assert len(int8) == 4 and all(0 < acc[k]["agreement"] <= 100 for k in int8)
     assert all({"cosine_min", "correct", "gate_cosine"} <= set(v) for k, v in rows.items() if k != "pytorch eager fp32")
     assert rows["naive onnxruntime fp32"]["cosine_min"] > 0.9999 and rows["naive onnxruntime fp32"]["correct"]
+    assert all(rows[k]["correct"] for k in rows if k.startswith("vitdeploy"))  # the timed model is the reference's
+    assert rows["naive openvino default"]["hint"] in ("bf16", "f16", "f32")
     from exporters.targets.openvino import RECIPES
     assert rows["vitdeploy openvino int8"]["recipe"] in RECIPES  # chosen by --recipe auto
     assert rows["vitdeploy onnxruntime int8"]["recipe"] in RECIPES

@@ -98,9 +98,11 @@ class OpenVinoRunner(Runner):
         actual = {}
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
             try:
-                actual[key] = str(self.compiled.get_property(key))
+                value = self.compiled.get_property(key)
             except Exception:  # reason: not every device reports every property
-                pass
+                continue
+            # an element type reads as "bf16"/"f32", as the hint is written, not as "<Type: 'bfloat16'>"
+            actual[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
         return {"device": self.device, "threads": self.threads, "mode": self.mode, "streams": self.streams,
                 "requested": self.config, "compiled": actual, "openvino": ov.__version__}
 
