@@ -18,6 +18,7 @@ from runtime.errors import UserError
 from runtime.repair import run_ladder
 
 RECIPE_RUNS = 20  # timed runs per candidate, interleaved
+CALIBRATION_CACHE = ".recipes-calibration.json"  # inside the staging bundle, removed when the stage ends
 # The recipe names every CPU INT8 target offers, each meaning the same choice there (the target's module says how)
 RECIPE_NAMES = ("mixed", "symmetric", "projections")
 DEFAULT_RECIPE = "mixed"
@@ -71,7 +72,8 @@ def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[t
         for recipe in dict.fromkeys(r for r, _ in cands):
             sub = ctx.workdir / f".recipe-{recipe}"
             sub.mkdir()
-            art = t.build(dataclasses.replace(ctx, workdir=sub), precision, dataclasses.replace(options, recipe=recipe))
+            art = t.build(dataclasses.replace(ctx, workdir=sub, calibration_cache=ctx.workdir / CALIBRATION_CACHE),
+                          precision, dataclasses.replace(options, recipe=recipe))
             art.runtime_config.update(ctx.runtime_config)
             arts[recipe] = art
         feeds = next(job.data.batches(job.opts.batch))
@@ -102,4 +104,5 @@ def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[t
             shutil.rmtree(ctx.workdir / f".recipe-{recipe}", ignore_errors=True)
         for p in ctx.workdir.glob(".recipe-*"):
             shutil.rmtree(p, ignore_errors=True)
+        (ctx.workdir / CALIBRATION_CACHE).unlink(missing_ok=True)
     return open_and_verify(art), chosen

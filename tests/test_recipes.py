@@ -152,3 +152,48 @@ def test_precision_auto_means_recipe_auto_unless_one_is_named():
     assert not wants_auto(job("int8", {}), t, "int8")
     assert not wants_auto(job("auto", {}), t, "fp16")
     assert not wants_auto(job("auto", {}), t, "fp32")
+
+
+def test_onnxruntime_recipes_share_one_calibration(tmp_path):
+    """The recipes of one --recipe auto differ only after calibration: a recipe quantized from the ranges the first
+    one saved equals the same recipe calibrated on its own, scale for scale."""
+    import dataclasses
+
+    import onnx
+    from onnx import numpy_helper
+
+    from calibration import load_set
+    from exporters.onnx import export_onnx
+    from exporters.targets import BuildContext, target
+    from exporters.targets.onnxruntime import OnnxRuntimeOptions, _cache
+    from exporters.zoo import create_model
+    if not _cache(tmp_path / "probe.json"):
+        pytest.skip("this ONNX Runtime's quantize_static has no calibration_cache_path (1.32+)")
+    model, spec = create_model("digits_swin")
+    exp = export_onnx(model, (1, *spec.input_shape), tmp_path / "model.onnx")
+    calib = load_set("digits", spec.preprocessing, size=16, part="train", progress=False)
+    base = BuildContext(spec=spec, model=model, onnx_path=exp.path, workdir=tmp_path, batch=1, threads=None,
+                        calib=lambda: calib)
+    cache = tmp_path / "calib.json"
+
+    def build(recipe: str, folder: str, cached: bool) -> dict:
+        (tmp_path / folder).mkdir()
+        ctx = dataclasses.replace(base, workdir=tmp_path / folder, calibration_cache=cache if cached else None)
+        art = target("onnxruntime").build(ctx, "int8", OnnxRuntimeOptions(recipe=recipe))
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(art.primary)).graph.initializer}
+    build("mixed", "first", cached=True)
+    assert cache.is_file()
+    alone = {}
+    for recipe in ("symmetric", "projections"):
+        shared, alone[recipe] = build(recipe, f"{recipe}-shared", True), build(recipe, f"{recipe}-alone", False)
+        assert shared.keys() == alone[recipe].keys()
+        assert all(np.array_equal(shared[k], alone[recipe][k]) for k in shared), recipe
+    # and the shared ranges are what it used: widen them in the cache and the scales follow
+    data = json.loads(cache.read_text())
+    for rng in data["data"].values():
+        rng["lowest"]["data"] = [v * 2 for v in rng["lowest"]["data"]]
+        rng["highest"]["data"] = [v * 2 for v in rng["highest"]["data"]]
+    cache.write_text(json.dumps(data))
+    widened = build("symmetric", "symmetric-widened", True)
+    assert widened.keys() == alone["symmetric"].keys()
+    assert any(not np.array_equal(widened[k], alone["symmetric"][k]) for k in widened)

@@ -50,6 +50,9 @@ class BuildContext:
     keep_modules: tuple[str, ...] = ()
     # runtime-configuration overrides every build carries (the repair ladder's choice, exporters/proof.py)
     runtime_config: dict = field(default_factory=dict)
+    # a calibration result the builds of one `--recipe auto` share (exporters/recipes.py), where the quantizer
+    # can save and reload one: the first build calibrates, the others reuse its ranges
+    calibration_cache: Path | None = None
 
 
 @dataclass
