@@ -259,8 +259,6 @@ def _eval(argv) -> int:
     from benchmarks.scale import evaluate, make_plan
     from exporters.pipeline import default_threads
     from runtime.environment import environment, one_line
-    if a.workers < 1 or (a.threads is not None and a.threads < 1):
-        raise UserError("--workers and --threads must be at least 1")
     sharded = a.workers > 1 or a.ray
     threads = a.threads or (1 if sharded else default_threads())
     def split(s):
@@ -288,8 +286,6 @@ def _drift(argv) -> int:
     p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--out", default="out/drift")
     a = p.parse_args(argv)
-    if a.size < 1:
-        raise UserError("--size must be at least 1")
     from benchmarks.drift import drift, plot, render
     from runtime.environment import environment, one_line
     res = drift(Path(a.bundle), a.target, a.precision, a.data, a.size, a.threads, a.weights)

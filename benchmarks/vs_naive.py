@@ -48,8 +48,8 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
             continue
         hint = (r.describe().get("compiled") or {}).get("INFERENCE_PRECISION_HINT")
         a = compare(ref, batched_logits(r, inputs, batch), None)
-        tol = tolerance_for(*path_precision(k, str(hint) if hint else None))
-        out[k] = {"cosine_min": round(a.cosine_min, 5), "agreement": round(a.top1_agreement * 100, 2),
+        tol = tolerance_for(*path_precision(k, hint))
+        out[k] = {"hint": hint, "cosine_min": round(a.cosine_min, 5), "agreement": round(a.top1_agreement * 100, 2),
                   "correct": bool(np.isfinite(a.cosine_min) and a.cosine_min >= tol.cosine_min),
                   "gate_cosine": tol.cosine_min}
     return out
@@ -143,9 +143,7 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
         fid_set = load_set("digits", spec.preprocessing, size=FIDELITY_SAMPLES, part="holdout", progress=False)
         fid = fidelity(runners, "pytorch eager fp32", fid_set.inputs, batch)
         lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs=runs, warmup=5, rounds=5)
-        rows = {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2),
-                    "hint": (runners[k].describe().get("compiled") or {}).get("INFERENCE_PRECISION_HINT"),
-                    **fid.get(k, {})}
+        rows = {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2), "hint": None, **fid.get(k, {})}
                 for k, v in lats.items()}
         for a in read_manifest(bundle).artifacts:
             if a.runtime_config.get("recipe") and f"vitdeploy {a.target} {a.precision}" in rows:

@@ -41,6 +41,13 @@ def wants_auto(job, t, precision: str) -> bool:
     return chosen == "auto" or (job.opts.precision == "auto" and "recipe" not in job.opts.options)
 
 
+def recipe_of(options) -> str:
+    """The recipe a target's build applies: the one named, the default for ``auto`` (``recipe_stage`` names one
+    per build) or for options without a recipe."""
+    recipe = getattr(options, "recipe", DEFAULT_RECIPE)
+    return recipe if recipe in RECIPE_NAMES else DEFAULT_RECIPE
+
+
 def check_recipe_flag(given: dict, planned: list[tuple[str, str]]) -> None:
     """``--recipe`` is refused (one line) when nothing planned has recipes: it would be silently ignored."""
     from exporters.targets import target, targets
@@ -83,8 +90,7 @@ def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[t
             attempts, best = run_ladder(named, lambda cfg: open_with(t.backend, arts[cfg["recipe"]].primary, cfg,
                                                                      threads=job.threads),
                                         judge, lambda r: {r.input_name: feeds}, runs=RECIPE_RUNS)
-        fallback = next(f.default for f in dataclasses.fields(options) if f.name == "recipe")
-        chosen = best.config["recipe"] if best else fallback
+        chosen = best.config["recipe"] if best else DEFAULT_RECIPE
         art = arts[chosen]
         moved = [ctx.workdir / f.name for f in art.files]
         for src, dst in zip(art.files, moved):
@@ -96,12 +102,10 @@ def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[t
         env = job.report["environment"]["cpu"]
         art.checks["recipes"] = {
             "attempts": [a.to_dict() for a in attempts], "kept": best.name if best else None,
-            "why": why_won(attempts, best) if best else f"no candidate passed: the default recipe {fallback} is kept",
+            "why": why_won(attempts, best) if best else f"no candidate passed: the default recipe {chosen} is kept",
             "tuned_on": f"{env.get('model')} ({' '.join(env.get('flags', []))}), {job.threads} threads"}
-        art.notes.append(f"recipe auto: {best.name if best else fallback} kept; " + art.checks["recipes"]["why"])
+        art.notes.append(f"recipe auto: {best.name if best else chosen} kept; " + art.checks["recipes"]["why"])
     finally:
-        for recipe in arts:
-            shutil.rmtree(ctx.workdir / f".recipe-{recipe}", ignore_errors=True)
         for p in ctx.workdir.glob(".recipe-*"):
             shutil.rmtree(p, ignore_errors=True)
         (ctx.workdir / CALIBRATION_CACHE).unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from exporters.recipes import DEFAULT_RECIPE, recipe_field
+from exporters.recipes import recipe_field, recipe_of
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import require
 from runtime.backends.onnxruntime import INSTALL
@@ -153,8 +153,7 @@ def build(ctx: BuildContext, precision: str, options=None) -> Artifact:
         return Artifact("onnxruntime", "fp32", [ctx.onnx_path], ctx.onnx_path,
                         runtime_config={"providers": ["CPUExecutionProvider"]})
     opts = dict(DEFAULT_INT8)
-    recipe = getattr(options, "recipe", DEFAULT_RECIPE)
-    recipe = recipe if recipe in RECIPES else DEFAULT_RECIPE
+    recipe = recipe_of(options)
     if recipe == "symmetric":
         opts["activation"] = "int8"
     opts["attention"] = recipe != "projections"

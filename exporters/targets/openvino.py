@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from exporters.recipes import DEFAULT_RECIPE, recipe_field
+from exporters.recipes import recipe_field, recipe_of
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
@@ -110,7 +110,7 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         # NNCF's default fixes the first layer only. Measured on an AVX2 EPYC (digits_swin hold-out, 539 images):
         # cosine_min 0.979 with the default, 0.99979 with the fix on every layer (docs/BENCHMARKS.md section 8).
         overflow = nncf.OverflowFix.ENABLE if int8_may_saturate() else nncf.OverflowFix.FIRST_LAYER
-        recipe = options.recipe if options.recipe in RECIPES else DEFAULT_RECIPE
+        recipe = recipe_of(options)
         preset = nncf.QuantizationPreset.PERFORMANCE if recipe == "symmetric" else None
         types = ["ScaledDotProductAttention"] if recipe == "projections" else []
         with contextlib.redirect_stdout(io.StringIO()):
