@@ -7,8 +7,8 @@ and OpenVINO's arenas keep intermediate tensors), each over the whole batch. The
 
 where the activation bytes per sample are measured, not guessed: the sum of every leaf module's output in one
 batch-1 forward pass (what eager PyTorch keeps alive at most; a compiled backend keeps less). Checked against
-one run (Zen 5, 24 GB): swin_t, ONNX Runtime FP32, batch 32 peaked at 4.9 GB resident and is estimated at
-5.9 GB. It is an estimate: several targets built in one run can need more, and a batch it lets through may
+one run (Zen 5, 24 GB): swin_t, ONNX Runtime FP32, batch 32 peaked at 4.7 GiB resident and is estimated at
+5.8 GiB. It is an estimate: several targets built in one run can need more, and a batch it lets through may
 still run out of memory (exit 2, "the machine refused"); what it refuses would not fit.
 """
 from __future__ import annotations
