@@ -192,6 +192,8 @@ def _vs_naive(argv) -> int:
     p.add_argument("--throughput", action="store_true", help="also images/s with every path in throughput mode "
                    "(OpenVINO THROUGHPUT hint and streams, ONNX Runtime concurrent runs), one path at a time")
     p.add_argument("--throughput-seconds", type=values.SECONDS, default=5.0)
+    p.add_argument("--img-size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
+                   help="time every model at each of these input sizes (the same module on every path)")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render
@@ -199,9 +201,11 @@ def _vs_naive(argv) -> int:
     from exporters.zoo import create_model
     from runtime.environment import environment, one_line
     for m in a.models:
-        create_model(m)  # an unknown model is one line before any work
+        for size in a.img_size or [None]:
+            create_model(m, img_size=size)  # an unknown model or a size it can't take is one line before any work
     threads = a.threads or default_threads()
-    res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None)
+    res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None,
+                  sizes=a.img_size)
     env = environment(threads)
     md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
     _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})

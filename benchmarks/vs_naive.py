@@ -119,15 +119,17 @@ def _close(runners: dict) -> None:
         r.close()
 
 
-def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None) -> dict:
-    """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name``, interleaved; with
-    ``throughput_s``, then images/s of each, opened in throughput mode, also interleaved."""
+def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None,
+            img_size: tuple[int, int] | None = None) -> dict:
+    """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name`` (at ``img_size``: the same
+    re-laid module on every path), interleaved; with ``throughput_s``, then images/s of each, opened in throughput
+    mode, also interleaved."""
     from calibration import load_set
     from exporters.reference import TorchRunner
     from exporters.zoo import create_model
     from runtime.latency import measure_interleaved, measure_throughput_interleaved
     from runtime.manifest import read_manifest
-    model, spec = create_model(name)
+    model, spec = create_model(name, img_size=img_size)
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
     naive = naive_artefacts(model, shape, calib, work)
@@ -201,9 +203,14 @@ def competitors(rows: dict, accuracy: dict) -> dict:
 
 
 def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughput_s: float | None = None,
-            accuracy_models=("digits_swin", "digits_vit")) -> dict:
+            accuracy_models=("digits_swin", "digits_vit"), sizes: list[tuple[int, int]] | None = None) -> dict:
+    """Every model (at every size of ``sizes``, each keyed ``"swin_t 384x384"``), then the digits accuracy."""
     with tempfile.TemporaryDirectory() as d:
-        lat = {m: latency(m, threads, runs, Path(d) / m, batch, throughput_s) for m in models}
+        lat = {}
+        for m in models:
+            for size in sizes or [None]:
+                key = m if size is None else f"{m} {size[0]}x{size[1]}"
+                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size)
         acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}") for m in accuracy_models}
     return {"batch": batch, "latency_ms": lat, "accuracy": acc}
 

@@ -58,8 +58,11 @@ def parser() -> argparse.ArgumentParser:
                                                              "(needs network)")
     p.add_argument("--num-classes", type=values.CLASSES, default=None,
                    help="classes of a fine-tuned checkpoint (default: read from its classifier, stated in the report)")
-    p.add_argument("--img-size", type=values.IMG_SIZE, default=None,
-                   help="input resolution of a timm model (Swin windows checked; ViT position embeddings resampled)")
+    p.add_argument("--img-size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
+                   help="input resolution of a timm Swin or ViT: 384, 800x1344 (height x width), or several "
+                        "(224,384: one bundle, an artefact per size; the runtime serves each input with its own). "
+                        "Swin windows are kept or scaled with the grid, never padded; ViT position embeddings "
+                        "resampled")
     p.add_argument("--labels", default=None, help="label names: a file with one per line, or a JSON list")
     p.add_argument("--out", default="out", help="output folder; the bundle is OUT/<model>/ (default out)")
     p.add_argument("--batch", type=values.BATCH, default=1, help="batch size for export, verification and timing "

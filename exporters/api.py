@@ -37,11 +37,17 @@ class Report:
         """The rewrite rules that matched this model."""
         return list((self.data.get("rewrites") or {}).get("fired", []))
 
-    def result(self, target: str, precision: str) -> dict:
+    @property
+    def sizes(self) -> list[str]:
+        """The input sizes of a multi-size bundle (``["224x224", "384x384"]``); empty for one size."""
+        return list(dict.fromkeys(r["input_size"] for r in self.results if r.get("input_size")))
+
+    def result(self, target: str, precision: str, size: str | None = None) -> dict:
+        """The row of ``target`` at ``precision`` (and, in a multi-size bundle, ``size``: ``"384x384"``)."""
         for r in self.results:
-            if r["target"] == target and r["precision"] == precision:
+            if r["target"] == target and r["precision"] == precision and size in (None, r.get("input_size")):
                 return r
-        raise KeyError((target, precision))
+        raise KeyError((target, precision, size))
 
     def to_dict(self) -> dict:
         return self.data
@@ -102,7 +108,7 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
 
 def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=None, data="digits", calib=None,
            labels=None, preprocessing=None, out="out", name: str | None = None, weights=None,
-           num_classes: int | None = None, img_size: int | None = None, batch: int = 1, runs: int = 50,
+           num_classes: int | None = None, img_size=None, batch: int = 1, runs: int = 50,
            threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
            min_cosine: float | None = None, throughput: bool = False, repair: bool = True, quiet: bool = True,
            sign_key=None, **target_options) -> Report:
@@ -112,6 +118,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
 
     ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
     ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
+    ``img_size`` pixels, ``(h, w)`` or a list of them (several: one bundle with an artefact set per size, and
+    ``Report.results`` rows naming their ``input_size``);
     ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
     ``max_drop``/``min_cosine`` the INT8/FP16 accuracy budget (exporters/budget.py); ``throughput`` also
     measures images/s in throughput mode; ``repair=False`` keeps a failed row as it failed (no safe runtime

@@ -48,7 +48,7 @@ class RunOptions:
     weights: str | None = None
     pretrained: bool = False
     num_classes: int | None = None  # a fine-tuned checkpoint's classes (else read from the checkpoint)
-    img_size: int | None = None
+    img_size: object = None  # pixels, (h, w), "224,384" or a list: several sizes make one bundle (exporters/multisize.py)
     labels: str | list[str] | None = None  # a labels file (one per line, or JSON), or the names
     module: object = None  # an nn.Module given through the Python API, with ``spec`` describing it
     spec: object = None
@@ -185,7 +185,7 @@ def _validate(opts: RunOptions) -> None:
     # the CLI's rules for every number (runtime/values.py), for the Python API alike
     for name, kind in (("calib_size", values.SAMPLES), ("eval_size", values.SAMPLES), ("batch", values.BATCH),
                        ("runs", values.RUNS), ("warmup", values.WARMUP), ("threads", values.threads),
-                       ("num_classes", values.CLASSES), ("img_size", values.IMG_SIZE), ("max_drop", values.POINTS),
+                       ("num_classes", values.CLASSES), ("img_size", values.img_sizes), ("max_drop", values.POINTS),
                        ("min_cosine", values.COSINE), ("throughput_seconds", values.SECONDS)):
         values.check(name, getattr(opts, name), kind)
     budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
@@ -206,11 +206,16 @@ def prepare(opts: RunOptions) -> Job:
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
     with steps("model"):
+        sizes = values.check("img_size", opts.img_size, values.img_sizes)
         if opts.module is not None:
             model, spec = opts.module.eval(), opts.spec
+            if sizes and tuple(spec.input_shape[1:]) != sizes[0]:
+                from exporters.sizes import model_at_size
+                model, spec = model_at_size(model, spec, sizes[0], spec.name)
         else:
             model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
-                                       num_classes=opts.num_classes, img_size=opts.img_size, labels=opts.labels)
+                                       num_classes=opts.num_classes, img_size=sizes[0] if sizes else None,
+                                       labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
     with steps("memory estimate"):
         memory = check_batch(model, spec.input_shape, opts.batch)  # a batch that cannot fit: one line, now
@@ -457,31 +462,41 @@ def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Art
             signing.sign_bundle(work, job.opts.sign_key)  # last: it covers every file written above
 
 
-def run(opts: RunOptions) -> dict:
-    """Build, verify and time every requested (target, precision); write the bundle; return the report."""
-    job = prepare(opts)
+def run_into(job: Job, work: Path) -> None:
+    """Export, build, verify, time and write one bundle's files into ``work`` (a staging folder)."""
     timed: list[tuple[Result, Runner, Artifact | None]] = []
     try:
-        with staged_bundle(Path(opts.out), job.spec.slug) as work:
-            export_model, exp = export_stage(job, work)
-            ref = reference_stage(job)
-            timed.append((ref.result, ref.runner, None))
-            ctx = BuildContext(spec=job.spec, model=export_model, onnx_path=exp.path, workdir=work,
-                               batch=opts.batch, threads=job.threads, calib=job.calib,
-                               dynamic_batch=opts.dynamic_batch)
-            results, artifacts, built = build_all(job, ctx, ref)
-            timed += built
-            time_stage(job, timed)
-            if opts.throughput:
-                throughput_stage(job, ctx, timed)
-            with job.steps("golden set and verdicts"):
-                golden_stage(job, work, ref, artifacts, {(r.target, r.precision): rn for r, rn, a in built})
-            write_stage(job, work, [ref.result, *results], artifacts, exp)
+        export_model, exp = export_stage(job, work)
+        ref = reference_stage(job)
+        timed.append((ref.result, ref.runner, None))
+        ctx = BuildContext(spec=job.spec, model=export_model, onnx_path=exp.path, workdir=work,
+                           batch=job.opts.batch, threads=job.threads, calib=job.calib,
+                           dynamic_batch=job.opts.dynamic_batch)
+        results, artifacts, built = build_all(job, ctx, ref)
+        timed += built
+        time_stage(job, timed)
+        if job.opts.throughput:
+            throughput_stage(job, ctx, timed)
+        with job.steps("golden set and verdicts"):
+            golden_stage(job, work, ref, artifacts, {(r.target, r.precision): rn for r, rn, a in built})
+        write_stage(job, work, [ref.result, *results], artifacts, exp)
     finally:
         for _, runner, _ in timed:
             runner.close()
+
+
+def run(opts: RunOptions) -> dict:
+    """Build, verify and time every requested (target, precision); write the bundle; return the report.
+    Several ``img_size`` values make one bundle with a single-size bundle per size (exporters/multisize.py)."""
+    sizes = values.check("img_size", opts.img_size, values.img_sizes)
+    if sizes is not None and len(sizes) > 1:
+        from exporters.multisize import run_sizes
+        return run_sizes(opts, sizes)
+    job = prepare(opts)
+    with staged_bundle(Path(opts.out), job.spec.slug) as work:
+        run_into(job, work)
     job.report["bundle"] = str(Path(opts.out) / job.spec.slug)
     return job.report
 
 
-__all__ = ["RunOptions", "run", "plan", "default_threads", "run_outputs"]
+__all__ = ["RunOptions", "run", "run_into", "prepare", "plan", "default_threads", "run_outputs"]

@@ -104,5 +104,30 @@ def budget_steps(reports: list[dict]) -> bytes | None:
     return _png(fig)
 
 
+def latency_vs_size(reports: list[dict]) -> bytes | None:
+    """p50 against input pixels, one line per (target, precision), when the reports hold several input sizes."""
+    sizes = {tuple(rep["input_shape"][-2:]) for rep in reports}
+    if len(sizes) < 2:
+        return None
+    lines: dict[str, list] = {}
+    for rep in reports:
+        h, w = rep["input_shape"][-2:]
+        for r in rep["results"]:
+            if r.get("latency_ms"):
+                lines.setdefault(_label(r).replace("\n", " "), []).append((h * w, r["latency_ms"]["p50"], f"{h}x{w}"))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, pts in lines.items():
+        pts.sort()
+        ax.plot([p[0] / 1e3 for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ticks = sorted({(h * w, f"{h}x{w}") for h, w in sizes})
+    ax.set_xticks([t[0] / 1e3 for t in ticks], [t[1] for t in ticks], fontsize=7)
+    ax.set_xlabel("input size (x: thousands of pixels)")
+    ax.set_ylabel("latency p50 ms (same run per size)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{reports[0]['model']}: latency against resolution", fontsize=10)
+    return _png(fig)
+
+
 FIGURES = {"latency": latency_bars, "accuracy_vs_speedup": drop_vs_speedup, "size": size_bars,
-           "accuracy_budget": budget_steps}
+           "accuracy_budget": budget_steps, "latency_vs_size": latency_vs_size}

@@ -30,13 +30,15 @@ def _throughput_cell(r: dict) -> list[str]:
 def results_table(results: list[dict]) -> str:
     """Markdown table of result rows; an 'img/s, throughput mode' column when any row was measured so."""
     tp = any(r.get("throughput_mode") for r in results)
-    head = ("| target | precision | status | device | p50 ms | p90 ms | img/s | "
+    sized = any(r.get("input_size") for r in results)  # a multi-size bundle's combined rows
+    head = (("| input size " if sized else "") + "| target | precision | status | device | p50 ms | p90 ms | img/s | "
             + ("img/s, throughput mode | " if tp else "")
             + "speedup | GFLOP/s | cosine min | top-1 agree | top-1 | size MB | passed |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in results:
         lat, acc = r.get("latency_ms") or {}, r.get("accuracy") or {}
         lines.append("| " + " | ".join([
+            *([r.get("input_size", "")] if sized else []),
             r["target"], r["precision"], r.get("status", "built"), str(r.get("device", "")),
             _fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(r.get("throughput_ips"), 1),
             *(_throughput_cell(r) if tp else []),
@@ -94,8 +96,10 @@ def attempts_table(title: str, attempts: list[dict], column: str = "configuratio
            "|---|---|---|---|---|---|---|"]
     for a in attempts:
         v = a.get("values") or {}
-        missed = a.get("error") and f"did not open: {a['error']}" or "; ".join(a.get("failures") or []) or "–"
-        out.append(f"| {a['name']}{' (kept)' if a.get('kept') else ''} | {'yes' if a.get('passed') else '**NO**'} | "
+        missed = (a.get("error") and f"did not open: {a['error']}" or a.get("skipped") and f"not gated: {a['skipped']}"
+                  or "; ".join(a.get("failures") or []) or "–")
+        passed = "yes" if a.get("passed") else "–" if a.get("skipped") else "**NO**"
+        out.append(f"| {a['name']}{' (kept)' if a.get('kept') else ''} | {passed} | "
                    f"{_fmt(v.get('cosine_min'), 6)} | {_fmt(v.get('top1_agreement'), 2, pct=True)} | "
                    f"{_fmt(v.get('top1'), 2, pct=True)} | {_fmt(a.get('p50_ms'), 2)} | {missed[:160]} |")
     return out + [""]
@@ -203,10 +207,30 @@ def trt_check_table(rep: dict) -> list[str]:
     return ["NVIDIA's ONNX parser and TensorRT-RTX AOT builder, on this machine's CPU:", "", *lines, ""]
 
 
+def size_table(reports: list[dict]) -> list[str]:
+    """Reports of one model at several input sizes: p50 ms and worst cosine per (target, precision) and size."""
+    sizes = [f"{rep['input_shape'][-2]}x{rep['input_shape'][-1]}" for rep in reports]
+    if len(set(sizes)) < 2:
+        return []
+    cells: dict[str, dict] = {}
+    for size, rep in zip(sizes, reports):
+        for r in rep["results"]:
+            lat, acc = r.get("latency_ms") or {}, r.get("accuracy") or {}
+            ok = {True: "", False: " **NO**", None: ""}[r.get("passed")]
+            cells.setdefault(f"{r['target']} {r['precision']}", {})[size] = (
+                f"{_fmt(lat.get('p50'))} · {_fmt(acc.get('cosine_min'), 5)}{ok}")
+    head = "| target precision | " + " | ".join(sizes) + " |"
+    lines = ["Per input size: p50 ms · worst cosine against PyTorch at that size (**NO**: gate failed).", "", head,
+             "|" + "---|" * (len(sizes) + 1)]
+    lines += [f"| {k} | " + " | ".join(v.get(s, "–") for s in sizes) + " |" for k, v in cells.items()]
+    return [*lines, ""]
+
+
 def render_matrix_markdown(reports: list[dict], command: str) -> str:
     env = reports[0]["environment"] if reports else {}
-    out = ["# vitdeploy benchmark matrix", "", f"Command: `{command}`", "",
-           f"Machine: {one_line(env)}" if env else "", ""]
+    out = ["# vitdeploy benchmark matrix" if not size_table(reports) else f"# {reports[0]['model']} at several "
+           "input sizes", "", f"Command: `{command}`", "", f"Machine: {one_line(env)}" if env else "", "",
+           *size_table(reports)]
     for rep in reports:
         out += [f"## {rep['model']} (`{rep['source']}`, weights: {rep['weights']}, input {rep['input_shape']})", "",
                 results_table(rep["results"]), "", *trt_check_table(rep)]

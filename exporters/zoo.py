@@ -104,23 +104,6 @@ def _timm_spec(model: nn.Module, name: str, source: str, arch: str) -> ModelSpec
                      preprocessing=pp, num_classes=model.num_classes, labels=labels)
 
 
-def _sized(arch: str, img_size: int | None, build):
-    """``build()`` a model; with ``--img-size``, a size the architecture can't take is one line."""
-    try:
-        model = build()
-        if img_size:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, 3, img_size, img_size))
-        return model
-    except UserError:
-        raise
-    except Exception as exc:  # reason: timm asserts (window/patch divisibility) or raises RuntimeError per model
-        if not img_size:
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UserError(f"--img-size {img_size} does not fit {arch}: {first}") from None
-
-
 def _timm_model(name: str, arch: str, pretrained: bool, **kw) -> tuple[nn.Module, ModelSpec]:
     import timm
 
@@ -137,20 +120,8 @@ def _timm_model(name: str, arch: str, pretrained: bool, **kw) -> tuple[nn.Module
                 raise
             raise UserError(f"could not download pretrained weights for '{arch}' (offline? use --weights PATH): "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
-    model = _sized(arch, kw.get("img_size"), build)
-    return model, _at_size(_timm_spec(model, name, f"timm:{arch}", arch), kw.get("img_size"))
-
-
-def _at_size(spec: ModelSpec, img_size: int | None) -> ModelSpec:
-    """The spec at ``--img-size``: timm keeps the pretrained config's input size, the model does not."""
-    if img_size and spec.input_shape[1:] != (img_size, img_size):
-        import dataclasses
-        spec.input_shape = (3, img_size, img_size)
-        spec.preprocessing = dataclasses.replace(spec.preprocessing, input_size=(img_size, img_size),
-                                                 resize_size=None)
-        spec.notes.append(f"input resolution {img_size} px (--img-size); resize keeps crop_pct "
-                          f"{spec.preprocessing.crop_pct}")
-    return spec
+    model = build()
+    return model, _timm_spec(model, name, f"timm:{arch}", arch)
 
 
 def _saved_model(name: str, **kw) -> tuple[nn.Module, ModelSpec]:
@@ -161,10 +132,10 @@ def _saved_model(name: str, **kw) -> tuple[nn.Module, ModelSpec]:
     def build():
         model, found["arch"], _ = saved_model(name, **kw)
         return model
-    model = _sized(name, kw.get("img_size"), build)
+    model = build()
     arch = found["arch"]
     display = Path(name.partition(":")[2].rstrip("/")).name or "model"
-    spec = _at_size(_timm_spec(model, display, name, arch), kw.get("img_size"))
+    spec = _timm_spec(model, display, name, arch)
     spec.weights = name
     return model, spec
 
@@ -231,19 +202,19 @@ def _reinit_zero_linears(model: nn.Module, spec: ModelSpec) -> None:
             spec.notes.append(f"'{name}' was initialised to zeros upstream; re-initialised randomly (std 0.02)")
 
 
-def _build(name: str, pretrained: bool, num_classes: int | None, img_size: int | None):
+def _build(name: str, pretrained: bool, num_classes: int | None, img_size):
     if name in DIGITS:
-        if num_classes or img_size:
-            raise UserError("the digits models are fixed fixtures: --num-classes and --img-size do not apply")
+        if num_classes:
+            raise UserError("the digits models are fixed fixtures: --num-classes does not apply")
         return _digits_model(name)
     from exporters.saved import is_saved_model
     if is_saved_model(name):
         if pretrained:
             raise UserError(f"{name} loads its own weights; --pretrained does not apply")
-        return _saved_model(name, num_classes=num_classes, img_size=img_size)
+        return _saved_model(name, num_classes=num_classes)
     target = ALIASES.get(name, name)
     if target.startswith("timm:"):
-        return _timm_model(name, target[5:], pretrained, num_classes=num_classes, img_size=img_size)
+        return _timm_model(name, target[5:], pretrained, num_classes=num_classes)
     if target.startswith("tv:"):
         return _tv_model(name, target[3:], pretrained, num_classes=num_classes, img_size=img_size)
     close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
@@ -266,7 +237,7 @@ def _classes_from_checkpoint(weights: Path, num_classes: int | None) -> tuple[in
 
 
 def create_model(name: str, weights: str | Path | None = None, pretrained: bool = False,
-                 num_classes: int | None = None, img_size: int | None = None,
+                 num_classes: int | None = None, img_size: int | tuple[int, int] | None = None,
                  labels: str | Path | list[str] | None = None) -> tuple[nn.Module, ModelSpec]:
     """Build a model by name and load its weights. Returns ``(model.eval(), spec)``.
 
@@ -274,16 +245,16 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
     saved-model format: architecture, args, classes, label names and preprocessing from ``config.json``).
     ``digits_*`` models load their committed trained checkpoint unless ``weights`` is given. With a
     bare checkpoint, ``num_classes`` is read from its classifier unless given (and then checked);
-    ``img_size`` rebuilds a timm model for another resolution (ViT position embeddings are resampled
-    as timm does); ``labels`` is a file (one per line, or JSON) or a list.
+    ``img_size`` (pixels, or ``(h, w)``) re-lays a timm Swin or ViT for another resolution after its weights
+    are loaded (exporters/sizes.py: Swin windows kept or scaled, never padded; ViT position embeddings
+    resampled as timm does); ``labels`` is a file (one per line, or JSON) or a list.
     """
     from exporters.weights import load_weights
 
     if weights is not None and pretrained:
         raise UserError("give either --weights or --pretrained, not both")
-    for flag, v in (("--num-classes", num_classes), ("--img-size", img_size)):
-        if v is not None and v < 1:
-            raise UserError(f"{flag} must be at least 1 (got {v})")
+    if num_classes is not None and num_classes < 1:
+        raise UserError(f"--num-classes must be at least 1 (got {num_classes})")
     note = None
     if weights is not None and name not in DIGITS:
         num_classes, note = _classes_from_checkpoint(Path(weights), num_classes)
@@ -309,4 +280,9 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
         if len(names) != spec.num_classes:
             raise UserError(f"{len(names)} label names for a model with {spec.num_classes} classes")
         spec.labels = names
+    if img_size is not None:
+        from exporters.sizes import model_at_size
+        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if tuple(spec.input_shape[1:]) != hw:
+            return model_at_size(model.eval(), spec, hw, name)
     return model.eval(), spec

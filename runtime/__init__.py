@@ -11,7 +11,8 @@ from pathlib import Path
 
 def open(bundle_dir: str | Path, target: str | None = None, device: str | None = None,
          precision: str | None = None, threads: int | None = None, mode: str = "latency", verify: str = "auto",
-         allow_unverified: bool = False, repair: bool = True, trust: str | Path | None = None):
+         allow_unverified: bool = False, repair: bool = True, trust: str | Path | None = None,
+         size: int | tuple[int, int] | None = None):
     """Read ``manifest.json``, choose an artefact that passed its gates, verify its sha256; return a ``Session``.
 
     ``mode``: ``"latency"`` (one image batch at a time) or ``"throughput"`` (several in flight; see
@@ -22,10 +23,14 @@ def open(bundle_dir: str | Path, target: str | None = None, device: str | None =
     warning line. ``allow_unverified`` serves a failed or unproven artefact anyway. ``trust``: a PEM public key
     (default ``$VITDEPLOY_TRUST``); when set, a bundle not signed with its private key, or with any file changed
     since it was signed, is refused (``UserError``) before anything in it is read.
+
+    A bundle of several input sizes (``sizes.json``, ``--img-size 224,384``) gives a ``SizedSession`` that serves
+    each input with the artefact of its size, or resizes an image to the nearest declared size and says so
+    (``Prediction.served``); ``size`` (pixels or ``(h, w)``) opens that size's artefact alone.
     """
-    from runtime.session import Session
-    return Session(bundle_dir, target=target, precision=precision, device=device, threads=threads, mode=mode,
-                   verify=verify, allow_unverified=allow_unverified, repair=repair, trust=trust)
+    from runtime.sizes import open_bundle
+    return open_bundle(bundle_dir, size, trust, target=target, precision=precision, device=device, threads=threads,
+                       mode=mode, verify=verify, allow_unverified=allow_unverified, repair=repair)
 
 
 __all__ = ["open"]

@@ -4,6 +4,9 @@
     python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P] [--throughput]
     python -m runtime build BUNDLE [--precision fp16|int8]     (TensorRT engine, on the device)
     python -m runtime verify BUNDLE [--target T] [--precision P] [--all] [--no-repair]
+
+A multi-size bundle (``--img-size 224,384`` at export): predict serves each image with its size's artefact (else
+the nearest declared size, said on its line); bench and verify go through every size; ``--size`` picks one.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="artefact precision (default: the fastest in the bundle)")
     p.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
     p.add_argument("--threads", type=values.threads, default=None)
+    p.add_argument("--size", type=values.img_sizes, default=None, metavar="SIZE",
+                   help="a multi-size bundle: use only this input size's artefacts (384 or HxW; default: each "
+                        "input its own size's, else the nearest, and said so)")
 
 
 def _proof_flags(p: argparse.ArgumentParser) -> None:
@@ -42,7 +48,14 @@ def _open(a, **kw):
     import runtime
     return runtime.open(a.bundle, target=kw.pop("target", a.target), precision=kw.pop("precision", a.precision),
                         device=a.device, threads=a.threads, verify=a.verify, allow_unverified=a.allow_unverified,
-                        repair=not a.no_repair, trust=a.trust, **kw)
+                        repair=not a.no_repair, trust=a.trust, size=kw.pop("size", _one_size(a.size)), **kw)
+
+
+def _one_size(sizes):
+    from runtime.errors import UserError
+    if sizes is not None and len(sizes) != 1:
+        raise UserError("--size names one size")
+    return sizes[0] if sizes else None
 
 
 def _predict(argv) -> int:
@@ -61,7 +74,7 @@ def _predict(argv) -> int:
             print(json.dumps({"image": img, "target": s.target, "precision": s.precision, **pred.to_dict()}))
         else:
             tops = ", ".join(f"{lab} {sc:.3f}" for lab, sc in zip(pred.labels, pred.scores))
-            print(f"{img}: {tops}")
+            print(f"{img}: {tops}" + (f"  [{pred.served}]" if pred.served else ""))
     return 0
 
 
@@ -78,29 +91,42 @@ def _bench(argv) -> int:
     _common(p)
     _proof_flags(p)
     a = p.parse_args(argv)
+
+    from runtime.sizes import SizedSession
+    opened = _open(a)
+    sessions = [opened.session(hw) for hw in opened.sizes] if isinstance(opened, SizedSession) else [opened]
+    with opened:
+        for s in sessions:
+            _bench_one(a, s, size=f"{s.runner.input_shape[-2]}x{s.runner.input_shape[-1]}"
+                       if len(sessions) > 1 else None)
+    return 0
+
+
+def _bench_one(a, s, size: str | None) -> None:
+    """Latency (and throughput) of one opened session; one line, or one JSON object."""
     import numpy as np
 
     from runtime.latency import measure, measure_throughput, throughput
-    s = _open(a)
     shape = [s.batch, *s.runner.input_shape[1:]]
     feeds = {s.runner.input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
-    with s:
-        lat = measure(s.runner, feeds, runs=a.runs, warmup=a.warmup)
-        res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
-               "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe()}
+    lat = measure(s.runner, feeds, runs=a.runs, warmup=a.warmup)
+    res = {"target": s.target, "precision": s.precision, "batch": shape[0], "latency_ms": lat.to_dict(),
+           "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe(),
+           **({"input_size": size} if size else {})}
     if a.throughput:
-        with _open(a, target=s.target, precision=s.precision, mode="throughput") as t:
+        with _open(a, target=s.target, precision=s.precision, mode="throughput", size=size and tuple(
+                map(int, size.split("x")))) as t:
             res["throughput_mode"] = measure_throughput(t.runner, feeds, seconds=a.seconds).to_dict()
     if a.json:
         print(json.dumps(res, default=str))
-        return 0
-    print(f"{s.target} {s.precision} batch {shape[0]}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms, "
-          f"p99 {lat.p99:.2f} ms, mean {lat.mean:.2f} ms, {res['throughput_ips']:.1f} img/s ({lat.runs} runs)")
+        return
+    print((f"{size} " if size else "") + f"{s.target} {s.precision} batch {shape[0]}: p50 {lat.p50:.2f} ms, "
+          f"p90 {lat.p90:.2f} ms, p99 {lat.p99:.2f} ms, mean {lat.mean:.2f} ms, {res['throughput_ips']:.1f} img/s "
+          f"({lat.runs} runs)")
     if a.throughput:
         tp = res["throughput_mode"]
         print(f"throughput mode: {tp['images_per_s']:.1f} img/s with {tp['streams']} in flight "
               f"({tp['images']} images in {tp['seconds']:.1f} s)")
-    return 0
 
 
 def _build(argv) -> int:

@@ -197,7 +197,7 @@ def file_hashes(root: Path, files: list[Path]) -> dict[str, str]:
     return {Path(f).relative_to(root).as_posix(): sha256_file(Path(f)) for f in sorted(set(files))}
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(x) for x in err["loc"]) or "top level"
     return f"{where}: {err['msg']}" + (f" ({exc.error_count()} problems in all)" if exc.error_count() > 1 else "")
@@ -217,6 +217,16 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def load_json(path: Path, what: str):
+    """``path``'s JSON, a key given twice refused; a problem is one ``UserError`` naming ``what`` it should be."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise UserError(f"{path} is not a valid {what}: the key {exc} appears twice in one object") from None
+
+
 def read_manifest(bundle: Path) -> Manifest:
     """Read and validate ``bundle/manifest.json``; any problem is one ``UserError`` line."""
     bundle = Path(bundle)
@@ -224,14 +234,12 @@ def read_manifest(bundle: Path) -> Manifest:
     if not bundle.is_dir():
         raise UserError(f"bundle not found: {bundle}")
     if not path.is_file():
+        if (bundle / "sizes.json").is_file():
+            raise UserError(f"{bundle} holds several input sizes (sizes.json): open it with runtime.open(), "
+                            "or name one size's folder inside it")
         raise UserError(f"{bundle} is not a bundle: it has no {MANIFEST}")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
-    except _DuplicateKey as exc:
-        raise UserError(f"{path} is not a valid vitdeploy manifest: the key {exc} appears twice in one object") from None
+    data = load_json(path, "vitdeploy manifest")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{path} is not a valid vitdeploy manifest: {_first_error(exc)}") from None
+        raise UserError(f"{path} is not a valid vitdeploy manifest: {first_error(exc)}") from None

@@ -23,9 +23,11 @@ class Prediction:
     labels: list[str]
     indices: list[int]
     scores: list[float]  # softmax probabilities
+    served: str | None = None  # a multi-size bundle: which size's artefact served the image, and why
 
     def to_dict(self) -> dict:
-        return {"labels": self.labels, "indices": self.indices, "scores": self.scores}
+        return {"labels": self.labels, "indices": self.indices, "scores": self.scores,
+                **({"served": self.served} if self.served else {})}
 
 
 def ranked(manifest: Manifest, target: str | None, precision: str | None) -> list[ArtifactEntry]:

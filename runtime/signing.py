@@ -166,10 +166,23 @@ def trust_flag(parser) -> None:
                              f"(default: ${TRUST_ENV}; unset: signatures are not required)")
 
 
+class Checked(str):
+    """A key id meaning: the folder enclosing this bundle was checked with it (a multi-size bundle's signature
+    covers the single-size bundles inside it, which have no signature of their own)."""
+
+
+def trusted(bundle: str | Path, trust: str | Path | None = None) -> str | None:
+    """The signature check when a trust key is given or ``$VITDEPLOY_TRUST`` is set: the key id it was signed with,
+    or None when no key is in play; a bundle that fails is one ``UserError`` (``check_signature``)."""
+    if isinstance(trust, Checked):
+        return str(trust)
+    key = trust_from(trust)
+    return check_signature(Path(bundle), key) if key is not None and Path(bundle).is_dir() else None
+
+
 def read_trusted(bundle: str | Path, trust: str | Path | None = None):
     """``read_manifest(bundle)``, after the signature check when a trust key is given or ``$VITDEPLOY_TRUST`` is
     set; returns ``(manifest, key id or None)``. Every reader of a bundle opens it through here."""
     from runtime.manifest import read_manifest
-    key = trust_from(trust)
-    signer = check_signature(Path(bundle), key) if key is not None and Path(bundle).is_dir() else None
+    signer = trusted(bundle, trust)
     return read_manifest(Path(bundle)), signer

@@ -95,6 +95,38 @@ SECONDS = real(0.0, MAX_SECONDS, lo_open=True, name="seconds")
 TOPK = integer(1, 1000, "topk")
 CLASSES = integer(1, 1_000_000, "classes")
 IMG_SIZE = integer(1, 8192, "img_size")  # what the architecture takes is checked when the model is built
+
+
+def img_sizes(value) -> list[tuple[int, int]]:
+    """``--img-size``: ``384``, ``224,384`` or ``800x1344`` (height x width), or from Python an int, an
+    ``(h, w)`` pair or a list of either -> ``[(h, w), ...]``, each side in ``IMG_SIZE``'s range, no repeats."""
+    if isinstance(value, (int, str)):
+        parts = [p.strip() for p in str(value).split(",")] if isinstance(value, str) else [value]
+    elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        parts = [value]
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            raise argparse.ArgumentTypeError(f"must be a size, HxW, or a list of them (got {value!r})") from None
+    out = []
+    for p in parts:
+        if isinstance(p, str) and "x" in p.lower():
+            hw = tuple(p.lower().split("x", 1))
+        elif isinstance(p, (tuple, list)) and len(p) == 2:
+            hw = tuple(p)
+        else:
+            hw = (p, p)
+        size = (IMG_SIZE(hw[0]), IMG_SIZE(hw[1]))
+        if size in out:
+            raise argparse.ArgumentTypeError(f"lists {size[0]}x{size[1]} twice (got {value!r})")
+        out.append(size)
+    if not out:
+        raise argparse.ArgumentTypeError(f"must name at least one size (got {value!r})")
+    return out
+
+
+img_sizes.__name__ = "img_size"
 POINTS = real(0.0, 100.0, name="points")  # top-1 points
 COSINE = real(0.0, 1.0, lo_open=True, name="cosine")
 

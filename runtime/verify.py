@@ -41,27 +41,38 @@ def verify_main(argv: list[str]) -> int:
     from runtime.golden import read_golden
     from runtime.proof import prove, record
     from runtime.session import name_of, ranked, standing
-    from runtime.signing import read_trusted
+    from runtime.signing import Checked, read_trusted, trusted
+    from runtime.sizes import read_sizes
     a = parser().parse_args(argv)
     bundle = Path(a.bundle)
-    manifest, signer = read_trusted(bundle, a.trust)
-    arts = [x for x in ranked(manifest, a.target, a.precision) if a.all or standing(x) == "passed"]
-    if not arts:
-        raise UserError("no artefact that passed its gates at build matches (--all checks the others too)")
-    golden = read_golden(bundle, manifest)
-    verdicts = []
-    for art in arts:
-        manifest.verify(bundle, art.files)
-        v = prove(bundle, manifest, art, golden, a.device, a.threads, repair=not a.no_repair)
-        record(bundle, art, v)
-        verdicts.append((art, v))
+    signer = trusted(bundle, a.trust)
+    size_set = read_sizes(bundle) if bundle.is_dir() else None
+    folders = [(None, bundle)] if size_set is None else [
+        (f"{e.input_size[0]}x{e.input_size[1]}", size_set.folder(bundle, e.input_size)) for e in size_set.sizes]
+    verdicts, out = [], []
+    for size, folder in folders:
+        manifest, _ = read_trusted(folder, Checked(signer) if signer else None)
+        arts = [x for x in ranked(manifest, a.target, a.precision) if a.all or standing(x) == "passed"]
+        if not arts:
+            raise UserError("no artefact that passed its gates at build matches (--all checks the others too)"
+                            + (f" at {size}" if size else ""))
+        golden = read_golden(folder, manifest)
+        mine = []
+        for art in arts:
+            manifest.verify(folder, art.files)
+            v = prove(folder, manifest, art, golden, a.device, a.threads, repair=not a.no_repair)
+            record(folder, art, v)
+            mine.append((art, v))
+        verdicts += [(size, art, v) for art, v in mine]
+        out.append((f"input {size}\n" if size else "") + table(mine, golden, standing, name_of))
     if a.json:
-        print(json.dumps([{**v.to_dict(), "at_build": standing(art)} for art, v in verdicts], default=str))
+        print(json.dumps([{**v.to_dict(), "at_build": standing(art), **({"input_size": size} if size else {})}
+                          for size, art, v in verdicts], default=str))
     else:
         if signer:
             print(f"signature: {bundle / 'model.sig'} verified with {a.trust or 'VITDEPLOY_TRUST'} (key {signer[:16]})")
-        print(table(verdicts, golden, standing, name_of))
-    return OK if all(v.passed for _, v in verdicts) else GATE_FAILED
+        print("\n\n".join(out))
+    return OK if all(v.passed for _, _, v in verdicts) else GATE_FAILED
 
 
 def table(verdicts, golden, standing, name_of) -> str:

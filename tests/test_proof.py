@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 def as_built_fault(config: dict) -> str:
     """A fault clause that corrupts exactly this OpenVINO configuration, not the ladder's alternatives."""
-    return (f"openvino:inference_precision={config['inference_precision']},snippets_mode=None,"
-            "execution_mode=None")
+    return (f"openvino:inference_precision={config['inference_precision']},"
+            f"snippets_mode={config.get('snippets_mode')},execution_mode={config.get('execution_mode')}")
 
 
 def cli(*args, env=None):
@@ -255,6 +255,41 @@ def test_onnxruntime_ladder_lowers_the_optimisation_level(digits_bundles):
     assert names == ["EXTENDED", "BASIC"] and alternatives({"graph_optimization_level": "BASIC"}) == []
     with open_artifact(out / "digits_vit" / "model.onnx", {"graph_optimization_level": "BASIC"}, None, 1) as r:
         assert r.describe()["graph_optimization_level"] == "BASIC"
+
+
+def test_ladder_gates_the_fastest_first_and_never_gates_what_a_faster_pass_makes_moot():
+    import time
+
+    from runtime.backends import Runner
+    from runtime.repair import run_ladder
+    speeds = {"slow": 40.0, "fast": 2.0, "fastest but wrong": 0.5}
+
+    class Sleepy(Runner):
+        input_name, input_shape = "input", [1, 2]
+
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def infer_impl(self, x):
+            time.sleep(speeds[self.name] / 1000)
+            return {"logits": x}
+
+    def ladder(wrong: set):
+        gated = []
+
+        def judge(r):
+            gated.append(r.name)
+            return r.name not in wrong, {"cosine_min": 0.0 if r.name in wrong else 1.0}, ["wrong"] * (r.name in wrong)
+        attempts, best = run_ladder([(n, {"n": n}) for n in speeds], lambda c: Sleepy(c["n"]), judge,
+                                    lambda r: {"input": np.zeros((1, 2), np.float32)}, runs=3)
+        return gated, {a.name: a for a in attempts}, best
+    gated, attempts, best = ladder({"fastest but wrong"})
+    assert gated == ["fastest but wrong", "fast"] and best.name == "fast" and best.p50_ms > 0
+    assert not attempts["slow"].passed and attempts["slow"].skipped.startswith("fast passed and was faster")
+    assert "not gated" in attempts["slow"].line()
+    gated, attempts, best = ladder({"fastest but wrong", "fast"})  # only the slow one is right: it is gated, kept
+    assert gated == ["fastest but wrong", "fast", "slow"] and best.name == "slow"
 
 
 def test_openvino_ladder_offers_what_the_cpu_has():

@@ -1,0 +1,84 @@
+"""One bundle, several input sizes: the whole export once per size, from one model and one calibration source.
+
+``run_sizes(opts, sizes)`` builds the model once (so random weights are the same network at every size), re-lays
+it for each size (exporters/sizes.py: a size that needs padding is refused before any work), and runs the single-
+size pipeline into ``BUNDLE/<h>x<w>/``: rewrites with the Swin bias and masks baked for that size, ONNX, every
+target and precision, gates, latency, golden set. The calibration and evaluation sets are the same source,
+preprocessed per size. ``sizes.json`` names the sizes with each manifest's sha256; the top report compares them
+(a table per size and the latency-against-resolution plot); the signature, when asked for, covers everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from pathlib import Path
+
+from exporters.bundle import check_replaceable, check_writable, staged_bundle
+from exporters.sizes import model_at_size, size_label
+from runtime import signing
+from runtime.manifest import MANIFEST, sha256_file
+from runtime.sizes import SizeEntry, SizeSet
+
+
+def _models(opts, sizes):
+    """The base model once, then a copy re-laid for each size: ``[(size, model, spec)]``."""
+    from exporters.zoo import create_model
+    if opts.module is not None:
+        base, spec = opts.module.eval(), opts.spec
+    else:
+        base, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
+                                  num_classes=opts.num_classes, labels=opts.labels)
+    check_replaceable(Path(opts.out), spec.slug)
+    return spec.slug, [(hw, *model_at_size(base, spec, hw, opts.model)) for hw in sizes]
+
+
+def command_of(opts, sizes) -> str:
+    return (f"python -m exporters {opts.model} --img-size {','.join(size_label(s) for s in sizes)} "
+            f"--target {','.join(opts.targets)}" + (f" --precision {opts.precision}" if opts.precision else ""))
+
+
+def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
+    """Every requested target and precision at every size, in one bundle; returns the combined report
+    (``results``: every row, each with its ``input_size``; ``reports``: each size's whole report)."""
+    from exporters.pipeline import _validate, prepare, run_into
+    from exporters.report import write_matrix
+    _validate(opts)  # every flag, before the model is built
+    out = Path(opts.out)
+    check_writable(out)
+    slug, models = _models(opts, sizes)  # a size the model can't take is one line here, before any build
+    reports = []
+    with staged_bundle(out, slug) as work:
+        for hw, model, spec in models:
+            job = prepare(dataclasses.replace(opts, img_size=None, module=model, spec=spec, sign_key=None))
+            job.steps.console.print(f"[bold]input {size_label(hw)}[/]")
+            folder = work / size_label(hw)
+            folder.mkdir()
+            run_into(job, folder)
+            job.report["bundle"] = str(out / slug / size_label(hw))
+            reports.append(job.report)
+        size_set = SizeSet(model=reports[0]["model"], created=reports[0]["created"], sizes=[
+            SizeEntry(input_size=hw, bundle=size_label(hw), manifest_sha256=sha256_file(work / size_label(hw) / MANIFEST))
+            for hw, _, _ in models])
+        command = command_of(opts, sizes)
+        combined = combine(reports, command)
+        if opts.sign_key is not None:
+            size_set.signed_by = combined["signed_by"] = signing.key_id(signing.signing_key(opts.sign_key).public_key())
+        size_set.write(work)
+        write_matrix(reports, work, command)
+        (work / "report.json").write_text(json.dumps(combined, indent=2, default=str))
+        if opts.sign_key is not None:
+            signing.sign_bundle(work, opts.sign_key)  # last: it covers every size's files and sizes.json
+    combined["bundle"] = str(out / slug)
+    return combined
+
+
+def combine(reports: list[dict], command: str) -> dict:
+    """The top report: every size's rows in one list (each row names its ``input_size``), and the reports."""
+    rows = [{**r, "input_size": size_label(rep["input_shape"][-2:])} for rep in reports for r in rep["results"]]
+    return {"model": reports[0]["model"], "command": command, "sizes": [rep["input_shape"][-2:] for rep in reports],
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "environment": reports[0]["environment"], "results": rows, "reports": reports}
+
+
+__all__ = ["run_sizes", "combine"]

@@ -1,0 +1,111 @@
+"""Input sizes: ``--img-size`` parsed, which sizes an architecture takes without padding, and the model at one.
+
+A Swin at a size is the same weights with its windows re-laid: the trained window where it tiles every stage's
+grid (448 px keeps swin_t's 7), else the window scaled with the grid as timm's ``set_input_size`` does
+(384 px gives 12, the bias tables resized by interpolation, as timm's 384 fine-tunes were made). A size that
+needs neither (windows padded with zeros the model never saw in training) is refused, naming the nearest
+sizes that work. A ViT takes any multiple of its patch, its position embeddings resampled as timm does.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from runtime.errors import UserError
+
+Size = tuple[int, int]  # (height, width) in pixels
+
+
+def size_label(hw: Size) -> str:
+    """``(384, 384)`` -> ``"384x384"``: the sub-bundle's folder and the name in reports."""
+    return f"{hw[0]}x{hw[1]}"
+
+
+def _arch(model) -> str | None:
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer
+    if isinstance(model, SwinTransformer):
+        return "swin"
+    if isinstance(model, VisionTransformer):
+        return "vit"
+    return None
+
+
+def _pair(v) -> Size:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _swin_windows(model, hw: Size) -> tuple[list[Size], bool] | None:
+    """Per-stage windows that tile ``hw``'s stage grids without padding, and whether they are the trained ones;
+    None when no window does (``hw`` not a multiple of the last stage's stride, or a scaled window not whole)."""
+    ph, pw = _pair(model.patch_embed.patch_size)
+    stages = len(model.layers)
+    if hw[0] % (ph * 2 ** (stages - 1)) or hw[1] % (pw * 2 ** (stages - 1)):
+        return None
+    grids = [(hw[0] // ph // 2 ** i, hw[1] // pw // 2 ** i) for i in range(stages)]
+    trained = [_pair(w) for w in model._ref_window_sizes]
+    ref = _pair(model._ref_grid_size)
+
+    def tiles(ws):
+        return all(g[0] % w[0] == 0 and g[1] % w[1] == 0 for g, w in zip(grids, ws))
+    if tiles(trained):
+        return trained, True
+    scaled = []
+    for w in trained:  # the window keeps its ratio to the patch grid (timm's set_input_size default)
+        num = (w[0] * grids[0][0], w[1] * grids[0][1])
+        if num[0] % ref[0] or num[1] % ref[1]:
+            return None
+        scaled.append((num[0] // ref[0], num[1] // ref[1]))
+    return (scaled, False) if tiles(scaled) else None
+
+
+def _fits(model, arch: str, hw: Size) -> bool:
+    if arch == "swin":
+        return _swin_windows(model, hw) is not None
+    ph, pw = _pair(model.patch_embed.patch_size)
+    return hw[0] % ph == 0 and hw[1] % pw == 0
+
+
+def nearest_sizes(model, arch: str, hw: Size, count: int = 2) -> list[int]:
+    """The square sizes nearest ``hw`` that ``model`` takes without padding (for the refusal's hint)."""
+    target = round((hw[0] * hw[1]) ** 0.5)
+    found: list[int] = []
+    for d in range(4 * target):
+        for s in (target - d, target + d):
+            if len(found) < count and s >= 8 and s not in found and _fits(model, arch, (s, s)):
+                found.append(s)
+    return sorted(found)
+
+
+def model_at_size(model, spec, hw: Size, name: str):
+    """A copy of ``model`` (a timm Swin or ViT) for ``hw`` inputs and its spec; the original is untouched.
+    A size the architecture can't take without padding is one ``UserError`` naming the nearest ones that work."""
+    arch = _arch(model)
+    if arch is None:
+        raise UserError(f"--img-size applies to timm Swin and ViT models; {name} is a {type(model).__name__}")
+    if not _fits(model, arch, hw):
+        if arch == "swin":
+            why = (f"its {len(model.layers)} stages and {_pair(model._ref_window_sizes[0])[0]}-px windows would "
+                   "need zero padding it was not trained with")
+        else:
+            why = f"it is not a multiple of the {_pair(model.patch_embed.patch_size)[0]}-px patch"
+        near = ", ".join(map(str, nearest_sizes(model, arch, hw)))
+        raise UserError(f"--img-size {size_label(hw)} does not fit {name}: {why}; nearest sizes that do: {near}")
+    resized = copy.deepcopy(model)
+    spec = dataclasses.replace(spec, notes=list(spec.notes))
+    if arch == "swin":
+        windows, trained = _swin_windows(model, hw)
+        resized.set_input_size(img_size=hw, window_size=windows)
+        w = windows[0]
+        spec.notes.append(f"input {size_label(hw)}: windows {w[0]}x{w[1]} "
+                          + ("(as trained)" if trained else "(scaled with the grid as timm's set_input_size does; "
+                             "relative-position bias tables resized by interpolation)"))
+    else:
+        resized.set_input_size(img_size=hw)
+        spec.notes.append(f"input {size_label(hw)}: position embeddings resampled as timm does")
+    spec.input_shape = (3, *hw)
+    spec.preprocessing = dataclasses.replace(spec.preprocessing, input_size=hw, resize_size=None)
+    return resized.eval(), spec
+
+
+__all__ = ["Size", "size_label", "model_at_size", "nearest_sizes"]

@@ -1,0 +1,162 @@
+"""Several input sizes: which sizes a model takes, one bundle holding each, and the runtime serving each size."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import runtime
+from runtime import values
+from runtime.errors import UserError
+
+SIZES = [(32, 32), (48, 48)]
+
+
+def test_img_size_flag_parses_one_several_and_non_square():
+    assert values.img_sizes("384") == [(384, 384)]
+    assert values.img_sizes("224,384") == [(224, 224), (384, 384)]
+    assert values.img_sizes("800x1344") == [(800, 1344)]
+    assert values.img_sizes([224, (512, 1024)]) == [(224, 224), (512, 1024)]
+    for bad in ("224,224", "0", "3x", "a", []):
+        with pytest.raises(UserError):
+            values.check("img_size", bad, values.img_sizes)
+
+
+def _windows(model):
+    return [tuple(stage.blocks[0].window_size) for stage in model.layers]
+
+
+def test_swin_keeps_its_windows_where_they_tile_and_scales_them_where_not():
+    import timm
+
+    from exporters.sizes import model_at_size
+    from exporters.zoo import create_model
+    model, spec = create_model("swin_t")
+    big, big_spec = model_at_size(model, spec, (448, 448), "swin_t")
+    assert _windows(big) == [(7, 7)] * 4 and big_spec.input_shape == (3, 448, 448)
+    assert big_spec.preprocessing.input_size == (448, 448) and _windows(model) == [(7, 7)] * 4  # original untouched
+    r384, _ = model_at_size(model, spec, (384, 384), "swin_t")
+    assert _windows(r384) == [(12, 12)] * 4  # timm's 384 fine-tunes' window
+    twin = timm.create_model("swin_tiny_patch4_window7_224")
+    twin.load_state_dict(model.state_dict())
+    twin.set_input_size(img_size=(384, 384))  # what timm itself makes of the same weights at 384
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(r384(x), twin.eval()(x))
+    wide, _ = model_at_size(model, spec, (224, 448), "swin_t")  # non-square: the trained 7 tiles both sides
+    with torch.no_grad():
+        assert wide(torch.randn(1, 3, 224, 448)).shape == (1, 1000)
+    with pytest.raises(UserError, match=r"250x250 does not fit swin_t: .*padding.*nearest sizes that do: 224, 256"):
+        model_at_size(model, spec, (250, 250), "swin_t")
+
+
+def test_vit_takes_multiples_of_its_patch_only():
+    from exporters.sizes import model_at_size
+    from exporters.zoo import create_model
+    model, spec = create_model("digits_vit")
+    r, _ = model_at_size(model, spec, (48, 48), "digits_vit")
+    assert r.pos_embed.shape[1] == 1 + 12 * 12
+    with pytest.raises(UserError, match="not a multiple of the 4-px patch; nearest sizes that do: 32, 36"):
+        model_at_size(model, spec, (34, 34), "digits_vit")
+
+
+def test_a_size_that_does_not_fit_is_one_line_before_any_work(tmp_path, capsys):
+    from tests.conftest import cli_in_process
+    code, out, err = cli_in_process(capsys, "exporters", "digits_swin", "--img-size", "32,36", "--out", tmp_path)
+    assert code == 2 and err.strip().count("\n") == 0 and "nearest sizes that do: 32, 40" in err
+    assert "Traceback" not in err and not (tmp_path / "digits_swin").exists()
+
+
+@pytest.fixture(scope="module")
+def sized(tmp_path_factory):
+    """digits_swin at 32 and 48 px, OpenVINO INT8, one bundle.
+
+    # reason: OpenVINO only. At 48 px the model (trained at 32) is out of its distribution (top-1 44 %), its logits
+    # are flat and ONNX Runtime INT8 flips 6 of 539 samples where the gate allows 5: an honest failure, not one
+    # this test is about."""
+    from exporters import export
+    out = tmp_path_factory.mktemp("sized")
+    report = export("digits_swin", targets="openvino", precision="int8", img_size=SIZES,
+                    out=out, runs=5)
+    return out / "digits_swin", report
+
+
+def _reference(size, images):
+    from exporters.sizes import model_at_size
+    from exporters.zoo import create_model
+    from runtime.preprocess import preprocess_batch
+    model, spec = create_model("digits_swin")
+    if size != (32, 32):
+        model, spec = model_at_size(model, spec, size, "digits_swin")
+    x = preprocess_batch(images, spec.preprocessing)
+    with torch.no_grad():
+        return x, model(torch.from_numpy(x)).numpy()
+
+
+def _cosines(a, b):
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_one_bundle_holds_every_size_and_each_passes_its_gates(sized):
+    bundle, report = sized
+    sizes = json.loads((bundle / "sizes.json").read_text())
+    assert [tuple(e["input_size"]) for e in sizes["sizes"]] == SIZES
+    assert report.sizes == ["32x32", "48x48"]
+    for size in report.sizes:
+        row = report.result("openvino", "int8", size)
+        assert row["passed"] is True, (size, row.get("failures"))
+        manifest = json.loads((bundle / size / "manifest.json").read_text())
+        assert manifest["input"]["shape"][-2:] == [int(v) for v in size.split("x")]
+    md = (bundle / "report.md").read_text()
+    assert "Per input size" in md and "| 32x32 | 48x48 |" in md
+    assert (bundle / "plot_latency_vs_size.png").stat().st_size > 1000
+
+
+def test_runtime_serves_each_size_with_its_own_artefact(sized):
+    from PIL import Image
+
+    from calibration.digits import digits_subset
+    bundle, _ = sized
+    images = list(digits_subset("holdout")[0][:16])
+    with runtime.open(bundle, target="openvino") as s:
+        for size in SIZES:
+            x, ref = _reference(size, images)
+            got = s.logits(x)  # a preprocessed tensor goes to the artefact of its size
+            assert s.last.manifest.input.shape[-2:] == list(size)
+            assert _cosines(got, ref).min() > 0.99 and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+        with pytest.raises(UserError, match="no artefact takes 40x40 inputs; the bundle's sizes: 32x32, 48x48"):
+            s.logits(np.zeros((1, 3, 40, 40), np.float32))
+        pics = [Image.fromarray(images[0]).resize((48, 48)), Image.fromarray(images[1]).resize((44, 40))]
+        preds = s.predict(pics, topk=1)
+        assert preds[0].served == "48x48 artefact (the input's size)"
+        assert preds[1].served == "48x48 artefact (nearest declared size to the 40x44 image; resized)"
+    with runtime.open(bundle, size=32) as one:  # one size asked for: a plain session
+        assert one.manifest.input.shape[-2:] == [32, 32]
+
+
+def test_verify_and_bench_go_through_every_size(sized, capsys):
+    from tests.conftest import cli_in_process
+    bundle, _ = sized
+    code, out, _ = cli_in_process(capsys, "runtime", "verify", bundle)
+    assert code == 0 and "input 32x32" in out and "input 48x48" in out and out.count("| openvino int8 |") == 2
+    code, out, _ = cli_in_process(capsys, "runtime", "bench", bundle, "--runs", "3", "--warmup", "1")
+    assert code == 0 and out.startswith("32x32 openvino int8") and "\n48x48 openvino int8" in out
+
+
+def test_a_changed_size_manifest_is_refused_and_a_signature_covers_every_size(sized, tmp_path):
+    from runtime import signing
+    from tests.test_signing import key_pair
+    bundle, _ = sized
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    private, public = key_pair(tmp_path, "k")
+    signing.sign_bundle(copy, private)
+    with runtime.open(copy, trust=public) as s:
+        assert s.signed_by and s.logits(np.zeros((1, 3, 48, 48), np.float32)).shape == (1, 10)
+    m = copy / "48x48" / "manifest.json"
+    m.write_text(m.read_text().replace('"digits_swin"', '"digits_swim"', 1))
+    with pytest.raises(UserError, match="48x48/manifest.json"):  # the signature names the changed file
+        runtime.open(copy, trust=public)
+    with runtime.open(copy) as s:  # no trust key: sizes.json's hash catches it
+        with pytest.raises(UserError, match="sha256 mismatch for 48x48/manifest.json"):
+            s.logits(np.zeros((1, 3, 48, 48), np.float32))
