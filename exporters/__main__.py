@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
                         "(224,384: one bundle, an artefact per size; the runtime serves each input with its own). "
                         "Swin windows are kept or scaled with the grid, never padded; ViT position embeddings "
                         "resampled")
+    p.add_argument("--features", nargs="?", const=True, default=None, type=values.indices, metavar="INDICES",
+                   help="export the backbone's feature maps instead of logits (detection/segmentation): a Swin's "
+                        "stages or a ViT's blocks (default: every Swin stage; four ViT blocks, the last included), "
+                        "e.g. 0,1,2,3; any --img-size, padded to the window grid (ONNX Runtime and OpenVINO)")
     p.add_argument("--labels", default=None, help="label names: a file with one per line, or a JSON list")
     p.add_argument("--out", default="out", help="output folder; the bundle is OUT/<model>/ (default out)")
     p.add_argument("--batch", type=values.BATCH, default=1, help="batch size for export, verification and timing "
@@ -107,7 +111,7 @@ def _main(argv: list[str]) -> int:
     opts = RunOptions(model=args.model, targets=names, precision=args.precision, data=args.data,
                       calib=args.calib, calib_size=args.calib_size, eval_size=args.eval_size, weights=args.weights,
                       pretrained=args.pretrained, num_classes=args.num_classes, img_size=args.img_size,
-                      labels=args.labels, out=Path(args.out), batch=args.batch, runs=args.runs,
+                      labels=args.labels, features=args.features, out=Path(args.out), batch=args.batch, runs=args.runs,
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
                       max_drop=args.max_drop, min_cosine=args.min_cosine, throughput=args.throughput,
                       options=given, quiet=args.quiet, repair=not args.no_repair,

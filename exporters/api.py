@@ -108,7 +108,7 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
 
 def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=None, data="digits", calib=None,
            labels=None, preprocessing=None, out="out", name: str | None = None, weights=None,
-           num_classes: int | None = None, img_size=None, batch: int = 1, runs: int = 50,
+           num_classes: int | None = None, img_size=None, features=None, batch: int = 1, runs: int = 50,
            threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
            min_cosine: float | None = None, throughput: bool = False, repair: bool = True, quiet: bool = True,
            sign_key=None, **target_options) -> Report:
@@ -118,6 +118,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
 
     ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
     ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
+    ``features`` (``True`` or a list of indices) exports a timm Swin's stages or ViT's blocks as feature maps, for
+    detection and segmentation heads (ONNX Runtime and OpenVINO; exporters/features.py);
     ``img_size`` pixels, ``(h, w)`` or a list of them (several: one bundle with an artefact set per size, and
     ``Report.results`` rows naming their ``input_size``);
     ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
@@ -142,7 +144,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
         raise ExportError("input_shape and preprocessing are for modules; a named model has its own "
                           "(use img_size= to change the resolution)")
     opts = RunOptions(model=model_or_name, targets=names, precision=precision, data=data, calib=calib,
-                      weights=weights, num_classes=num_classes, img_size=img_size,
+                      weights=weights, num_classes=num_classes, img_size=img_size, features=features,
                       labels=None if module is not None else labels, module=module, spec=spec, out=Path(out),
                       batch=batch, runs=runs, threads=threads, rewrites=rewrites, options=target_options,
                       max_drop=max_drop, min_cosine=min_cosine, throughput=throughput, repair=repair,

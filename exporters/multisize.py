@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
-from exporters.sizes import model_at_size, size_label
+from exporters.sizes import model_at_size, size_label, spelled
 from runtime import signing
 from runtime.manifest import MANIFEST, sha256_file
 from runtime.sizes import SizeEntry, SizeSet
@@ -30,11 +30,16 @@ def _models(opts, sizes):
         base, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                   num_classes=opts.num_classes, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)
+    if opts.features not in (None, False):  # a backbone pads each size to its window grid (exporters/features.py)
+        from exporters.features import backbone
+        for hw in sizes:
+            backbone(base, spec, None if opts.features is True else opts.features, hw, opts.model)  # checks, now
+        return spec.slug, [(hw, base, spec) for hw in sizes]
     return spec.slug, [(hw, *model_at_size(base, spec, hw, opts.model)) for hw in sizes]
 
 
 def command_of(opts, sizes) -> str:
-    return (f"python -m exporters {opts.model} --img-size {','.join(size_label(s) for s in sizes)} "
+    return (f"python -m exporters {opts.model} --img-size {','.join(map(spelled, sizes))} "
             f"--target {','.join(opts.targets)}" + (f" --precision {opts.precision}" if opts.precision else ""))
 
 
@@ -49,9 +54,12 @@ def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
     slug, models = _models(opts, sizes)  # a size the model can't take is one line here, before any build
     reports = []
     with staged_bundle(out, slug) as work:
+        from rich.console import Console
+        console = Console(stderr=True, quiet=opts.quiet, highlight=False)
         for hw, model, spec in models:
-            job = prepare(dataclasses.replace(opts, img_size=None, module=model, spec=spec, sign_key=None))
-            job.steps.console.print(f"[bold]input {size_label(hw)}[/]")
+            console.print(f"[bold]input {size_label(hw)}[/]")
+            job = prepare(dataclasses.replace(opts, img_size=hw if opts.features not in (None, False) else None,
+                                              module=model, spec=spec, sign_key=None))
             folder = work / size_label(hw)
             folder.mkdir()
             run_into(job, folder)

@@ -112,15 +112,18 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path,
-                dynamic_batch: bool = False, enforce_contract: bool = True, simplify: bool = True) -> OnnxExport:
-    """Export ``model`` for an input ``[B, 3, H, W]`` to ``path``; check, simplify and count ops."""
+                dynamic_batch: bool = False, enforce_contract: bool = True, simplify: bool = True,
+                output_names: list[str] | None = None) -> OnnxExport:
+    """Export ``model`` for an input ``[B, 3, H, W]`` to ``path`` (outputs named ``output_names``, default
+    ``logits``); check, simplify and count ops."""
     x = torch.zeros(input_shape)
     dyn = ({"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                                     output_names=[OUTPUT_NAME], dynamic_shapes=_dyn_for(model, dyn), verbose=False)
+                                     output_names=output_names or [OUTPUT_NAME], dynamic_shapes=_dyn_for(model, dyn),
+                                     verbose=False)
         proto = prog.model_proto
     except Exception as exc:  # reason: torch.export raises many types; the first line names the cause
         raise UserError(f"ONNX export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")

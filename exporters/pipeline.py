@@ -25,7 +25,7 @@ from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
 from runtime import signing, values
-from runtime.accuracy import compare, judge
+from runtime.accuracy import judge
 from runtime.backends import Runner
 from runtime.environment import environment
 from runtime.errors import UserError
@@ -33,6 +33,7 @@ from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, m
 from runtime.manifest import Manifest, TensorSpec, file_hashes
 
 BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (digits models use all)
+OUTPUT_BYTES = 512 << 20  # a backbone's default evaluation set keeps each runner's feature maps within this
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RunOptions:
     pretrained: bool = False
     num_classes: int | None = None  # a fine-tuned checkpoint's classes (else read from the checkpoint)
     img_size: object = None  # pixels, (h, w), "224,384" or a list: several sizes make one bundle (exporters/multisize.py)
+    features: object = None  # a backbone's feature maps (exporters/features.py): True (default maps) or indices
     labels: str | list[str] | None = None  # a labels file (one per line, or JSON), or the names
     module: object = None  # an nn.Module given through the Python API, with ``spec`` describing it
     spec: object = None
@@ -172,9 +174,12 @@ def label_index(spec) -> dict[str, int]:
 
 
 def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
-    """Logits ``[N, classes]`` of ``runner`` over the whole set, in static batches."""
-    outs = [next(iter(runner.infer({runner.input_name: chunk}).values())) for chunk in data.batches(batch)]
+    """Logits ``[N, classes]`` of ``runner`` over the whole set, in static batches (a backbone's maps flattened and
+    concatenated per sample, ``runtime.backends.base.flat_outputs``)."""
+    from runtime.backends.base import flat_outputs
+    outs = [flat_outputs(runner.infer({runner.input_name: chunk})) for chunk in data.batches(batch)]
     return np.concatenate(outs)[:len(data)]
+
 
 
 def _validate(opts: RunOptions) -> None:
@@ -189,6 +194,11 @@ def _validate(opts: RunOptions) -> None:
                        ("min_cosine", values.COSINE), ("throughput_seconds", values.SECONDS)):
         values.check(name, getattr(opts, name), kind)
     budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
+    if opts.features not in (None, False, True):
+        values.check("features", opts.features, values.indices)
+    if opts.features not in (None, False):
+        from exporters.features import check_options
+        check_options(opts)
     if opts.sign_key is not None:
         signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
 
@@ -207,20 +217,28 @@ def prepare(opts: RunOptions) -> Job:
     steps = Steps(opts.quiet)
     with steps("model"):
         sizes = values.check("img_size", opts.img_size, values.img_sizes)
+        features = opts.features not in (None, False)
         if opts.module is not None:
             model, spec = opts.module.eval(), opts.spec
-            if sizes and tuple(spec.input_shape[1:]) != sizes[0]:
+            if sizes and tuple(spec.input_shape[1:]) != sizes[0] and not features:
                 from exporters.sizes import model_at_size
                 model, spec = model_at_size(model, spec, sizes[0], spec.name)
-        else:
+        else:  # a backbone takes its size below: padded to the window grid, not re-laid
             model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
-                                       num_classes=opts.num_classes, img_size=sizes[0] if sizes else None,
-                                       labels=opts.labels)
+                                       num_classes=opts.num_classes, labels=opts.labels,
+                                       img_size=sizes[0] if sizes and not features else None)
+        if features:
+            from exporters.features import backbone
+            model, spec = backbone(model, spec, None if opts.features is True else opts.features,
+                                   sizes[0] if sizes else tuple(spec.input_shape[1:]), opts.model)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
     with steps("memory estimate"):
         memory = check_batch(model, spec.input_shape, opts.batch)  # a batch that cannot fit: one line, now
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)
+    if spec.outputs and opts.eval_size is None:  # a backbone's maps are large: every runner keeps them for the set
+        per_sample = 4 * sum(int(np.prod(s)) for _, s in spec.outputs)
+        eval_size = max(4, min(eval_size or 10_000_000, OUTPUT_BYTES // per_sample))
     with steps(f"evaluation set ({opts.data})"):
         data = load_set(opts.data, spec.preprocessing, size=eval_size, part="holdout",
                         label_index=label_index(spec), progress=not opts.quiet)
@@ -261,7 +279,8 @@ def export_stage(job: Job, work: Path):
         export_model, job.report["rewrites"] = job.model, {"replaced": {}, "fired": [], "disabled": True}
     with job.steps("ONNX export"):
         exp = export_onnx(export_model, job.input_shape, work / "model.onnx", dynamic_batch=job.opts.dynamic_batch,
-                          enforce_contract=job.opts.rewrites)
+                          enforce_contract=job.opts.rewrites,
+                          output_names=[n for n, _ in job.spec.outputs] if job.spec.outputs else None)
     job.report["graph"] = {"num_nodes": exp.num_nodes, "op_counts": exp.op_counts, "contract": exp.contract,
                            "opset": OPSET, "dynamic_batch": job.opts.dynamic_batch}
     return export_model, exp
@@ -271,7 +290,10 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
     """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
     logits = run_outputs(runner, job.data, job.opts.batch)
     ref_logits = logits if ref is None else ref.logits
-    acc = compare(ref_logits, logits, job.data.labels)
+    from exporters.features import compare_outputs
+    acc, maps = compare_outputs(job.spec, ref_logits, logits, job.data.labels)
+    if maps:
+        result.checks["cosine_min_per_output"] = maps
     tol, gate = gate_for(job, result.target, result.precision)
     ref_top1 = None if ref is None else ref.result.accuracy.top1
     passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
@@ -338,7 +360,7 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
     built, overrides = repair_stage(job, ctx, built, ref, lambda art: open_and_verify(ctx, art), run_outputs)
     ctx = dataclasses.replace(ctx, runtime_config={**ctx.runtime_config, **overrides})
     if job.opts.max_drop is None and job.opts.min_cosine is None and built[0].passed is False and job.opts.repair \
-            and precision in t.keeps:
+            and precision in t.keeps and not job.spec.outputs:
         return budget.enforce(job, ctx, name, precision, ref, built, build_once, budget.gate_as_budget(job, built[0]))
     return budget.enforce(job, ctx, name, precision, ref, built, build_once)
 
@@ -437,7 +459,11 @@ def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manife
         model=job.spec.name, source=job.spec.source, weights=job.spec.weights,
         input=TensorSpec(name=INPUT_NAME, shape=shape, dtype="float32", dynamic_batch=job.opts.dynamic_batch,
                          layout="NCHW"),
-        output=TensorSpec(name=OUTPUT_NAME, shape=[shape[0], job.spec.num_classes], dtype="float32"),
+        output=TensorSpec(name=OUTPUT_NAME, shape=[shape[0], job.spec.num_classes], dtype="float32")
+        if not job.spec.outputs else TensorSpec(name=job.spec.outputs[0][0], shape=[shape[0], *job.spec.outputs[0][1]],
+                                                dtype="float32", layout="NCHW"),
+        outputs=[TensorSpec(name=n, shape=[shape[0], *s], dtype="float32", layout="NCHW")
+                 for n, s in job.spec.outputs] if job.spec.outputs else None,
         preprocessing=job.spec.preprocessing.to_dict(), labels=job.spec.labels,
         onnx=exp.path.relative_to(work).as_posix(), artifacts=[a.entry(work) for a in artifacts],
         rewrites=rep.get("rewrites"), graph=rep.get("graph"), calibration=rep.get("calibration"),

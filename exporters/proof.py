@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from exporters.budget import worst_samples
-from runtime.accuracy import compare, judge
+from runtime.accuracy import judge
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.golden import GOLDEN, Golden, golden_count, judge_golden, write_golden
@@ -28,8 +28,9 @@ SPREAD_SHARE = 0.5  # at most half the golden set is the worst samples; the rest
 
 
 def gate_for(job, target: str, precision: str):
-    """``(tolerance, whether top-1 agreement is gated)``: random weights carry no signal in reduced precision."""
-    return tolerance_for(target, precision), not (job.is_random and precision != "fp32")
+    """``(tolerance, whether top-1 agreement is gated)``: random weights carry no signal in reduced precision, and
+    a backbone's feature maps have no classes."""
+    return tolerance_for(target, precision), not (job.is_random and precision != "fp32") and not job.spec.outputs
 
 
 def gates(job, target: str, precision: str) -> dict:
@@ -43,7 +44,8 @@ def eval_judge(job, ref, target: str, precision: str, run_outputs):
     ref_top1 = ref.result.accuracy.top1
 
     def judge_runner(runner):
-        acc = compare(ref.logits, run_outputs(runner, job.data, job.opts.batch), job.data.labels)
+        from exporters.features import compare_outputs
+        acc, _ = compare_outputs(job.spec, ref.logits, run_outputs(runner, job.data, job.opts.batch), job.data.labels)
         passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
         return passed, {k: v for k, v in acc.to_dict().items() if k != "samples"}, why
     return judge_runner
@@ -130,7 +132,8 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
         g = gates(job, art.target, art.precision)
         golden_values = None
         if runner is not None and art.timeable:
-            ok, vals, why = judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), g)
+            widths = [int(np.prod(shape)) for _, shape in job.spec.outputs] if job.spec.outputs else None
+            ok, vals, why = judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), g, widths)
             golden_values = {**vals, "passed": ok, "failures": why}
             if res.passed and not ok:
                 res.notes.append(f"the golden set fails on this machine although the evaluation set passed: {why}")

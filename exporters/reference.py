@@ -43,6 +43,8 @@ class TorchRunner(Runner):
         y = self.model(x)
         if self.device == "cuda":
             torch.cuda.synchronize()  # reason: CUDA launches are asynchronous; time the finished work
+        if isinstance(y, (tuple, list)):  # a backbone's feature maps, in order (exporters/features.py)
+            return {f"output{i}": t.float().cpu().numpy() for i, t in enumerate(y)}
         return {"logits": y.float().cpu().numpy()}
 
     def describe(self) -> dict:

@@ -21,6 +21,11 @@ def size_label(hw: Size) -> str:
     return f"{hw[0]}x{hw[1]}"
 
 
+def spelled(hw: Size) -> str:
+    """``(384, 384)`` -> ``"384"``, ``(800, 1344)`` -> ``"800x1344"``: a size as the flag takes it."""
+    return str(hw[0]) if hw[0] == hw[1] else size_label(hw)
+
+
 def _arch(model) -> str | None:
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
@@ -90,7 +95,7 @@ def model_at_size(model, spec, hw: Size, name: str):
         else:
             why = f"it is not a multiple of the {_pair(model.patch_embed.patch_size)[0]}-px patch"
         near = ", ".join(map(str, nearest_sizes(model, arch, hw)))
-        raise UserError(f"--img-size {size_label(hw)} does not fit {name}: {why}; nearest sizes that do: {near}")
+        raise UserError(f"--img-size {spelled(hw)} does not fit {name}: {why}; nearest sizes that do: {near}")
     resized = copy.deepcopy(model)
     spec = dataclasses.replace(spec, notes=list(spec.notes))
     if arch == "swin":
@@ -108,4 +113,4 @@ def model_at_size(model, spec, hw: Size, name: str):
     return resized.eval(), spec
 
 
-__all__ = ["Size", "size_label", "model_at_size", "nearest_sizes"]
+__all__ = ["Size", "size_label", "spelled", "model_at_size", "nearest_sizes"]

@@ -57,6 +57,7 @@ class ModelSpec:
     labels: list[str] | None = None
     weights: str = "random"  # "random" | "pretrained" | path of the weights file
     notes: list[str] = field(default_factory=list)
+    outputs: list | None = None  # a backbone (--features): [(name, [C, h, w]), ...]; None: one logits output
 
     @property
     def slug(self) -> str:

@@ -59,7 +59,7 @@ def read_golden(bundle: Path, manifest: Manifest) -> Golden:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, io.UnsupportedOperation) as exc:
         raise UserError(f"golden set {rel} is unreadable: {str(exc).splitlines()[0][:160]}") from None
     h, w = manifest.preprocessing.input_size
-    classes = manifest.output.shape[-1]
+    classes = sum(output_widths(manifest))
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
         raise UserError(f"golden set {rel}: pixels {pixels.dtype} {list(pixels.shape)}, expected uint8 [N, {h}, {w}, 3]")
     if reference.shape != (len(pixels), classes) or not np.isfinite(reference).all():
@@ -67,13 +67,29 @@ def read_golden(bundle: Path, manifest: Manifest) -> Golden:
     return Golden(pixels=pixels, reference=reference.astype(np.float32))
 
 
-def judge_golden(reference: np.ndarray, logits: np.ndarray, gates: dict) -> tuple[bool, dict, list[str]]:
+def output_widths(manifest: Manifest) -> list[int]:
+    """Each output's values per sample, in order: ``[classes]``, or a backbone's flattened feature maps."""
+    outs = manifest.outputs or [manifest.output]
+    return [int(np.prod(o.shape[1:])) for o in outs]
+
+
+def worst_cosine(reference: np.ndarray, logits: np.ndarray, widths: list[int] | None = None) -> np.ndarray:
+    """Per sample, the cosine of the worst output (one output: the plain cosine)."""
+    if not widths or len(widths) == 1:
+        return cosine_per_sample(reference, logits)
+    bounds = np.cumsum([0, *widths])
+    return np.min([cosine_per_sample(reference[:, a:b], logits[:, a:b]) for a, b in zip(bounds, bounds[1:])], axis=0)
+
+
+def judge_golden(reference: np.ndarray, logits: np.ndarray, gates: dict,
+                 widths: list[int] | None = None) -> tuple[bool, dict, list[str]]:
     """Judge an artefact's golden-set logits with its gates: the worst sample's cosine against ``cosine_min``
     (the golden set holds the evaluation set's worst samples, so the same limit applies) and top-1 flips
     against ``golden_max_flips`` (the flips the whole evaluation set was allowed: more flips on a subset of it
-    mean the set would fail). Non-finite outputs fail. Returns (passed, values, failures)."""
+    mean the set would fail). Non-finite outputs fail. A backbone (``widths``: each map's flattened size) is judged
+    by its worst map per sample, as at build. Returns (passed, values, failures)."""
     finite = bool(np.isfinite(logits).all())
-    cos = cosine_per_sample(reference, np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0))
+    cos = worst_cosine(reference, np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0), widths)
     flips = int((reference.argmax(-1) != logits.argmax(-1)).sum())
     values = {"cosine_min": float(cos.min()), "flips": flips, "samples": int(len(reference)), "finite": finite}
     why = []

@@ -117,6 +117,7 @@ class Manifest(_Model):
     weights: str
     input: TensorSpec
     output: TensorSpec
+    outputs: list[TensorSpec] | None = None  # a backbone's feature maps, in order (output is the first)
     preprocessing: PreprocessingSpec
     labels: list[str] | None = None
     onnx: RelPath

@@ -22,7 +22,7 @@ from pathlib import Path
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.environment import fingerprint_diff, fingerprint_key
-from runtime.golden import Golden, judge_golden
+from runtime.golden import Golden, judge_golden, output_widths
 from runtime.manifest import MANIFEST, ArtifactEntry, Manifest, resolve_inside
 from runtime.preprocess import Preprocessing
 from runtime.repair import Attempt, run_ladder
@@ -85,7 +85,8 @@ def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, 
         return open_with(art.target, path, cfg, device, threads)
 
     def judge(runner):
-        return judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), gates)
+        return judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), gates,
+                            output_widths(manifest))
 
     def feeds(runner):
         return {runner.input_name: x[:runner_batch(runner)]}

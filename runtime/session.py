@@ -221,9 +221,18 @@ class Session:
         """``[N, 3, H, W]`` preprocessed inputs -> ``[N, classes]`` logits, in the artefact's batch size."""
         return batched_logits(self.runner, inputs, self.batch)
 
+    def features(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """A backbone bundle (``--features``): ``[B, 3, H, W]`` preprocessed inputs -> its named feature maps."""
+        if not self.manifest.outputs:
+            raise UserError("this bundle returns logits, not feature maps: use predict() or logits()")
+        return self.runner.infer({self.runner.input_name: inputs})
+
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
         from runtime import values
+        if self.manifest.outputs:
+            raise UserError(f"this bundle is a backbone: it returns feature maps "
+                            f"({', '.join(o.name for o in self.manifest.outputs)}), not classes; use features()")
         values.check("topk", topk, values.TOPK)
         logits = self.logits(preprocess_batch(as_images(images), self.preprocessing))
         z = logits - logits.max(-1, keepdims=True)

@@ -142,6 +142,9 @@ class SizedSession:
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         return self._route(inputs).logits(inputs)
 
+    def features(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self._route(inputs).features(inputs)
+
     def serving(self, images: list) -> list[Served]:
         """For each image (PIL or uint8 array), the size that serves it."""
         out = []

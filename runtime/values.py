@@ -127,6 +127,15 @@ def img_sizes(value) -> list[tuple[int, int]]:
 
 
 img_sizes.__name__ = "img_size"
+
+
+def indices(value) -> list[int]:
+    """``--features``: ``0,1,2,3`` (or from Python a list of ints) -> distinct whole numbers from 0."""
+    parts = str(value).split(",") if isinstance(value, (str, int)) else list(value)
+    found = [integer(0, 1000, "index")(p) for p in parts]
+    if not found or len(set(found)) != len(found):
+        raise argparse.ArgumentTypeError(f"must list distinct indices, e.g. 0,1,2,3 (got {value!r})")
+    return found
 POINTS = real(0.0, 100.0, name="points")  # top-1 points
 COSINE = real(0.0, 1.0, lo_open=True, name="cosine")
 

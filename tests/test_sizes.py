@@ -47,7 +47,7 @@ def test_swin_keeps_its_windows_where_they_tile_and_scales_them_where_not():
     wide, _ = model_at_size(model, spec, (224, 448), "swin_t")  # non-square: the trained 7 tiles both sides
     with torch.no_grad():
         assert wide(torch.randn(1, 3, 224, 448)).shape == (1, 1000)
-    with pytest.raises(UserError, match=r"250x250 does not fit swin_t: .*padding.*nearest sizes that do: 224, 256"):
+    with pytest.raises(UserError, match=r"--img-size 250 does not fit swin_t: .*padding.*nearest sizes that do: 224, 256"):
         model_at_size(model, spec, (250, 250), "swin_t")
 
 

@@ -112,8 +112,17 @@ def batched_logits(runner: Runner, inputs: np.ndarray, batch: int) -> np.ndarray
         n = len(chunk)
         if n < batch and runner.input_shape[0] != -1:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        outs.append(next(iter(runner.infer({runner.input_name: chunk}).values()))[:n])
+        outs.append(flat_outputs(runner.infer({runner.input_name: chunk}))[:n])
     return np.concatenate(outs)
+
+
+def flat_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """A runner's outputs as one ``[B, D]`` array: logits as they are; a backbone's feature maps flattened per sample
+    and concatenated in the graph's output order (how the gates and the golden set compare them)."""
+    arrays = list(outputs.values())
+    if len(arrays) == 1 and arrays[0].ndim == 2:
+        return arrays[0]
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
 
 
 def runner_batch(runner: Runner) -> int:
