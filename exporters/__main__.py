@@ -19,6 +19,17 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
                        help=f"[{names}] {f.metadata.get('help', '')}")
 
 
+def _target_list(text: str) -> list[str]:
+    """``--target``: a registered target, a comma list of them, or ``all``; anything else names the choices."""
+    from exporters.targets import targets
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    known = [*targets(), "all"]
+    bad = [t for t in names if t not in known]
+    if not names or bad or ("all" in names and len(names) > 1) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(known)}, or a comma list)")
+    return names
+
+
 def parser() -> argparse.ArgumentParser:
     from exporters.targets import targets
     p = values.Parser(
@@ -30,9 +41,9 @@ def parser() -> argparse.ArgumentParser:
                                  "digits_swin), timm:<name>, tv:swin_t|swin_s|swin_b|vit_b_16, local-dir:PATH "
                                  "(a folder saved by timm: config.json + model.safetensors) or hf-hub:ORG/NAME "
                                  "(from the local Hugging Face cache)")
-    p.add_argument("--target", default="onnxruntime", choices=[*targets(), "all"],
-                   help="runtime to build for (default onnxruntime, FP32 on the CPU); 'all' builds every "
-                        "target and precision available here")
+    p.add_argument("--target", default="onnxruntime", type=_target_list, metavar="{" + ",".join([*targets(), "all"]) + "}",
+                   help="runtime(s) to build for, one or a comma list (default onnxruntime, FP32 on the CPU); "
+                        "'all' builds every target and precision available here")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
                       help="half precision (OpenVINO: FP16 weights, bf16/f16 inference where the CPU has it)")
@@ -105,7 +116,7 @@ def _main(argv: list[str]) -> int:
     from exporters.pipeline import RunOptions, run
     from exporters.targets import option_fields, targets
 
-    names = list(targets()) if args.target == "all" else [args.target]
+    names = list(targets()) if args.target == ["all"] else args.target
     given = {f.name: getattr(args, f.name) for owners in option_fields().values() for _, f in owners[:1]
              if hasattr(args, f.name)}
     opts = RunOptions(model=args.model, targets=names, precision=args.precision, data=args.data,

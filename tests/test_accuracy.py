@@ -59,3 +59,17 @@ def test_tolerances_keyed_by_target_and_precision():
     assert tolerance_for("onnxruntime", "fp32").cosine_min == 0.9999
     assert tolerance_for("openvino", "int8").top1_drop == 0.5
     assert tolerance_for("tensorrt", "int8").top1_drop == 1.0
+
+
+def test_topk_of_wide_rows_by_partition_equals_the_full_sort():
+    """A backbone's flattened maps (above ``WIDE`` values a row) take the partition path: same sets, no ties."""
+    import numpy as np
+
+    from runtime.accuracy import WIDE, _topk, topk_agreement
+    rng = np.random.default_rng(0)
+    x = rng.permutation(WIDE * 2 + 7)[None].repeat(3, 0).astype(np.float64) + rng.random((3, 1))
+    full = np.sort(np.argsort(-x, axis=-1, kind="stable")[:, :5], axis=-1)
+    assert (_topk(x, 5) == full).all()
+    y = x.copy()
+    y[1, x[1].argmax()] = -1.0  # sample 1's top one falls out of its top five
+    assert topk_agreement(x, y, 5) == 2 / 3 and topk_agreement(x, y, 1) == 2 / 3

@@ -164,3 +164,12 @@ def test_a_child_forked_under_our_sigterm_handler_can_still_be_terminated():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and proc.stdout.strip() == "terminated", proc.stdout + proc.stderr
+
+
+def test_target_takes_a_comma_list_and_refuses_a_bad_one_in_one_line(tmp_path, capsys):
+    from exporters.__main__ import parser
+    assert parser().parse_args(["swin_t", "--target", "onnxruntime,openvino"]).target == ["onnxruntime", "openvino"]
+    assert parser().parse_args(["swin_t", "--target", "all"]).target == ["all"]
+    for bad in ("onnxruntime,bogus", "all,openvino", "openvino,openvino", ","):
+        code, _, err = run_cli(["digits_vit", "--target", bad, "--out", tmp_path / "o"], capsys)
+        _assert_clean_failure(code, err, tmp_path / "o", f"argument --target: invalid choice: '{bad}'")

@@ -62,11 +62,12 @@ def test_bad_features_flags_are_one_line(args, match, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def backbone_bundle(tmp_path_factory):
-    from exporters import export
+    from exporters.api import Report
+    from exporters.pipeline import RunOptions, run
     out = tmp_path_factory.mktemp("features")
-    report = export("digits_swin", features=True, img_size=SIZE, targets=["onnxruntime", "openvino"],
-                    precision="int8", out=out, runs=5)
-    return out / "digits_swin", report
+    report = run(RunOptions(model="digits_swin", features=True, img_size=SIZE, targets=["onnxruntime", "openvino"],
+                            precision="int8", out=out, runs=5, warmup=1, eval_size=200, quiet=True))
+    return out / "digits_swin", Report(report)
 
 
 def test_int8_backbone_passes_a_gate_per_stage(backbone_bundle):
