@@ -297,7 +297,10 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
     tol, gate = gate_for(job, result.target, result.precision)
     ref_top1 = None if ref is None else ref.result.accuracy.top1
     passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
-    if not gate:
+    if job.spec.outputs:
+        result.notes.append("feature maps: gated on each map's worst-sample cosine (checks.cosine_min_per_output); "
+                            "top-1 agreement over flattened maps means nothing and is not gated")
+    elif not gate:
         result.notes.append("random weights: top-1 agreement is reported but not gated for reduced precision")
     result.accuracy_kind = "direct"
     if art is not None and art.proxy:
