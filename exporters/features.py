@@ -18,7 +18,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.sizes import Size, model_at_size, size_label
+from exporters.sizes import Size, arch_of, model_at_size, pair, size_label
 from runtime.errors import UserError
 
 
@@ -37,13 +37,10 @@ class FeatureMaps(nn.Module):
 
 
 def _arch(model) -> str:
-    from timm.models.swin_transformer import SwinTransformer
-    from timm.models.vision_transformer import VisionTransformer
-    if isinstance(model, SwinTransformer):
-        return "swin"
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    raise UserError(f"--features applies to timm Swin and ViT models; this one is a {type(model).__name__}")
+    arch = arch_of(model)
+    if arch is None:
+        raise UserError(f"--features applies to timm Swin and ViT models; this one is a {type(model).__name__}")
+    return arch
 
 
 def default_indices(model) -> list[int]:
@@ -60,32 +57,36 @@ def output_names(model, indices: list[int]) -> list[str]:
 
 def _grid(model) -> tuple[int, int]:
     """The input multiple the trained model tiles without padding: Swin's last stride times its window; a ViT's patch."""
-    ph, pw = (model.patch_embed.patch_size if isinstance(model.patch_embed.patch_size, tuple)
-              else (model.patch_embed.patch_size,) * 2)
+    ph, pw = pair(model.patch_embed.patch_size)
     if _arch(model) == "vit":
         return ph, pw
-    stages = len(model.layers)
-    wh, ww = model._ref_window_sizes[-1] if isinstance(model._ref_window_sizes[-1], tuple) else (
-        model._ref_window_sizes[-1],) * 2
-    return ph * 2 ** (stages - 1) * wh, pw * 2 ** (stages - 1) * ww
+    stride = 2 ** (len(model.layers) - 1)
+    wh, ww = pair(model._ref_window_sizes[-1])
+    return ph * stride * wh, pw * stride * ww
 
 
 def strides(model, indices: list[int]) -> list[int]:
-    p = model.patch_embed.patch_size
-    p = p[0] if isinstance(p, tuple) else p
+    p = pair(model.patch_embed.patch_size)[0]
     return [p * 2 ** i for i in indices] if _arch(model) == "swin" else [p] * len(indices)
 
 
-def backbone(model, spec, indices: list[int] | None, hw: Size, name: str):
-    """``model`` (a timm Swin or ViT classifier, weights loaded) as ``FeatureMaps`` for ``hw`` inputs, and its spec
-    (``outputs``: each map's name and ``[C, h, w]``)."""
-    import torch
+def check_indices(model, indices: list[int] | None, name: str) -> list[int]:
+    """The maps asked for (``None``: ``default_indices``), each a stage or block ``model`` has, each once; else one
+    ``UserError``."""
     indices = default_indices(model) if indices is None else list(indices)
     limit = len(model.layers) if _arch(model) == "swin" else len(model.blocks)
     bad = [i for i in indices if not 0 <= i < limit]
     if bad or not indices or len(set(indices)) != len(indices):
         raise UserError(f"--features {','.join(map(str, indices))}: {name} has {limit} "
                         f"{'stages' if _arch(model) == 'swin' else 'blocks'}, indices 0 to {limit - 1}, each once")
+    return indices
+
+
+def backbone(model, spec, indices: list[int] | None, hw: Size, name: str):
+    """``model`` (a timm Swin or ViT classifier, weights loaded) as ``FeatureMaps`` for ``hw`` inputs, and its spec
+    (``outputs``: each map's name and ``[C, h, w]``)."""
+    import torch
+    indices = check_indices(model, indices, name)
     gh, gw = _grid(model)
     padded = (math.ceil(hw[0] / gh) * gh, math.ceil(hw[1] / gw) * gw)
     inner, spec = model_at_size(model, spec, padded, name) if padded != tuple(spec.input_shape[1:]) else (model, spec)
@@ -102,20 +103,20 @@ def backbone(model, spec, indices: list[int] | None, hw: Size, name: str):
     return wrapped, spec
 
 
+def widths(spec) -> list[int] | None:
+    """A backbone's values per sample of each map, in output order (how its flattened outputs split); else None."""
+    return [math.prod(shape) for _, shape in spec.outputs] if spec.outputs else None
+
+
 def compare_outputs(spec, ref, out, labels):
     """``runtime.accuracy.compare`` of flattened outputs; for a backbone also each map's worst-sample cosine, and the
     worst map's is the row's ``cosine_min`` (the gate). Returns ``(Accuracy, {map: cosine_min} or None)``."""
-    import numpy as np
-
-    from runtime.accuracy import compare
+    from runtime.accuracy import compare, cosine_per_output
     acc = compare(ref, out, labels)
     if not spec.outputs:
         return acc, None
-    maps, start = {}, 0
-    for name, shape in spec.outputs:
-        stop = start + int(np.prod(shape))
-        maps[name] = round(compare(ref[:, start:stop], out[:, start:stop], None).cosine_min, 6)
-        start = stop
+    maps = {name: round(float(c.min()), 6)
+            for (name, _), c in zip(spec.outputs, cosine_per_output(ref, out, widths(spec)))}
     acc.cosine_min = min(maps.values())
     return acc, maps
 
@@ -132,4 +133,5 @@ def check_options(opts) -> None:
         raise UserError("--features: the accuracy budget (--max-drop, --min-cosine) works on logits, not feature maps")
 
 
-__all__ = ["FeatureMaps", "backbone", "default_indices", "compare_outputs", "check_options"]
+__all__ = ["FeatureMaps", "backbone", "check_indices", "default_indices", "widths", "compare_outputs",
+           "check_options"]

@@ -31,9 +31,8 @@ def _models(opts, sizes):
                                   num_classes=opts.num_classes, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)
     if opts.features not in (None, False):  # a backbone pads each size to its window grid (exporters/features.py)
-        from exporters.features import backbone
-        for hw in sizes:
-            backbone(base, spec, None if opts.features is True else opts.features, hw, opts.model)  # checks, now
+        from exporters.features import check_indices
+        check_indices(base, None if opts.features is True else opts.features, opts.model)  # any size fits; the maps?
         return spec.slug, [(hw, base, spec) for hw in sizes]
     return spec.slug, [(hw, *model_at_size(base, spec, hw, opts.model)) for hw in sizes]
 

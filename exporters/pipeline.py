@@ -181,7 +181,6 @@ def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
     return np.concatenate(outs)[:len(data)]
 
 
-
 def _validate(opts: RunOptions) -> None:
     for name in opts.targets:
         target(name)  # an unknown target fails here, before any work

@@ -115,6 +115,7 @@ def choose_golden(job, logits_by_row: dict) -> np.ndarray:
 
 def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
     """Write the golden set into the staging bundle, and each artefact's verification (golden figures included)."""
+    from exporters.features import widths
     pp: Preprocessing = job.spec.preprocessing
     idx = choose_golden(job, {k: v for k, v in job.logits.items() if k != ("pytorch", "fp32")})
     pixels = pixels_from_inputs(job.data.inputs[idx], pp)
@@ -132,8 +133,8 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
         g = gates(job, art.target, art.precision)
         golden_values = None
         if runner is not None and art.timeable:
-            widths = [int(np.prod(shape)) for _, shape in job.spec.outputs] if job.spec.outputs else None
-            ok, vals, why = judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), g, widths)
+            ok, vals, why = judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), g,
+                                         widths(job.spec))
             golden_values = {**vals, "passed": ok, "failures": why}
             if res.passed and not ok:
                 res.notes.append(f"the golden set fails on this machine although the evaluation set passed: {why}")

@@ -26,7 +26,8 @@ def spelled(hw: Size) -> str:
     return str(hw[0]) if hw[0] == hw[1] else size_label(hw)
 
 
-def _arch(model) -> str | None:
+def arch_of(model) -> str | None:
+    """``swin`` or ``vit`` for a timm SwinTransformer / VisionTransformer, else None."""
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
     if isinstance(model, SwinTransformer):
@@ -36,20 +37,21 @@ def _arch(model) -> str | None:
     return None
 
 
-def _pair(v) -> Size:
+def pair(v) -> Size:
+    """A timm size attribute (an int or an ``(h, w)`` pair) as ``(h, w)``."""
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def _swin_windows(model, hw: Size) -> tuple[list[Size], bool] | None:
     """Per-stage windows that tile ``hw``'s stage grids without padding, and whether they are the trained ones;
     None when no window does (``hw`` not a multiple of the last stage's stride, or a scaled window not whole)."""
-    ph, pw = _pair(model.patch_embed.patch_size)
+    ph, pw = pair(model.patch_embed.patch_size)
     stages = len(model.layers)
     if hw[0] % (ph * 2 ** (stages - 1)) or hw[1] % (pw * 2 ** (stages - 1)):
         return None
     grids = [(hw[0] // ph // 2 ** i, hw[1] // pw // 2 ** i) for i in range(stages)]
-    trained = [_pair(w) for w in model._ref_window_sizes]
-    ref = _pair(model._ref_grid_size)
+    trained = [pair(w) for w in model._ref_window_sizes]
+    ref = pair(model._ref_grid_size)
 
     def tiles(ws):
         return all(g[0] % w[0] == 0 and g[1] % w[1] == 0 for g, w in zip(grids, ws))
@@ -67,7 +69,7 @@ def _swin_windows(model, hw: Size) -> tuple[list[Size], bool] | None:
 def _fits(model, arch: str, hw: Size) -> bool:
     if arch == "swin":
         return _swin_windows(model, hw) is not None
-    ph, pw = _pair(model.patch_embed.patch_size)
+    ph, pw = pair(model.patch_embed.patch_size)
     return hw[0] % ph == 0 and hw[1] % pw == 0
 
 
@@ -85,15 +87,15 @@ def nearest_sizes(model, arch: str, hw: Size, count: int = 2) -> list[int]:
 def model_at_size(model, spec, hw: Size, name: str):
     """A copy of ``model`` (a timm Swin or ViT) for ``hw`` inputs and its spec; the original is untouched.
     A size the architecture can't take without padding is one ``UserError`` naming the nearest ones that work."""
-    arch = _arch(model)
+    arch = arch_of(model)
     if arch is None:
         raise UserError(f"--img-size applies to timm Swin and ViT models; {name} is a {type(model).__name__}")
     if not _fits(model, arch, hw):
         if arch == "swin":
-            why = (f"its {len(model.layers)} stages and {_pair(model._ref_window_sizes[0])[0]}-px windows would "
+            why = (f"its {len(model.layers)} stages and {pair(model._ref_window_sizes[0])[0]}-px windows would "
                    "need zero padding it was not trained with")
         else:
-            why = f"it is not a multiple of the {_pair(model.patch_embed.patch_size)[0]}-px patch"
+            why = f"it is not a multiple of the {pair(model.patch_embed.patch_size)[0]}-px patch"
         near = ", ".join(map(str, nearest_sizes(model, arch, hw)))
         raise UserError(f"--img-size {spelled(hw)} does not fit {name}: {why}; nearest sizes that do: {near}")
     resized = copy.deepcopy(model)
@@ -113,4 +115,4 @@ def model_at_size(model, spec, hw: Size, name: str):
     return resized.eval(), spec
 
 
-__all__ = ["Size", "size_label", "spelled", "model_at_size", "nearest_sizes"]
+__all__ = ["Size", "size_label", "spelled", "arch_of", "pair", "model_at_size", "nearest_sizes"]

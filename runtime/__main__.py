@@ -94,19 +94,20 @@ def _bench(argv) -> int:
 
     from runtime.sizes import SizedSession
     opened = _open(a)
-    sessions = [opened.session(hw) for hw in opened.sizes] if isinstance(opened, SizedSession) else [opened]
     with opened:
-        for s in sessions:
-            _bench_one(a, s, size=f"{s.runner.input_shape[-2]}x{s.runner.input_shape[-1]}"
-                       if len(sessions) > 1 else None)
+        for hw in opened.sizes if isinstance(opened, SizedSession) else [None]:
+            _bench_one(a, opened if hw is None else opened.session(hw), hw)
     return 0
 
 
-def _bench_one(a, s, size: str | None) -> None:
-    """Latency (and throughput) of one opened session; one line, or one JSON object."""
+def _bench_one(a, s, hw: tuple[int, int] | None) -> None:
+    """Latency (and throughput) of one opened session (``hw``: its size in a multi-size bundle); one line, or one
+    JSON object."""
     import numpy as np
 
     from runtime.latency import measure, measure_throughput, throughput
+    from runtime.sizes import size_name
+    size = size_name(hw) if hw else None
     shape = [s.batch, *s.runner.input_shape[1:]]
     feeds = {s.runner.input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
     lat = measure(s.runner, feeds, runs=a.runs, warmup=a.warmup)
@@ -114,8 +115,7 @@ def _bench_one(a, s, size: str | None) -> None:
            "throughput_ips": throughput(lat, shape[0]), "runtime": s.runner.describe(),
            **({"input_size": size} if size else {})}
     if a.throughput:
-        with _open(a, target=s.target, precision=s.precision, mode="throughput", size=size and tuple(
-                map(int, size.split("x")))) as t:
+        with _open(a, target=s.target, precision=s.precision, mode="throughput", **({"size": hw} if hw else {})) as t:
             res["throughput_mode"] = measure_throughput(t.runner, feeds, seconds=a.seconds).to_dict()
     if a.json:
         print(json.dumps(res, default=str))

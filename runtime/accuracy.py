@@ -34,6 +34,12 @@ def cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.abs(a - b).sum(-1) == 0, 1.0, 0.0))
 
 
+def cosine_per_output(ref: np.ndarray, out: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    """Flattened outputs ``[N, sum(widths)]`` split at ``widths``: each output's per-sample cosine, in order."""
+    bounds = np.cumsum([0, *widths])
+    return [cosine_per_sample(ref[:, a:b], out[:, a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
 WIDE = 100_000  # above this many values per sample (a backbone's maps), the top-k is found by partition
 
 

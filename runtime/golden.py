@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.accuracy import cosine_per_sample
+from runtime.accuracy import cosine_per_output, cosine_per_sample
 from runtime.errors import UserError
 from runtime.manifest import Manifest, resolve_inside
 from runtime.preprocess import Preprocessing, normalise
@@ -77,8 +77,7 @@ def worst_cosine(reference: np.ndarray, logits: np.ndarray, widths: list[int] | 
     """Per sample, the cosine of the worst output (one output: the plain cosine)."""
     if not widths or len(widths) == 1:
         return cosine_per_sample(reference, logits)
-    bounds = np.cumsum([0, *widths])
-    return np.min([cosine_per_sample(reference[:, a:b], logits[:, a:b]) for a, b in zip(bounds, bounds[1:])], axis=0)
+    return np.min(cosine_per_output(reference, logits, widths), axis=0)
 
 
 def judge_golden(reference: np.ndarray, logits: np.ndarray, gates: dict,

@@ -35,6 +35,11 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def write_json(self, path: Path) -> Path:
+        """This model as indented JSON at ``path`` (the one writer of manifest.json and sizes.json)."""
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2))
+        return Path(path)
+
 
 class Verification(_Model):
     """An artefact's proof: whether it passed its gates, on which machine and with which runtime configuration.
@@ -159,9 +164,7 @@ class Manifest(_Model):
         return self
 
     def write(self, folder: Path) -> Path:
-        path = Path(folder) / MANIFEST
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        return path
+        return self.write_json(Path(folder) / MANIFEST)
 
     def verify(self, bundle: Path, files: list[str]) -> None:
         """Refuse any of ``files`` that is unlisted, outside the bundle, missing or not matching its sha256."""

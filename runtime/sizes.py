@@ -8,7 +8,6 @@ resized to the nearest declared size, and each prediction says which size served
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +49,7 @@ class SizeSet(_Model):
         return self
 
     def write(self, folder: Path) -> Path:
-        path = Path(folder) / SIZES
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        return path
+        return self.write_json(Path(folder) / SIZES)
 
     @property
     def names(self) -> str:

@@ -142,6 +142,9 @@ def test_verify_and_bench_go_through_every_size(sized, capsys):
     assert code == 0 and "input 32x32" in out and "input 48x48" in out and out.count("| openvino int8 |") == 2
     code, out, _ = cli_in_process(capsys, "runtime", "bench", bundle, "--runs", "3", "--warmup", "1")
     assert code == 0 and out.startswith("32x32 openvino int8") and "\n48x48 openvino int8" in out
+    code, out, _ = cli_in_process(capsys, "runtime", "bench", bundle, "--size", "48", "--runs", "3", "--warmup", "1",
+                                  "--throughput", "--seconds", "0.2")  # the throughput reopen keeps the size asked
+    assert code == 0 and out.startswith("openvino int8 batch 1") and "throughput mode:" in out
 
 
 def test_a_changed_size_manifest_is_refused_and_a_signature_covers_every_size(sized, tmp_path):
