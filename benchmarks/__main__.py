@@ -194,18 +194,20 @@ def _vs_naive(argv) -> int:
     p.add_argument("--throughput-seconds", type=values.SECONDS, default=5.0)
     p.add_argument("--img-size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
                    help="time every model at each of these input sizes (the same module on every path)")
+    p.add_argument("--features", action="store_true",
+                   help="time each model's backbone (its feature maps, as --features exports them) instead of the "
+                        "classifier; a detection size such as 800x1344 is padded to the window grid")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.vs_naive import measure, render
+    from benchmarks.vs_naive import measure, render, timed_model
     from exporters.pipeline import default_threads
-    from exporters.zoo import create_model
     from runtime.environment import environment, one_line
     for m in a.models:
         for size in a.img_size or [None]:
-            create_model(m, img_size=size)  # an unknown model or a size it can't take is one line before any work
+            timed_model(m, size, a.features)  # an unknown model or a size it can't take: one line before any work
     threads = a.threads or default_threads()
     res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None,
-                  sizes=a.img_size)
+                  sizes=a.img_size, features=a.features)
     env = environment(threads)
     md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
     _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})

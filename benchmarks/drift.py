@@ -19,6 +19,7 @@ from exporters.probes import (
     probes_from_export,
     reference_outputs,
 )
+from exporters.report import drift_table
 from runtime.errors import UserError
 
 
@@ -82,24 +83,13 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
 
 
 def render(res: dict, command: str, env_line: str) -> str:
-    step = res["first_large_step"]
     lines = [f"## Drift of {res['model']} {res['target']} {res['precision']} against PyTorch, block by block", "",
              f"Command: `{command}`", "", f"Machine: {env_line}", "",
              f"{res['samples']} samples of {res['data']}; reference: {res['reference']}; artefact values from "
              f"{res.get('artefact_values_from', 'the artefact itself')}; cosine is per sample "
              "(the worst shown), max abs over all.",
              ""]
-    if step:
-        lines += [f"**First large step: `{step['module']}`** (1 - cosine grows by {step['growth']:.2e} over the worst "
-                  f"before it ({step['step']:.1f}x), to {step['error']:.2e})", ""]
-    lines += ["| # | module | cosine min | 1 - cosine min | max abs err | max abs of the reference |",
-              "|---|---|---|---|---|---|"]
-    for i, r in enumerate(res["rows"]):
-        lines.append(f"| {i} | `{r['module']}` | {r['cosine_min']:.6f} | {1 - r['cosine_min']:.2e} | "
-                     f"{r['max_abs']:.4g} | {r['ref_max_abs']:.4g} |")
-    if res["not_found"]:
-        lines += ["", "Not located in this artefact (fused or renamed by its compiler): "
-                  + ", ".join(f"`{n}`" for n in res["not_found"])]
+    lines += drift_table(res)
     return "\n".join(lines) + "\n"
 
 

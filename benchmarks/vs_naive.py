@@ -35,11 +35,14 @@ def path_precision(name: str, hint: str | None) -> tuple[str, str]:
     return runtime_name, "fp32"
 
 
-def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, batch: int) -> dict[str, dict]:
+def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, batch: int,
+             widths: list[int] | None = None) -> dict[str, dict]:
     """Each runner's cosine_min and top-1 agreement against ``reference``'s outputs on ``inputs``; whether it
-    meets the cosine tolerance of the runtime and precision it runs at (runtime/tolerances.py)."""
+    meets the cosine tolerance of the runtime and precision it runs at (runtime/tolerances.py). A backbone
+    (``widths``: each map's values per sample) is judged by its worst map, as its export gate is."""
     from runtime.accuracy import compare
     from runtime.backends.base import batched_logits
+    from runtime.golden import worst_cosine
     from runtime.tolerances import tolerance_for
     ref = batched_logits(runners[reference], inputs, batch)
     out = {}
@@ -47,7 +50,10 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
         if k == reference:
             continue
         hint = (r.describe().get("compiled") or {}).get("INFERENCE_PRECISION_HINT")
-        a = compare(ref, batched_logits(r, inputs, batch), None)
+        got = batched_logits(r, inputs, batch)
+        a = compare(ref, got, None)
+        if widths:
+            a.cosine_min = float(worst_cosine(ref, got, widths).min())
         tol = tolerance_for(*path_precision(k, hint))
         out[k] = {"hint": hint, "cosine_min": round(a.cosine_min, 5), "agreement": round(a.top1_agreement * 100, 2),
                   "correct": bool(np.isfinite(a.cosine_min) and a.cosine_min >= tol.cosine_min),
@@ -55,20 +61,21 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
     return out
 
 
-def naive_onnx(model, shape, path: Path) -> Path:
+def naive_onnx(model, shape, path: Path, output_names=("logits",)) -> Path:
     import torch
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        torch.onnx.export(model, (torch.zeros(shape),), str(path), input_names=["input"], output_names=["logits"])
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), input_names=["input"],
+                          output_names=list(output_names))
     return path
 
 
-def naive_artefacts(model, shape, calib, work: Path) -> dict[str, tuple[str, object]]:
+def naive_artefacts(model, shape, calib, work: Path, output_names=("logits",)) -> dict[str, tuple[str, object]]:
     """The four naive artefacts of ``model``: ``{path name: (runtime, ONNX path or ov.Model)}``."""
     work.mkdir(parents=True, exist_ok=True)
     import nncf
     import openvino as ov
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
-    src = naive_onnx(model, shape, work / "naive.onnx")
+    src = naive_onnx(model, shape, work / "naive.onnx", output_names)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -119,20 +126,32 @@ def _close(runners: dict) -> None:
         r.close()
 
 
-def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None,
-            img_size: tuple[int, int] | None = None) -> dict:
-    """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name`` (at ``img_size``: the same
-    re-laid module on every path), interleaved; with ``throughput_s``, then images/s of each, opened in throughput
-    mode, also interleaved."""
-    from calibration import load_set
-    from exporters.reference import TorchRunner
+def timed_model(name: str, img_size: tuple[int, int] | None, features: bool):
+    """``(module, spec)`` every path of one row times: the classifier re-laid for ``img_size``, or (``features``) its
+    backbone (exporters/features.py: every stage or four blocks, padded to the window grid), the same module for
+    the naive paths, which export it as it is, and for vitdeploy, which rewrites it."""
     from exporters.zoo import create_model
+    if not features:
+        return create_model(name, img_size=img_size)
+    from exporters.features import backbone
+    model, spec = create_model(name)
+    return backbone(model, spec, None, img_size or tuple(spec.input_shape[1:]), name)
+
+
+def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None,
+            img_size: tuple[int, int] | None = None, features: bool = False) -> dict:
+    """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name`` (at ``img_size``: the same
+    re-laid module on every path; ``features``: its backbone), interleaved; with ``throughput_s``, then images/s of
+    each, opened in throughput mode, also interleaved."""
+    from calibration import load_set
+    from exporters.outputs import widths
+    from exporters.reference import TorchRunner
     from runtime.latency import measure_interleaved, measure_throughput_interleaved
     from runtime.manifest import read_manifest
-    model, spec = create_model(name, img_size=img_size)
+    model, spec = timed_model(name, img_size, features)
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
-    naive = naive_artefacts(model, shape, calib, work)
+    naive = naive_artefacts(model, shape, calib, work, [n for n, _ in spec.outputs] if spec.outputs else ("logits",))
     bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch, model=model, spec=spec)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
@@ -143,7 +162,7 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     runners = runners_in("latency")
     try:
         fid_set = load_set("digits", spec.preprocessing, size=FIDELITY_SAMPLES, part="holdout", progress=False)
-        fid = fidelity(runners, "pytorch eager fp32", fid_set.inputs, batch)
+        fid = fidelity(runners, "pytorch eager fp32", fid_set.inputs, batch, widths(spec))
         lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs=runs, warmup=5, rounds=5)
         rows = {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2), "hint": None, **fid.get(k, {})}
                 for k, v in lats.items()}
@@ -214,14 +233,17 @@ def competitors(rows: dict, accuracy: dict, family: str | None = None) -> dict:
 
 
 def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughput_s: float | None = None,
-            accuracy_models=("digits_swin", "digits_vit"), sizes: list[tuple[int, int]] | None = None) -> dict:
-    """Every model (at every size of ``sizes``, each keyed ``"swin_t 384x384"``), then the digits accuracy."""
+            accuracy_models=("digits_swin", "digits_vit"), sizes: list[tuple[int, int]] | None = None,
+            features: bool = False) -> dict:
+    """Every model (at every size of ``sizes``, each keyed ``"swin_t 384x384"``; ``features``: its backbone, keyed
+    ``"swin_t backbone 800x1344"``), then the digits accuracy."""
     with tempfile.TemporaryDirectory() as d:
         lat = {}
         for m in models:
             for size in sizes or [None]:
-                key = m if size is None else f"{m} {size[0]}x{size[1]}"
-                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size)
+                key = " ".join([m, *(["backbone"] if features else []), *([f"{size[0]}x{size[1]}"] if size else [])])
+                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size,
+                                   features)
         acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}") for m in accuracy_models}
     return {"batch": batch, "latency_ms": lat, "accuracy": acc}
 

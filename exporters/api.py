@@ -58,8 +58,10 @@ def _family(module) -> str:
     return "swin" if "swin" in names else "vit" if ("vision" in names or "vit" in names) else "other"
 
 
-def spec_for_module(module, name: str, input_shape, preprocessing, labels):
-    """A ``ModelSpec`` for a user's ``nn.Module``: shape and preprocessing given, or taken from a timm config."""
+def spec_for_module(module, name: str, input_shape, preprocessing, labels, task: str = "classification"):
+    """A ``ModelSpec`` for a user's ``nn.Module``: shape and preprocessing given, or taken from a timm config.
+    ``task``: "classification" (the module returns logits ``[B, classes]``) or "segmentation" (a logits map
+    ``[B, classes, H, W]``)."""
     import torch
     from torch import nn
 
@@ -92,9 +94,12 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
     except Exception as exc:  # reason: any user module may raise anything on a wrong shape
         raise ExportError(f"the module does not run on a {[1, *shape]} input: {type(exc).__name__}: "
                           f"{(str(exc).strip().splitlines() or [''])[0][:160]}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ExportError("the module must return logits [B, classes] as one tensor")
-    classes = int(out.shape[-1])
+    dense = task == "segmentation"
+    if not isinstance(out, torch.Tensor) or out.ndim != (4 if dense else 2):
+        got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"a tensor of shape {list(out.shape)}"
+        raise ExportError(f"the module must return {'a logits map [B, classes, H, W]' if dense else 'logits [B, classes]'}"
+                          f" as one tensor for task='{task}' (it returned {got})")
+    classes = int(out.shape[1] if dense else out.shape[-1])
     names = read_labels(labels) if isinstance(labels, (str, Path)) else check_labels(list(labels), "labels") if labels else \
         (base.labels if base is not None and base.num_classes == classes else None)
     if names is not None and len(names) != classes:
@@ -103,7 +108,8 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels):
         "preprocessing not given: ImageNet mean/std, bicubic resize, crop 0.875 assumed"]
     return ModelSpec(name=name, source=base.source if base else f"module:{type(module).__qualname__}",
                      family=_family(module), input_shape=shape, preprocessing=pp, num_classes=classes,
-                     labels=names, weights="given module", notes=notes)
+                     labels=names, weights="given module", notes=notes, task=task,
+                     outputs=[("logits", list(out.shape[1:]))] if dense else None)
 
 
 def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=None, data="digits", calib=None,
@@ -111,7 +117,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
            num_classes: int | None = None, img_size=None, features=None, batch: int = 1, runs: int = 50,
            threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
            min_cosine: float | None = None, throughput: bool = False, repair: bool = True, quiet: bool = True,
-           sign_key=None, **target_options) -> Report:
+           sign_key=None, task: str = "classification", **target_options) -> Report:
     """Export ``model_or_name`` (a zoo name, ``timm:``/``tv:``/``local-dir:``/``hf-hub:`` name, or any
     ``nn.Module``), build ``targets`` (a name, a list, or "all") at ``precision``, verify every artefact
     against the model on ``data``, time it, and write ``out/<name>/``. Returns the ``Report``.
@@ -126,20 +132,40 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     ``max_drop``/``min_cosine`` the INT8/FP16 accuracy budget (exporters/budget.py); ``throughput`` also
     measures images/s in throughput mode; ``repair=False`` keeps a failed row as it failed (no safe runtime
     configurations tried, no blocks kept); ``sign_key`` a PEM EC private key to sign the bundle with
-    (``model.sig``, OpenSSF model-signing format; ``runtime.open(..., trust=PUBLIC_KEY)`` checks it).
+    (``model.sig``, OpenSSF model-signing format; ``runtime.open(..., trust=PUBLIC_KEY)`` checks it);
+    ``task="segmentation"`` for a module returning a logits map ``[B, classes, H, W]`` (a backbone and a dense head):
+    gated on the map's cosine, pixel agreement and mean IoU against the module, with a drift table by module name
+    for each reduced-precision artefact (ONNX Runtime and OpenVINO; exporters/outputs.py, exporters/dense.py).
     """
     from torch import nn
 
     from exporters.pipeline import RunOptions, run
     from exporters.targets import targets as registry
     names = list(registry()) if targets == "all" else [targets] if isinstance(targets, str) else list(targets)
+    precisions = None
+    if isinstance(precision, (list, tuple)):  # several: each target builds those of them it offers
+        precisions, precision = list(precision), None
+        bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+        if bad or not precisions:
+            raise ExportError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three (got {bad or []})")
+    elif precision is not None and precision not in ("fp32", "fp16", "int8", "auto"):
+        raise ExportError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three (got {precision!r})")
     module = spec = None
+    from exporters.outputs import TASKS
+    if task not in TASKS:
+        raise ExportError(f"task must be one of {', '.join(TASKS)} (got {task!r})")
     if isinstance(model_or_name, nn.Module):
         spec = spec_for_module(model_or_name, name or type(model_or_name).__name__.lower(), input_shape,
-                               preprocessing, labels)
+                               preprocessing, labels, task)
         module, model_or_name = model_or_name, spec.name
+        if task == "segmentation" and (img_size is not None or features not in (None, False)):
+            raise ExportError("task='segmentation' takes its size from input_shape; img_size and features are for "
+                              "classifiers and their backbones")
     elif not isinstance(model_or_name, str):
         raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(model_or_name).__name__}")
+    elif task != "classification":
+        raise ExportError(f"task={task!r} is for an nn.Module with a dense head; a named model is a classifier "
+                          "(--features exports its backbone)")
     elif input_shape is not None or preprocessing is not None:
         raise ExportError("input_shape and preprocessing are for modules; a named model has its own "
                           "(use img_size= to change the resolution)")
@@ -148,5 +174,5 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
                       labels=None if module is not None else labels, module=module, spec=spec, out=Path(out),
                       batch=batch, runs=runs, threads=threads, rewrites=rewrites, options=target_options,
                       max_drop=max_drop, min_cosine=min_cosine, throughput=throughput, repair=repair,
-                      quiet=quiet, sign_key=Path(sign_key) if sign_key is not None else None)
+                      precisions=precisions, quiet=quiet, sign_key=Path(sign_key) if sign_key is not None else None)
     return Report(run(opts))

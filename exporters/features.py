@@ -96,42 +96,23 @@ def backbone(model, spec, indices: list[int] | None, hw: Size, name: str):
         shapes = [list(m.shape[1:]) for m in wrapped(torch.zeros(1, 3, *hw))]
     spec = dataclasses.replace(spec, notes=list(spec.notes), input_shape=(3, *hw), labels=None,
                                preprocessing=dataclasses.replace(spec.preprocessing, input_size=hw, resize_size=None),
-                               outputs=list(zip(output_names(model, indices), shapes)))
+                               outputs=list(zip(output_names(model, indices), shapes)), task="features")
     spec.notes.append(f"backbone: {', '.join(f'{n} {s}' for n, s in spec.outputs)} for {size_label(hw)} inputs"
                       + (f", padded with zeros to {size_label(padded)} (the grid its trained windows tile) and each "
                          "map cropped back" if padded != hw else ""))
     return wrapped, spec
 
 
-def widths(spec) -> list[int] | None:
-    """A backbone's values per sample of each map, in output order (how its flattened outputs split); else None."""
-    return [math.prod(shape) for _, shape in spec.outputs] if spec.outputs else None
+TARGETS = ("onnxruntime", "openvino")  # the targets output maps (a backbone, a segmentation model) are built for
 
 
-def compare_outputs(spec, ref, out, labels):
-    """``runtime.accuracy.compare`` of flattened outputs; for a backbone also each map's worst-sample cosine, and the
-    worst map's is the row's ``cosine_min`` (the gate). Returns ``(Accuracy, {map: cosine_min} or None)``."""
-    from runtime.accuracy import compare, cosine_per_output
-    acc = compare(ref, out, labels)
-    if not spec.outputs:
-        return acc, None
-    maps = {name: round(float(c.min()), 6)
-            for (name, _), c in zip(spec.outputs, cosine_per_output(ref, out, widths(spec)))}
-    acc.cosine_min = min(maps.values())
-    return acc, maps
-
-
-TARGETS = ("onnxruntime", "openvino")  # the targets a multi-output backbone is built and verified for
-
-
-def check_options(opts) -> None:
-    """``--features`` with what it can't go with: one line, before any work."""
+def check_options(opts, what: str = "--features") -> None:
+    """Output maps with what they can't go with yet: one line, before any work. ``what``: how the user asked."""
     others = [t for t in opts.targets if t not in TARGETS]
     if others:
-        raise UserError(f"--features builds {' and '.join(TARGETS)} artefacts; not yet {', '.join(others)}")
+        raise UserError(f"{what} builds {' and '.join(TARGETS)} artefacts; not yet {', '.join(others)}")
     if opts.max_drop is not None or opts.min_cosine is not None:
-        raise UserError("--features: the accuracy budget (--max-drop, --min-cosine) works on logits, not feature maps")
+        raise UserError(f"{what}: the accuracy budget (--max-drop, --min-cosine) works on logits, not output maps")
 
 
-__all__ = ["FeatureMaps", "backbone", "check_indices", "default_indices", "widths", "compare_outputs",
-           "check_options"]
+__all__ = ["FeatureMaps", "backbone", "check_indices", "default_indices", "check_options"]

@@ -25,7 +25,6 @@ from exporters.report import write_report
 from exporters.result import Result
 from exporters.targets import Artifact, BuildContext, resolve_options, target
 from runtime import signing, values
-from runtime.accuracy import judge
 from runtime.backends import Runner
 from runtime.environment import environment
 from runtime.errors import UserError
@@ -195,15 +194,16 @@ def _validate(opts: RunOptions) -> None:
     budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
     if opts.features not in (None, False, True):
         values.check("features", opts.features, values.indices)
-    if opts.features not in (None, False):
+    if opts.features not in (None, False) or (opts.spec is not None and opts.spec.task == "segmentation"):
         from exporters.features import check_options
-        check_options(opts)
+        check_options(opts, "--features" if opts.features not in (None, False) else "task='segmentation'")
     if opts.sign_key is not None:
         signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
 
 
 def prepare(opts: RunOptions) -> Job:
     """Check the options, load the model and the evaluation set; nothing is written yet."""
+    from exporters.outputs import task_note
     from exporters.reference import gpu_name
     from exporters.roofline import gemm_peak_gflops, model_flops
     from exporters.zoo import create_model
@@ -241,6 +241,8 @@ def prepare(opts: RunOptions) -> Job:
     with steps(f"evaluation set ({opts.data})"):
         data = load_set(opts.data, spec.preprocessing, size=eval_size, part="holdout",
                         label_index=label_index(spec), progress=not opts.quiet)
+    if spec.task != "classification" and data.labels is not None:
+        data.labels = None  # image labels are classes of images, not of feature maps or pixels
     if str(opts.data) == "digits" and not spec.source.startswith("digits:") and data.labels is not None:
         data.labels = None  # digit labels 0-9 are not this model's classes
         data.notes.append("digits labels do not match this model's classes: dataset top-1 not computed")
@@ -258,7 +260,8 @@ def prepare(opts: RunOptions) -> Job:
     report = {"model": spec.name, "source": spec.source, "weights": spec.weights,
               "input_shape": [opts.batch, *spec.input_shape],
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "environment": environment(threads, gpu=gpu_name()), "notes": list(spec.notes),
+              "environment": environment(threads, gpu=gpu_name()), "notes": list(spec.notes) + (
+                  [task_note(spec)] if task_note(spec) else []),
               "data": data.describe(), "memory": memory,
               "roofline": {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
                            "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}}
@@ -289,17 +292,13 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
     """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
     logits = run_outputs(runner, job.data, job.opts.batch)
     ref_logits = logits if ref is None else ref.logits
-    from exporters.features import compare_outputs
-    acc, maps = compare_outputs(job.spec, ref_logits, logits, job.data.labels)
-    if maps:
-        result.checks["cosine_min_per_output"] = maps
+    from exporters.outputs import compare_outputs, judge_outputs, task_note
+    acc, checks = compare_outputs(job.spec, ref_logits, logits, job.data.labels)
+    result.checks.update(checks)
     tol, gate = gate_for(job, result.target, result.precision)
     ref_top1 = None if ref is None else ref.result.accuracy.top1
-    passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
-    if job.spec.outputs:
-        result.notes.append("feature maps: gated on each map's worst-sample cosine (checks.cosine_min_per_output); "
-                            "top-1 agreement over flattened maps means nothing and is not gated")
-    elif not gate:
+    passed, why = judge_outputs(job.spec, acc, checks, ref_top1, tol, gate, result.precision)
+    if not gate and not task_note(job.spec):
         result.notes.append("random weights: top-1 agreement is reported but not gated for reduced precision")
     result.accuracy_kind = "direct"
     if art is not None and art.proxy:
@@ -466,7 +465,7 @@ def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manife
                                                 dtype="float32", layout="NCHW"),
         outputs=[TensorSpec(name=n, shape=[shape[0], *s], dtype="float32", layout="NCHW")
                  for n, s in job.spec.outputs] if job.spec.outputs else None,
-        preprocessing=job.spec.preprocessing.to_dict(), labels=job.spec.labels,
+        task=job.spec.task, preprocessing=job.spec.preprocessing.to_dict(), labels=job.spec.labels,
         onnx=exp.path.relative_to(work).as_posix(), artifacts=[a.entry(work) for a in artifacts],
         rewrites=rep.get("rewrites"), graph=rep.get("graph"), calibration=rep.get("calibration"),
         evaluation=rep.get("data"), versions=rep["environment"]["versions"], created=rep["created"],
@@ -502,6 +501,9 @@ def run_into(job: Job, work: Path) -> None:
                            dynamic_batch=job.opts.dynamic_batch)
         results, artifacts, built = build_all(job, ctx, ref)
         timed += built
+        if job.spec.task == "segmentation":
+            from exporters.dense import drift_stage
+            drift_stage(job, ctx, ref, artifacts)
         time_stage(job, timed)
         if job.opts.throughput:
             throughput_stage(job, ctx, timed)

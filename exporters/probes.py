@@ -15,6 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +24,19 @@ PROBE = re.compile(r"^(patch_embed(\.proj)?|(layers\.\d+\.)?blocks\.\d+(\.(attn|
                    r"features\.\d+(\.\d+(\.(attn|mlp))?)?|encoder\.layers\.encoder_layer_\d+(\.(self_attention|mlp))?|"
                    r"norm|head|head\.fc|fc_norm)$")
 WRAPPER = "inner."  # exporters/rewrites/vit.py StaticTimmViT keeps the original model under .inner
+# the same blocks inside a user's module (a backbone under "backbone." or any other attribute)
+NESTED = re.compile(r"^[\w.]+?\.(patch_embed|(layers\.\d+\.)?blocks\.\d+(\.(attn|mlp))?|layers\.\d+\.downsample)$")
+
+
+def dense_probe(model) -> Callable[[str], bool]:
+    """Which modules of a dense model (a user's module around a timm backbone) to probe: the backbone's blocks, as
+    for a classifier, and every module of the head up to two levels below the root (``lateral.0``, ``fuse``,
+    ``classifier``): a name predicate for ``probes_from_export``."""
+    backbone = {n.split(".")[0] for n, _ in model.named_modules() if NESTED.match(n)}
+
+    def chosen(name: str) -> bool:
+        return bool(NESTED.match(name)) or (name.split(".")[0] not in backbone and name.count(".") <= 1)
+    return chosen
 
 
 def display(name: str) -> str:
@@ -37,13 +51,15 @@ class Probe:
     scope: frozenset = field(default_factory=frozenset)  # every tensor its nodes produce (to exclude it from INT8)
 
 
-def probes_from_export(model, input_shape: tuple[int, ...]) -> list[Probe]:
-    """Probe modules of ``model`` (the rewritten export model) and the ONNX tensor of each one's output."""
+def probes_from_export(model, input_shape: tuple[int, ...], select=None) -> list[Probe]:
+    """Probe modules of ``model`` (the rewritten export model) and the ONNX tensor of each one's output.
+    ``select(name)``: which modules (default: a classifier's blocks, ``PROBE``)."""
     import onnx
 
     from exporters.onnx import export_onnx
-    modules = {n for n, m in model.named_modules() if n and PROBE.match(display(n))
-               and type(m).__name__ not in ("Identity", "Dropout")}
+    select = select or (lambda n: bool(PROBE.match(display(n))))
+    modules = {n for n, m in model.named_modules() if n and select(n)
+               and type(m).__name__ not in ("Identity", "Dropout", "ModuleList")}
     with tempfile.TemporaryDirectory() as d:
         exp = export_onnx(model, input_shape, Path(d) / "probe.onnx", enforce_contract=False, simplify=False)
         graph = onnx.load(str(exp.path), load_external_data=False).graph

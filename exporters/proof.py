@@ -11,10 +11,11 @@ on another machine).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from exporters.budget import worst_samples
-from runtime.accuracy import judge
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.golden import GOLDEN, Golden, golden_count, judge_golden, write_golden
@@ -35,7 +36,10 @@ def gate_for(job, target: str, precision: str):
 
 def gates(job, target: str, precision: str) -> dict:
     """The gate an artefact passed at build, as the deployment machine applies it to the golden set."""
-    return tolerance_gates(target, precision, gate_for(job, target, precision)[1], len(job.data))
+    from exporters.outputs import dense_classes
+    classes = dense_classes(job.spec)
+    dense = None if classes is None else (classes, math.prod(job.spec.outputs[0][1][1:]))
+    return tolerance_gates(target, precision, gate_for(job, target, precision)[1], len(job.data), dense)
 
 
 def eval_judge(job, ref, target: str, precision: str, run_outputs):
@@ -44,10 +48,11 @@ def eval_judge(job, ref, target: str, precision: str, run_outputs):
     ref_top1 = ref.result.accuracy.top1
 
     def judge_runner(runner):
-        from exporters.features import compare_outputs
-        acc, _ = compare_outputs(job.spec, ref.logits, run_outputs(runner, job.data, job.opts.batch), job.data.labels)
-        passed, why = judge(acc, ref_top1, tol, gate_agreement=gate)
-        return passed, {k: v for k, v in acc.to_dict().items() if k != "samples"}, why
+        from exporters.outputs import compare_outputs, judge_outputs
+        acc, checks = compare_outputs(job.spec, ref.logits, run_outputs(runner, job.data, job.opts.batch),
+                                      job.data.labels)
+        passed, why = judge_outputs(job.spec, acc, checks, ref_top1, tol, gate, precision)
+        return passed, {**{k: v for k, v in acc.to_dict().items() if k != "samples"}, **checks.get("dense", {})}, why
     return judge_runner
 
 
@@ -115,7 +120,7 @@ def choose_golden(job, logits_by_row: dict) -> np.ndarray:
 
 def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
     """Write the golden set into the staging bundle, and each artefact's verification (golden figures included)."""
-    from exporters.features import widths
+    from exporters.outputs import widths
     pp: Preprocessing = job.spec.preprocessing
     idx = choose_golden(job, {k: v for k, v in job.logits.items() if k != ("pytorch", "fp32")})
     pixels = pixels_from_inputs(job.data.inputs[idx], pp)
@@ -140,7 +145,7 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
                 res.notes.append(f"the golden set fails on this machine although the evaluation set passed: {why}")
         art.verification = Verification(
             passed=bool(res.passed), kind="direct" if art.timeable else "proxy", gates=g,
-            values={k: v for k, v in res.accuracy.to_dict().items()} if res.accuracy else {},
+            values={**res.accuracy.to_dict(), **res.checks.get("dense", {})} if res.accuracy else {},
             failures=list(res.failures), runtime_config=dict(art.runtime_config),
             proven_on=backend(art.target).fingerprint(art.runtime_config), golden=golden_values,
             repaired=bool((res.checks.get("repair") or {}).get("kept")))

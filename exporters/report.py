@@ -27,13 +27,25 @@ def _throughput_cell(r: dict) -> list[str]:
     return [f"{tp['images_per_s']:.1f} ({tp['streams']} in flight)" if tp else "–"]
 
 
+DENSE_HEAD = "pixel agree | mean IoU"  # a segmentation model's columns where a classifier has top-1 agree | top-1
+
+
+def _agreement_cells(values: dict, dense: bool) -> list[str]:
+    """A classifier's top-1 agreement and top-1, or a segmentation model's pixel agreement and mean IoU (both
+    against the reference's class maps)."""
+    if dense:
+        return [_fmt(values.get("pixel_agreement"), 2, pct=True), _fmt(values.get("mean_iou"), 4)]
+    return [_fmt(values.get("top1_agreement"), 2, pct=True), _fmt(values.get("top1"), 2, pct=True)]
+
+
 def results_table(results: list[dict]) -> str:
     """Markdown table of result rows; an 'img/s, throughput mode' column when any row was measured so."""
     tp = any(r.get("throughput_mode") for r in results)
     sized = any(r.get("input_size") for r in results)  # a multi-size bundle's combined rows
+    dense = any((r.get("checks") or {}).get("dense") for r in results)
     head = (("| input size " if sized else "") + "| target | precision | status | device | p50 ms | p90 ms | img/s | "
             + ("img/s, throughput mode | " if tp else "")
-            + "speedup | GFLOP/s | cosine min | top-1 agree | top-1 | size MB | passed |")
+            + f"speedup | GFLOP/s | cosine min | {DENSE_HEAD if dense else 'top-1 agree | top-1'} | size MB | passed |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in results:
         lat, acc = r.get("latency_ms") or {}, r.get("accuracy") or {}
@@ -43,8 +55,8 @@ def results_table(results: list[dict]) -> str:
             _fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(r.get("throughput_ips"), 1),
             *(_throughput_cell(r) if tp else []),
             _fmt(r.get("speedup_vs_reference")) + ("×" if r.get("speedup_vs_reference") else ""),
-            _fmt(r.get("gflops"), 1), _fmt(acc.get("cosine_min"), 6), _fmt(acc.get("top1_agreement"), 2, pct=True),
-            _fmt(acc.get("top1"), 2, pct=True), _fmt(r.get("size_mb"), 1),
+            _fmt(r.get("gflops"), 1), _fmt(acc.get("cosine_min"), 6),
+            *_agreement_cells((r.get("checks") or {}).get("dense") if dense else acc, dense), _fmt(r.get("size_mb"), 1),
             {True: "yes", False: "**NO**", None: "–"}[r.get("passed")],
         ]) + " |")
     return "\n".join(lines)
@@ -92,17 +104,46 @@ def recipe_table(r: dict) -> list[str]:
 
 def attempts_table(title: str, attempts: list[dict], column: str = "configuration") -> list[str]:
     """Candidates of one loop (runtime/repair.py): passed or not, the measured fidelity, p50, what was missed."""
-    out = [title, "", f"| {column} | passed | cosine min | top-1 agree | top-1 | p50 ms | missed |",
-           "|---|---|---|---|---|---|---|"]
+    dense = any("pixel_agreement" in (a.get("values") or {}) for a in attempts)
+    out = [title, "", f"| {column} | passed | cosine min | {DENSE_HEAD if dense else 'top-1 agree | top-1'} | p50 ms | "
+           "missed |", "|---|---|---|---|---|---|---|"]
     for a in attempts:
         v = a.get("values") or {}
         missed = (a.get("error") and f"did not open: {a['error']}" or a.get("skipped") and f"not gated: {a['skipped']}"
                   or "; ".join(a.get("failures") or []) or "–")
         passed = "yes" if a.get("passed") else "–" if a.get("skipped") else "**NO**"
         out.append(f"| {a['name']}{' (kept)' if a.get('kept') else ''} | {passed} | "
-                   f"{_fmt(v.get('cosine_min'), 6)} | {_fmt(v.get('top1_agreement'), 2, pct=True)} | "
-                   f"{_fmt(v.get('top1'), 2, pct=True)} | {_fmt(a.get('p50_ms'), 2)} | {missed[:160]} |")
+                   f"{_fmt(v.get('cosine_min'), 6)} | {' | '.join(_agreement_cells(v, dense))} | "
+                   f"{_fmt(a.get('p50_ms'), 2)} | {missed[:160]} |")
     return out + [""]
+
+
+def drift_table(res: dict) -> list[str]:
+    """Block-by-block drift of one artefact (exporters/probes.py rows, graph order): its first large step, each
+    module's worst-sample cosine and max abs error, and the modules its compiler fused or renamed."""
+    step, lines = res.get("first_large_step"), []
+    if step:
+        lines += [f"**First large step: `{step['module']}`** (1 - cosine grows by {step['growth']:.2e} over the worst "
+                  f"before it ({step['step']:.1f}x), to {step['error']:.2e})", ""]
+    lines += ["| # | module | cosine min | 1 - cosine min | max abs err | max abs of the reference |",
+              "|---|---|---|---|---|---|"]
+    for i, r in enumerate(res["rows"]):
+        lines.append(f"| {i} | `{r['module']}` | {r['cosine_min']:.6f} | {1 - r['cosine_min']:.2e} | "
+                     f"{r['max_abs']:.4g} | {r['ref_max_abs']:.4g} |")
+    if res.get("not_found"):
+        lines += ["", "Not located in this artefact (fused or renamed by its compiler): "
+                  + ", ".join(f"`{n}`" for n in res["not_found"])]
+    return lines
+
+
+def drift_section(report: dict) -> list[str]:
+    """A dense model's drift by module name at export (exporters/dense.py), one table per artefact."""
+    out = []
+    for name, res in (report.get("drift") or {}).items():
+        out += [f"**Drift by module, {name}** against PyTorch, on the {res['samples']} samples whose maps agree worst; "
+                f"artefact values from {res['artefact_values_from']}; cosine per sample (the worst shown)", "",
+                *drift_table(res), ""]
+    return out
 
 
 def golden_line(report: dict) -> str:
@@ -151,6 +192,7 @@ def render_markdown(report: dict) -> str:
         out += recipe_table(r)
         out += repair_table(r)
         out += budget_table(r)
+    out += drift_section(report)
     if golden_line(report):
         out += [golden_line(report), ""]
     if report.get("signed_by"):

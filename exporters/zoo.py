@@ -57,7 +57,8 @@ class ModelSpec:
     labels: list[str] | None = None
     weights: str = "random"  # "random" | "pretrained" | path of the weights file
     notes: list[str] = field(default_factory=list)
-    outputs: list | None = None  # a backbone (--features): [(name, [C, h, w]), ...]; None: one logits output
+    outputs: list | None = None  # output maps [(name, [C, h, w]), ...] (a backbone, a segmentation model); None: logits
+    task: str = "classification"  # "classification" | "features" | "segmentation" (exporters/outputs.py)
 
     @property
     def slug(self) -> str:

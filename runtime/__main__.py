@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from runtime import values
 from runtime.signing import trust_flag
 
@@ -68,6 +70,8 @@ def _predict(argv) -> int:
     _proof_flags(p)
     a = p.parse_args(argv)
     with _open(a) as s:
+        if getattr(s, "manifest", None) is not None and s.manifest.task == "segmentation":
+            return _print_segments(s, a)
         preds = s.predict(a.images, topk=a.topk)
     for img, pred in zip(a.images, preds):
         if a.json:
@@ -75,6 +79,21 @@ def _predict(argv) -> int:
         else:
             tops = ", ".join(f"{lab} {sc:.3f}" for lab, sc in zip(pred.labels, pred.scores))
             print(f"{img}: {tops}" + (f"  [{pred.served}]" if pred.served else ""))
+    return 0
+
+
+def _print_segments(s, a) -> int:
+    """A segmentation bundle: each image's classes by share of its pixels, the largest ``--topk``."""
+    for img, mask in zip(a.images, s.segment(a.images)):
+        ids, counts = np.unique(mask, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:a.topk]
+        shares = {(s.labels[ids[i]] if s.labels else str(int(ids[i]))): round(float(counts[i] / mask.size), 4)
+                  for i in order}
+        if a.json:
+            print(json.dumps({"image": img, "target": s.target, "precision": s.precision,
+                              "mask_shape": list(mask.shape), "class_shares": shares}))
+        else:
+            print(f"{img}: {list(mask.shape)} mask; " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in shares.items()))
     return 0
 
 

@@ -40,6 +40,51 @@ def cosine_per_output(ref: np.ndarray, out: np.ndarray, widths: list[int]) -> li
     return [cosine_per_sample(ref[:, a:b], out[:, a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
+def class_maps(flat: np.ndarray, classes: int) -> np.ndarray:
+    """Flattened segmentation logits ``[N, classes * H * W]`` -> each pixel's class ``[N, H * W]`` (arg-max over
+    classes; ties to the lower class)."""
+    return flat.reshape(len(flat), classes, -1).argmax(1)
+
+
+def pixel_agreement(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per sample, the share of pixels whose class (``class_maps``) equals the reference's: ``[N]``."""
+    return (ref == out).mean(-1)
+
+
+def mean_iou(ref: np.ndarray, out: np.ndarray, classes: int) -> float:
+    """Mean over classes of intersection over union of ``out``'s class maps against ``ref``'s, over the whole set;
+    a class in neither is left out (as mmseg leaves out a class absent from both prediction and label)."""
+    ious = []
+    for c in range(classes):
+        a, b = ref == c, out == c
+        union = int((a | b).sum())
+        if union:
+            ious.append(int((a & b).sum()) / union)
+    return float(np.mean(ious)) if ious else 1.0
+
+
+def dense_values(ref: np.ndarray, out: np.ndarray, classes: int) -> dict:
+    """What the segmentation gates judge, from flattened logits maps: ``pixel_agreement`` (over the set),
+    ``pixel_agreement_min`` (the worst sample), ``mean_iou`` and ``pixels_differing`` (a count)."""
+    a, b = class_maps(ref, classes), class_maps(out, classes)
+    per = pixel_agreement(a, b)
+    return {"pixel_agreement": float(per.mean()), "pixel_agreement_min": float(per.min()),
+            "mean_iou": mean_iou(a, b, classes), "pixels_differing": int((a != b).sum())}
+
+
+def judge_dense(values: dict, tol) -> list[str]:
+    """The segmentation gates a result misses (``tol``: a ``runtime.tolerances.DenseTolerance``), each with the
+    figure, the limit and by how much."""
+    why = []
+    if values["pixel_agreement"] < tol.pixel_agreement:
+        why.append(f"pixel_agreement {values['pixel_agreement']:.4f} < {tol.pixel_agreement} "
+                   f"(short by {(tol.pixel_agreement - values['pixel_agreement']) * 100:.2f} points)")
+    if values["mean_iou"] < tol.mean_iou:
+        why.append(f"mean_iou {values['mean_iou']:.4f} < {tol.mean_iou} "
+                   f"(short by {tol.mean_iou - values['mean_iou']:.4f})")
+    return why
+
+
 WIDE = 100_000  # above this many values per sample (a backbone's maps), the top-k is found by partition
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.accuracy import cosine_per_output, cosine_per_sample
+from runtime.accuracy import cosine_per_output, cosine_per_sample, dense_values
 from runtime.errors import UserError
 from runtime.manifest import Manifest, resolve_inside
 from runtime.preprocess import Preprocessing, normalise
@@ -73,6 +73,14 @@ def output_widths(manifest: Manifest) -> list[int]:
     return [int(np.prod(o.shape[1:])) for o in outs]
 
 
+def dense_shape(manifest: Manifest) -> tuple[int, int] | None:
+    """A segmentation bundle's classes and pixels per logits map; None for other tasks."""
+    if manifest.task != "segmentation":
+        return None
+    _, classes, h, w = manifest.output.shape
+    return int(classes), int(h * w)
+
+
 def worst_cosine(reference: np.ndarray, logits: np.ndarray, widths: list[int] | None = None) -> np.ndarray:
     """Per sample, the cosine of the worst output (one output: the plain cosine)."""
     if not widths or len(widths) == 1:
@@ -88,7 +96,8 @@ def judge_golden(reference: np.ndarray, logits: np.ndarray, gates: dict,
     mean the set would fail). Non-finite outputs fail. A backbone (``widths``: each map's flattened size) is judged
     by its worst map per sample, as at build. Returns (passed, values, failures)."""
     finite = bool(np.isfinite(logits).all())
-    cos = worst_cosine(reference, np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0), widths)
+    logits = np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
+    cos = worst_cosine(reference, logits, widths)
     flips = int((reference.argmax(-1) != logits.argmax(-1)).sum())
     values = {"cosine_min": float(cos.min()), "flips": flips, "samples": int(len(reference)), "finite": finite}
     why = []
@@ -100,4 +109,11 @@ def judge_golden(reference: np.ndarray, logits: np.ndarray, gates: dict,
     limit = gates.get("golden_max_flips")
     if gates.get("gate_agreement", True) and limit is not None and flips > limit:
         why.append(f"golden top-1 flips {flips} of {len(reference)} > {limit} allowed (over by {flips - limit})")
+    if "golden_max_pixels_differing" in gates:  # segmentation: pixels whose class moved, against the set's allowance
+        dense = dense_values(reference, logits, gates["dense_classes"])
+        values.update(pixel_agreement=dense["pixel_agreement"], pixels_differing=dense["pixels_differing"])
+        limit = gates["golden_max_pixels_differing"]
+        if dense["pixels_differing"] > limit:
+            why.append(f"golden pixels of another class {dense['pixels_differing']} > {limit} allowed "
+                       f"(over by {dense['pixels_differing'] - limit})")
     return not why, values, why

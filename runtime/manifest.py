@@ -123,6 +123,7 @@ class Manifest(_Model):
     input: TensorSpec
     output: TensorSpec
     outputs: list[TensorSpec] | None = None  # a backbone's feature maps, in order (output is the first)
+    task: Literal["classification", "features", "segmentation"] = "classification"  # what output holds
     preprocessing: PreprocessingSpec
     labels: list[str] | None = None
     onnx: RelPath
@@ -152,7 +153,8 @@ class Manifest(_Model):
             if key in seen:
                 raise ValueError(f"two {art.status} {art.target} {art.precision} artefacts: which one runs is ambiguous")
             seen.add(key)
-        classes = self.output.shape[-1] if self.output.shape else -1
+        classes = (self.output.shape[1] if self.task == "segmentation" else self.output.shape[-1]) \
+            if self.output.shape else -1
         if self.labels is not None and classes > 0 and len(self.labels) != classes:
             raise ValueError(f"{len(self.labels)} labels for {classes} output classes")
         for art in self.artifacts:

@@ -22,11 +22,11 @@ from pathlib import Path
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.environment import fingerprint_diff, fingerprint_key
-from runtime.golden import Golden, judge_golden, output_widths
+from runtime.golden import Golden, dense_shape, judge_golden, output_widths
 from runtime.manifest import MANIFEST, ArtifactEntry, Manifest, resolve_inside
 from runtime.preprocess import Preprocessing
 from runtime.repair import Attempt, run_ladder
-from runtime.tolerances import tolerance_for
+from runtime.tolerances import dense_tolerance_for, tolerance_for
 
 CACHE_ENV = "VITDEPLOY_CACHE"
 VERIFY_MODES = ("auto", "always", "never")
@@ -52,14 +52,22 @@ class Verdict:
         return asdict(self)
 
 
-def tolerance_gates(target: str, precision: str, gate_agreement: bool, samples: int) -> dict:
+def tolerance_gates(target: str, precision: str, gate_agreement: bool, samples: int,
+                    dense: tuple[int, int] | None = None) -> dict:
     """The tolerance table's gates for the golden set: its limits, whether agreement is gated, and
     ``golden_max_flips``, the top-1 flips the tolerance allows over ``samples`` (at export: the whole evaluation
-    set, of which the golden set is a subset)."""
+    set, of which the golden set is a subset). A segmentation model (``dense``: its classes and pixels per map) adds
+    its pixel-agreement and mean-IoU limits and ``golden_max_pixels_differing``, the pixels whose class the
+    tolerance lets differ over ``samples`` maps (mean IoU is not additive, so the golden set is not held to it)."""
     tol = tolerance_for(target, precision)
-    return {"cosine_min": tol.cosine_min, "top1_agreement": tol.top1_agreement, "top1_drop": tol.top1_drop,
-            "gate_agreement": gate_agreement,
-            "golden_max_flips": math.floor((1 - tol.top1_agreement) * samples + 1e-9)}
+    gates = {"cosine_min": tol.cosine_min, "top1_agreement": tol.top1_agreement, "top1_drop": tol.top1_drop,
+             "gate_agreement": gate_agreement,
+             "golden_max_flips": math.floor((1 - tol.top1_agreement) * samples + 1e-9)}
+    if dense is not None:
+        d = dense_tolerance_for(precision)
+        gates.update(pixel_agreement=d.pixel_agreement, mean_iou=d.mean_iou, dense_classes=int(dense[0]),
+                     golden_max_pixels_differing=math.floor((1 - d.pixel_agreement) * samples * dense[1] + 1e-9))
+    return gates
 
 
 def gates_of(manifest: Manifest, art: ArtifactEntry, samples: int) -> dict:
@@ -67,8 +75,8 @@ def gates_of(manifest: Manifest, art: ArtifactEntry, samples: int) -> dict:
     of the golden set (an engine built on the device)."""
     if art.verification is not None:
         return dict(art.verification.gates)
-    return tolerance_gates(art.target, art.precision, not (manifest.weights == "random" and art.precision != "fp32"),
-                           samples)
+    return tolerance_gates(art.target, art.precision, not (manifest.weights == "random" and art.precision != "fp32")
+                           and manifest.task == "classification", samples, dense_shape(manifest))
 
 
 def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, device: str | None = None,

@@ -227,9 +227,24 @@ class Session:
             raise UserError("this bundle returns logits, not feature maps: use predict() or logits()")
         return self.runner.infer({self.runner.input_name: inputs})
 
+    def segment(self, images) -> list[np.ndarray]:
+        """A segmentation bundle (``export(module, task="segmentation")``): images (paths, PIL images or uint8
+        ``[H, W, 3]`` arrays), preprocessed as at export -> each one's class map, int64 ``[h, w]`` at the logits
+        map's resolution (arg-max over classes; ``self.labels`` names them where the export was given names)."""
+        if self.manifest.task != "segmentation":
+            raise UserError(f"this bundle is not a segmentation model (its task is {self.manifest.task}): "
+                            f"use {'predict()' if self.manifest.task == 'classification' else 'features()'}")
+        _, classes, h, w = self.manifest.output.shape
+        flat = self.logits(preprocess_batch(as_images(images), self.preprocessing))
+        out = flat.reshape(len(flat), classes, h, w)
+        return list(out.argmax(1))
+
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
         from runtime import values
+        if self.manifest.task == "segmentation":
+            raise UserError("this bundle is a segmentation model: it returns a logits map per image, not classes; "
+                            "use segment()")
         if self.manifest.outputs:
             raise UserError(f"this bundle is a backbone: it returns feature maps "
                             f"({', '.join(o.name for o in self.manifest.outputs)}), not classes; use features()")

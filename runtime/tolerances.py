@@ -34,5 +34,28 @@ OVERRIDES: dict[tuple[str, str], Tolerance] = {
 }
 
 
+@dataclass(frozen=True)
+class DenseTolerance:
+    """A segmentation model's gates beyond the logits map's cosine: the share of pixels whose class (arg-max)
+    equals the reference's, over the evaluation set, and the mean IoU of the class maps against the reference's."""
+
+    pixel_agreement: float
+    mean_iou: float
+
+
+# The reference is the PyTorch model's own masks, not a labelled dataset: these bound how far an artefact's masks
+# move from them. INT8 moves boundary pixels first, so its pixel agreement stays high while a small class's IoU
+# falls; mean IoU weighs every class alike and catches that.
+DENSE = {
+    "fp32": DenseTolerance(pixel_agreement=0.999, mean_iou=0.99),
+    "fp16": DenseTolerance(pixel_agreement=0.995, mean_iou=0.97),
+    "int8": DenseTolerance(pixel_agreement=0.97, mean_iou=0.90),
+}
+
+
+def dense_tolerance_for(precision: str) -> DenseTolerance:
+    return DENSE[precision]
+
+
 def tolerance_for(target: str, precision: str) -> Tolerance:
     return OVERRIDES.get((target, precision), DEFAULT[precision])

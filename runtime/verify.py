@@ -75,21 +75,31 @@ def verify_main(argv: list[str]) -> int:
     return OK if all(v.passed for _, _, v in verdicts) else GATE_FAILED
 
 
+def moved_head(verdicts) -> str:
+    """What the golden check counts moving: a segmentation model's pixels of another class, else top-1 flips."""
+    return "pixels of another class" if any("pixels_differing" in v.values for _, v in verdicts) else "top-1 flips"
+
+
+def moved(art, v) -> str:
+    """One artefact's count of what moved on the golden set, with the number its gates allow."""
+    gates = art.verification.gates if art.verification else {}
+    if "pixels_differing" in v.values:
+        return f"{v.values['pixels_differing']} ({gates.get('golden_max_pixels_differing', '–')})"
+    allowed = gates.get("golden_max_flips", "–") if gates.get("gate_agreement", True) else "not gated"
+    return f"{v.values['flips']} ({allowed})" if "flips" in v.values else "–"
+
+
 def table(verdicts, golden, standing, name_of) -> str:
     from runtime.proof import attempt_lines
     fp = verdicts[0][1].fingerprint
     out = [f"golden set: {len(golden.pixels)} samples · this machine: {fp.get('cpu')} "
            f"({' '.join(fp.get('isa', []))}), {fp.get('sdk')}" + (f", GPU {fp['gpu']}" if fp.get("gpu") else ""), "",
-           "| artefact | at build | here | golden cosine min | top-1 flips (allowed) | runs with |",
+           f"| artefact | at build | here | golden cosine min | {moved_head(verdicts)} (allowed) | runs with |",
            "|---|---|---|---|---|---|"]
     for art, v in verdicts:
         here = ("repaired" if v.repaired else "passed") if v.passed else "**FAILED**"
-        vals = v.values
-        gates = art.verification.gates if art.verification else {}
-        allowed = gates.get("golden_max_flips", "–") if gates.get("gate_agreement", True) else "not gated"
-        cos = f"{vals['cosine_min']:.6f}" if "cosine_min" in vals else "–"
-        flips = f"{vals['flips']} ({allowed})" if "flips" in vals else "–"
-        out.append(f"| {name_of(art)} | {standing(art)} | {here} | {cos} | {flips} | {config_line(v.config)} |")
+        cos = f"{v.values['cosine_min']:.6f}" if "cosine_min" in v.values else "–"
+        out.append(f"| {name_of(art)} | {standing(art)} | {here} | {cos} | {moved(art, v)} | {config_line(v.config)} |")
     for art, v in verdicts:
         if v.differs:
             out.append(f"\n{name_of(art)}: proven at build on another machine ({'; '.join(v.differs)[:300]})")

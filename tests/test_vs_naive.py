@@ -64,3 +64,14 @@ def test_op_profile_on_digits_vit():
         assert any("FullyConnected" in k and "8" in k.split(" · ")[1] for k in path["ops"]), path["ops"]
     md = render({"digits_vit": res}, "test machine", "python -m benchmarks op-profile digits_vit")
     assert "sum of node times" in md and "FullyConnected" in md
+
+
+def test_vs_naive_times_a_backbone_at_a_non_square_size():
+    """--features: the same padded backbone module on every path, its fidelity judged by the worst map."""
+    from benchmarks.vs_naive import measure, render
+    res = measure(["digits_swin"], threads=2, runs=2, sizes=[(40, 56)], features=True, accuracy_models=())
+    rows = res["latency_ms"]["digits_swin backbone 40x56"]
+    assert {"naive openvino nncf int8", "vitdeploy openvino int8", "vitdeploy onnxruntime int8"} <= set(rows)
+    assert rows["naive onnxruntime fp32"]["cosine_min"] > 0.9999  # both maps: the worst one is reported
+    assert all(rows[k]["correct"] for k in rows if k.startswith("vitdeploy"))
+    assert "### digits_swin backbone 40x56" in render(res, "test machine", "python -m benchmarks vs-naive --features")
