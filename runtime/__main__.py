@@ -158,15 +158,25 @@ def _build(argv) -> int:
                    help="full TensorRT (Jetson, data-centre GPUs; default) or TensorRT-RTX, for this GPU")
     p.add_argument("--sign-key", default=None, metavar="KEY.pem",
                    help="sign the bundle again once the engine is recorded (the engine and the manifest change)")
+    p.add_argument("--size", type=values.img_sizes, default=None, metavar="SIZE",
+                   help="a multi-size bundle: build only this input size's engine (default: every size's)")
     trust_flag(p)
     a = p.parse_args(argv)
     from runtime import signing
-    from runtime.backends.tensorrt import build_bundle_engine
+    from runtime.backends.tensorrt import build_bundle_engine, build_size_set_engines
+    from runtime.errors import UserError
+    from runtime.sizes import read_sizes
     if a.sign_key:
         signing.signing_key(a.sign_key)  # a bad key fails before the build
-    path = build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb, lib=a.library,
-                               trust=a.trust)
-    print(f"engine: {path}")
+    sizes, only = read_sizes(a.bundle), _one_size(a.size)
+    if sizes is None and only is not None:
+        raise UserError("--size is for a bundle of several sizes (sizes.json); this one has one")
+    paths = [build_bundle_engine(a.bundle, precision=a.precision, workspace_gb=a.workspace_gb, lib=a.library,
+                                 trust=a.trust)] if sizes is None else \
+        build_size_set_engines(a.bundle, sizes, only, precision=a.precision, workspace_gb=a.workspace_gb,
+                               lib=a.library, trust=a.trust)
+    for path in paths:
+        print(f"engine: {path}")
     if a.sign_key:
         signing.sign_bundle(Path(a.bundle), a.sign_key)
         print(f"signed again: {Path(a.bundle) / signing.SIGNATURE}")

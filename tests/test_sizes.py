@@ -163,3 +163,35 @@ def test_a_changed_size_manifest_is_refused_and_a_signature_covers_every_size(si
     with runtime.open(copy) as s:  # no trust key: sizes.json's hash catches it
         with pytest.raises(UserError, match="sha256 mismatch for 48x48/manifest.json"):
             s.logits(np.zeros((1, 3, 48, 48), np.float32))
+
+
+def test_runtime_build_on_a_size_set_records_each_engine_and_keeps_the_hash_chain(sized, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The engine build itself needs a GPU; what is ours is the walk over sizes and the sizes.json update. The
+    builder is replaced by one that records a file in the size's manifest, as the real one does."""
+    import runtime.backends.tensorrt as trt_backend
+    from runtime.manifest import read_manifest, sha256_file
+    from tests.conftest import cli_in_process
+    bundle, _ = sized
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    built = []
+
+    def fake_build(sub, precision=None, workspace_gb=4.0, lib="tensorrt", trust=None):
+        m = read_manifest(sub)
+        (sub / "engines").mkdir(exist_ok=True)
+        engine = sub / "engines" / f"{lib}-int8.engine"
+        engine.write_bytes(b"engine for " + sub.name.encode())
+        m.sha256["engines/" + engine.name] = sha256_file(engine)
+        m.write(sub)
+        built.append(sub.name)
+        return engine
+    monkeypatch.setattr(trt_backend, "build_bundle_engine", fake_build)
+    code, out, _ = cli_in_process(capsys, "runtime", "build", copy, "--size", "48")
+    assert code == 0 and built == ["48x48"] and out.count("engine: ") == 1
+    code, out, _ = cli_in_process(capsys, "runtime", "build", copy)
+    assert code == 0 and built == ["48x48", "32x32", "48x48"]
+    with runtime.open(copy) as s:  # sizes.json carries the new manifests' hashes: every size still opens
+        for hw in SIZES:
+            assert s.logits(np.zeros((1, 3, *hw), np.float32)).shape == (1, 10)
+    code, _, err = cli_in_process(capsys, "runtime", "build", copy, "--size", "64")
+    assert code == 2 and "no 64x64 artefacts; its sizes: 32x32, 48x48" in err

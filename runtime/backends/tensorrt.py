@@ -20,6 +20,30 @@ from runtime.errors import UserError
 INSTALL = LIBRARIES["tensorrt"]
 
 
+def build_size_set_engines(bundle: str | Path, sizes, only=None, precision: str | None = None,
+                           workspace_gb: float = 4.0, lib: str = "tensorrt", trust=None) -> list[Path]:
+    """``python -m runtime build`` on a multi-size bundle (``sizes``: its ``SizeSet``): the engine of every size
+    (``only``: one ``(h, w)``), each recorded in its size's manifest, and ``sizes.json`` updated with the new
+    manifests' sha256, so the chain of hashes still covers the engines. The signature over the folder, checked first
+    when a trust key is in play, no longer covers it afterwards (as for one size)."""
+    from runtime.manifest import MANIFEST, sha256_file
+    from runtime.signing import Checked, trusted
+    from runtime.sizes import size_name
+    bundle = Path(bundle)
+    signer = trusted(bundle, trust)
+    todo = [e for e in sizes.sizes if only is None or tuple(e.input_size) == tuple(only)]
+    if not todo:
+        raise UserError(f"the bundle has no {size_name(only)} artefacts; its sizes: {sizes.names}")
+    engines = []
+    for e in todo:
+        sub = sizes.folder(bundle, e.input_size)  # its manifest checked against sizes.json first
+        engines.append(build_bundle_engine(sub, precision, workspace_gb, lib,
+                                           trust=Checked(signer) if signer else None))
+        e.manifest_sha256 = sha256_file(sub / MANIFEST)
+        sizes.write(bundle)  # after each size: an engine recorded is never left unhashed
+    return engines
+
+
 def build_bundle_engine(bundle: str | Path, precision: str | None = None, workspace_gb: float = 4.0,
                         lib: str = "tensorrt", trust=None) -> Path:
     """``python -m runtime build``: build (or reuse from ``engines/``) the engine of a bundle's TensorRT ONNX.
