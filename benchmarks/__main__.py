@@ -194,9 +194,13 @@ def _vs_naive(argv) -> int:
     p.add_argument("--throughput-seconds", type=values.SECONDS, default=5.0)
     p.add_argument("--img-size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
                    help="time every model at each of these input sizes (the same module on every path)")
-    p.add_argument("--features", action="store_true",
-                   help="time each model's backbone (its feature maps, as --features exports them) instead of the "
-                        "classifier; a detection size such as 800x1344 is padded to the window grid")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--features", action="store_const", dest="kind", const="backbone", default="classifier",
+                      help="time each model's backbone (its feature maps, as --features exports them) instead of the "
+                           "classifier; a detection size such as 800x1344 is padded to the window grid")
+    kind.add_argument("--segmentation", action="store_const", dest="kind", const="segmentation",
+                      help="time each model under an FPN segmentation head (benchmarks/segmenter.py, 150 classes, "
+                           "logits at 1/4 of the input), exported by vitdeploy with task='segmentation'")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render, timed_model
@@ -204,10 +208,10 @@ def _vs_naive(argv) -> int:
     from runtime.environment import environment, one_line
     for m in a.models:
         for size in a.img_size or [None]:
-            timed_model(m, size, a.features)  # an unknown model or a size it can't take: one line before any work
+            timed_model(m, size, a.kind)  # an unknown model or a size it can't take: one line before any work
     threads = a.threads or default_threads()
     res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None,
-                  sizes=a.img_size, features=a.features)
+                  sizes=a.img_size, kind=a.kind)
     env = environment(threads)
     md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
     _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})

@@ -36,14 +36,17 @@ def path_precision(name: str, hint: str | None) -> tuple[str, str]:
 
 
 def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, batch: int,
-             widths: list[int] | None = None) -> dict[str, dict]:
+             widths: list[int] | None = None, classes: int | None = None, random: bool = False) -> dict[str, dict]:
     """Each runner's cosine_min and top-1 agreement against ``reference``'s outputs on ``inputs``; whether it
     meets the cosine tolerance of the runtime and precision it runs at (runtime/tolerances.py). A backbone
-    (``widths``: each map's values per sample) is judged by its worst map, as its export gate is."""
-    from runtime.accuracy import compare
+    (``widths``: each map's values per sample) is judged by its worst map, as its export gate is; a segmentation
+    model (``classes``: its logits map's channels) by pixel agreement and mean IoU too (``DENSE``), unless
+    ``random`` weights make them noise (timed models have random weights)."""
+    from exporters.outputs import dense_gated
+    from runtime.accuracy import compare, dense_values, judge_dense
     from runtime.backends.base import batched_logits
     from runtime.golden import worst_cosine
-    from runtime.tolerances import tolerance_for
+    from runtime.tolerances import dense_tolerance_for, tolerance_for
     ref = batched_logits(runners[reference], inputs, batch)
     out = {}
     for k, r in runners.items():
@@ -54,10 +57,16 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
         a = compare(ref, got, None)
         if widths:
             a.cosine_min = float(worst_cosine(ref, got, widths).min())
-        tol = tolerance_for(*path_precision(k, hint))
+        runtime_name, precision = path_precision(k, hint)
+        tol = tolerance_for(runtime_name, precision)
         out[k] = {"hint": hint, "cosine_min": round(a.cosine_min, 5), "agreement": round(a.top1_agreement * 100, 2),
                   "correct": bool(np.isfinite(a.cosine_min) and a.cosine_min >= tol.cosine_min),
                   "gate_cosine": tol.cosine_min}
+        if classes:  # reported; gated only for trained weights (exporters/outputs.py dense_gated), as agreement is
+            dense = dense_values(ref, got, classes)
+            out[k].update(pixel_agreement=round(dense["pixel_agreement"], 5), mean_iou=round(dense["mean_iou"], 5))
+            if dense_gated(random, precision):
+                out[k]["correct"] &= not judge_dense(dense, dense_tolerance_for(precision))
     return out
 
 
@@ -126,12 +135,19 @@ def _close(runners: dict) -> None:
         r.close()
 
 
-def timed_model(name: str, img_size: tuple[int, int] | None, features: bool):
-    """``(module, spec)`` every path of one row times: the classifier re-laid for ``img_size``, or (``features``) its
-    backbone (exporters/features.py: every stage or four blocks, padded to the window grid), the same module for
-    the naive paths, which export it as it is, and for vitdeploy, which rewrites it."""
+KINDS = ("classifier", "backbone", "segmentation")
+
+
+def timed_model(name: str, img_size: tuple[int, int] | None, kind: str = "classifier"):
+    """``(module, spec)`` every path of one row times: the classifier re-laid for ``img_size``; its backbone
+    (exporters/features.py: every stage or four blocks, padded to the window grid); or the re-laid classifier's
+    backbone under an FPN segmentation head (benchmarks/segmenter.py). The same module for the naive paths, which
+    export it as it is, and for vitdeploy, which rewrites it."""
     from exporters.zoo import create_model
-    if not features:
+    if kind == "segmentation":
+        from benchmarks.segmenter import segmenter
+        return segmenter(name, img_size)
+    if kind == "classifier":
         return create_model(name, img_size=img_size)
     from exporters.features import backbone
     model, spec = create_model(name)
@@ -139,16 +155,16 @@ def timed_model(name: str, img_size: tuple[int, int] | None, features: bool):
 
 
 def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None,
-            img_size: tuple[int, int] | None = None, features: bool = False) -> dict:
+            img_size: tuple[int, int] | None = None, kind: str = "classifier") -> dict:
     """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name`` (at ``img_size``: the same
-    re-laid module on every path; ``features``: its backbone), interleaved; with ``throughput_s``, then images/s of
-    each, opened in throughput mode, also interleaved."""
+    re-laid module on every path; ``kind``: ``timed_model``'s), interleaved; with ``throughput_s``, then images/s
+    of each, opened in throughput mode, also interleaved."""
     from calibration import load_set
-    from exporters.outputs import widths
+    from exporters.outputs import dense_classes, widths
     from exporters.reference import TorchRunner
     from runtime.latency import measure_interleaved, measure_throughput_interleaved
     from runtime.manifest import read_manifest
-    model, spec = timed_model(name, img_size, features)
+    model, spec = timed_model(name, img_size, kind)
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
     naive = naive_artefacts(model, shape, calib, work, [n for n, _ in spec.outputs] if spec.outputs else ("logits",))
@@ -162,7 +178,8 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     runners = runners_in("latency")
     try:
         fid_set = load_set("digits", spec.preprocessing, size=FIDELITY_SAMPLES, part="holdout", progress=False)
-        fid = fidelity(runners, "pytorch eager fp32", fid_set.inputs, batch, widths(spec))
+        fid = fidelity(runners, "pytorch eager fp32", fid_set.inputs, batch, widths(spec), dense_classes(spec),
+                       random=spec.weights == "random")
         lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs=runs, warmup=5, rounds=5)
         rows = {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2), "hint": None, **fid.get(k, {})}
                 for k, v in lats.items()}
@@ -234,16 +251,16 @@ def competitors(rows: dict, accuracy: dict, family: str | None = None) -> dict:
 
 def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughput_s: float | None = None,
             accuracy_models=("digits_swin", "digits_vit"), sizes: list[tuple[int, int]] | None = None,
-            features: bool = False) -> dict:
-    """Every model (at every size of ``sizes``, each keyed ``"swin_t 384x384"``; ``features``: its backbone, keyed
+            kind: str = "classifier") -> dict:
+    """Every model (at every size of ``sizes``, each keyed ``"swin_t 384x384"``; another ``kind`` named in the key:
     ``"swin_t backbone 800x1344"``), then the digits accuracy."""
     with tempfile.TemporaryDirectory() as d:
         lat = {}
         for m in models:
             for size in sizes or [None]:
-                key = " ".join([m, *(["backbone"] if features else []), *([f"{size[0]}x{size[1]}"] if size else [])])
-                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size,
-                                   features)
+                key = " ".join([m, *([kind] if kind != "classifier" else []),
+                                *([f"{size[0]}x{size[1]}"] if size else [])])
+                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size, kind)
         acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}") for m in accuracy_models}
     return {"batch": batch, "latency_ms": lat, "accuracy": acc}
 
@@ -271,14 +288,18 @@ def render(res: dict, env_line: str, command: str) -> str:
                   + f"Fidelity: cosine of the logits against eager FP32 on {FIDELITY_SAMPLES} digits images at the "
                   "model's size, gated with the tolerance of the path's runtime and precision (runtime/tolerances.py); "
                   "a naive path that fails it, or fails its gate on the trained digits fixture of the same family "
-                  "below, is left out of the best-naive ratio.", "",
+                  "below, is left out of the best-naive ratio."
+                  + (" A segmentation model's pixel agreement and mean IoU against eager are shown, not gated: its "
+                     "random head's class maps are near-ties." if any("mean_iou" in v for v in rows.values()) else ""),
+                  "",
                   "| path | p50 ms | p90 ms | × eager | best naive p50 / this p50 | OpenVINO precision hint "
                   "| cosine min vs eager (gate) | correct |"
                   + (" img/s, throughput mode (in flight) | this / best naive img/s |" if tp else ""),
                   "|---|---|---|---|---|---|---|---|" + ("---|---|" if tp else "")]
         for k, v in rows.items():
             extra = (f" {v['images_per_s']:.1f} ({v['streams']}) | {v['images_per_s'] / best_tp:.2f}× |" if tp else "")
-            fid = (f"{v['cosine_min']:.5f} ({v['gate_cosine']})" if "cosine_min" in v else "reference")
+            fid = (f"{v['cosine_min']:.5f} ({v['gate_cosine']})" if "cosine_min" in v else "reference") + (
+                f"; pixels {v['pixel_agreement'] * 100:.2f} %, mean IoU {v['mean_iou']:.4f}" if "mean_iou" in v else "")
             correct = "–" if "correct" not in v else "yes" if v["correct"] else "**NO**"
             lines.append(f"| {k} | {v['p50']:.2f} | {v['p90']:.2f} | {eager / v['p50']:.2f}× | "
                          f"{best / v['p50']:.2f}× | {v['hint'] or '–'} | {fid} | {correct} |" + extra)

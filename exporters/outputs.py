@@ -45,13 +45,20 @@ def compare_outputs(spec, ref, out, labels):
     return acc, checks
 
 
-def judge_outputs(spec, acc, checks: dict, ref_top1, tol, gate_agreement: bool, precision: str):
-    """Pass/fail of one result: ``runtime.accuracy.judge`` on the logits (or maps), plus the segmentation gates.
-    Returns ``(passed, failures)``."""
+def dense_gated(random: bool, precision: str) -> bool:
+    """Whether pixel agreement and mean IoU are gated: as top-1 agreement for a classifier, not for reduced
+    precision when the weights are random (the class maps of a random head are near-ties that carry no signal)."""
+    return not (random and precision != "fp32")
+
+
+def judge_outputs(spec, acc, checks: dict, ref_top1, tol, gate_agreement: bool, precision: str,
+                  random: bool = False):
+    """Pass/fail of one result: ``runtime.accuracy.judge`` on the logits (or maps), plus the segmentation gates
+    (``dense_gated``). Returns ``(passed, failures)``."""
     from runtime.accuracy import judge, judge_dense
     from runtime.tolerances import dense_tolerance_for
     _, why = judge(acc, ref_top1, tol, gate_agreement=gate_agreement)
-    if "dense" in checks:
+    if "dense" in checks and dense_gated(random, precision):
         why += judge_dense(checks["dense"], dense_tolerance_for(precision))
     return not why, why
 
@@ -68,4 +75,4 @@ def task_note(spec) -> str | None:
     return None
 
 
-__all__ = ["TASKS", "widths", "dense_classes", "compare_outputs", "judge_outputs", "task_note"]
+__all__ = ["TASKS", "widths", "dense_classes", "dense_gated", "compare_outputs", "judge_outputs", "task_note"]

@@ -36,9 +36,10 @@ def gate_for(job, target: str, precision: str):
 
 def gates(job, target: str, precision: str) -> dict:
     """The gate an artefact passed at build, as the deployment machine applies it to the golden set."""
-    from exporters.outputs import dense_classes
+    from exporters.outputs import dense_classes, dense_gated
     classes = dense_classes(job.spec)
-    dense = None if classes is None else (classes, math.prod(job.spec.outputs[0][1][1:]))
+    dense = None if classes is None or not dense_gated(job.is_random, precision) else \
+        (classes, math.prod(job.spec.outputs[0][1][1:]))
     return tolerance_gates(target, precision, gate_for(job, target, precision)[1], len(job.data), dense)
 
 
@@ -51,7 +52,7 @@ def eval_judge(job, ref, target: str, precision: str, run_outputs):
         from exporters.outputs import compare_outputs, judge_outputs
         acc, checks = compare_outputs(job.spec, ref.logits, run_outputs(runner, job.data, job.opts.batch),
                                       job.data.labels)
-        passed, why = judge_outputs(job.spec, acc, checks, ref_top1, tol, gate, precision)
+        passed, why = judge_outputs(job.spec, acc, checks, ref_top1, tol, gate, precision, job.is_random)
         return passed, {**{k: v for k, v in acc.to_dict().items() if k != "samples"}, **checks.get("dense", {})}, why
     return judge_runner
 

@@ -75,8 +75,9 @@ def gates_of(manifest: Manifest, art: ArtifactEntry, samples: int) -> dict:
     of the golden set (an engine built on the device)."""
     if art.verification is not None:
         return dict(art.verification.gates)
-    return tolerance_gates(art.target, art.precision, not (manifest.weights == "random" and art.precision != "fp32")
-                           and manifest.task == "classification", samples, dense_shape(manifest))
+    signal = not (manifest.weights == "random" and art.precision != "fp32")  # random weights: agreement not gated
+    return tolerance_gates(art.target, art.precision, signal and manifest.task == "classification", samples,
+                           dense_shape(manifest) if signal else None)
 
 
 def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, device: str | None = None,

@@ -66,12 +66,18 @@ def test_op_profile_on_digits_vit():
     assert "sum of node times" in md and "FullyConnected" in md
 
 
-def test_vs_naive_times_a_backbone_at_a_non_square_size():
-    """--features: the same padded backbone module on every path, its fidelity judged by the worst map."""
+@pytest.mark.parametrize("kind,size", [("backbone", (40, 56)), ("segmentation", (32, 32))])
+def test_vs_naive_times_a_backbone_and_a_segmentation_model(kind, size):
+    """--features: the same padded backbone module on every path, its fidelity judged by the worst map;
+    --segmentation: the backbone under an FPN head, exported by vitdeploy as task='segmentation', its fidelity
+    judged by pixel agreement and mean IoU too."""
     from benchmarks.vs_naive import measure, render
-    res = measure(["digits_swin"], threads=2, runs=2, sizes=[(40, 56)], features=True, accuracy_models=())
-    rows = res["latency_ms"]["digits_swin backbone 40x56"]
+    res = measure(["digits_swin"], threads=2, runs=2, sizes=[size], kind=kind, accuracy_models=())
+    key = f"digits_swin {kind} {size[0]}x{size[1]}"
+    rows = res["latency_ms"][key]
     assert {"naive openvino nncf int8", "vitdeploy openvino int8", "vitdeploy onnxruntime int8"} <= set(rows)
     assert rows["naive onnxruntime fp32"]["cosine_min"] > 0.9999  # both maps: the worst one is reported
     assert all(rows[k]["correct"] for k in rows if k.startswith("vitdeploy"))
-    assert "### digits_swin backbone 40x56" in render(res, "test machine", "python -m benchmarks vs-naive --features")
+    if kind == "segmentation":
+        assert rows["naive onnxruntime fp32"]["pixel_agreement"] == 1.0 and "mean_iou" in rows["vitdeploy openvino int8"]
+    assert f"### {key}" in render(res, "test machine", f"python -m benchmarks vs-naive --{kind}")
