@@ -103,16 +103,8 @@ def backbone(model, spec, indices: list[int] | None, hw: Size, name: str):
     return wrapped, spec
 
 
-# the targets output maps (a backbone, a segmentation model) are built for; Core ML's conversion, package check and
-# proxy take one logits output so far
-TARGETS = ("onnxruntime", "openvino", "tensorrt", "tensorrt_rtx")
-
-
 def check_options(opts, what: str = "--features") -> None:
     """Output maps with what they can't go with yet: one line, before any work. ``what``: how the user asked."""
-    others = [t for t in opts.targets if t not in TARGETS]
-    if others:
-        raise UserError(f"{what} builds {', '.join(TARGETS)} artefacts; not yet {', '.join(others)}")
     if opts.max_drop is not None or opts.min_cosine is not None:
         raise UserError(f"{what}: the accuracy budget (--max-drop, --min-cosine) works on logits, not output maps")
 

@@ -56,7 +56,8 @@ def results_table(results: list[dict]) -> str:
             *(_throughput_cell(r) if tp else []),
             _fmt(r.get("speedup_vs_reference")) + ("×" if r.get("speedup_vs_reference") else ""),
             _fmt(r.get("gflops"), 1), _fmt(acc.get("cosine_min"), 6),
-            *_agreement_cells((r.get("checks") or {}).get("dense") if dense else acc, dense), _fmt(r.get("size_mb"), 1),
+            *_agreement_cells(((r.get("checks") or {}).get("dense") or {}) if dense else acc, dense),
+            _fmt(r.get("size_mb"), 1),
             {True: "yes", False: "**NO**", None: "–"}[r.get("passed")],
         ]) + " |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@ user's ``nn.Module`` wrapping the trained digits Swin under an FPN-style head (t
 on pixel agreement and mean IoU against the module, with a drift table by module name; and the metrics and gates
 themselves on hand-made maps."""
 import json
+import re
 import subprocess
 import sys
 
@@ -66,7 +67,8 @@ def exported(segmenter, tmp_path_factory):
     from exporters.zoo import DIGITS_PREPROCESSING
     out = tmp_path_factory.mktemp("dense")
     rep = exporters.export(segmenter, input_shape=(3, 32, 32), task="segmentation",
-                           targets=["onnxruntime", "openvino", "tensorrt_rtx"], precision="int8", labels=NAMES,
+                           targets=["onnxruntime", "openvino", "tensorrt_rtx", "coreml"], precision="int8",
+                           labels=NAMES,
                            preprocessing=DIGITS_PREPROCESSING, out=out, name="digitseg", runs=5)
     return rep
 
@@ -83,7 +85,9 @@ def test_dense_api_passes_its_iou_gates_with_the_rewrites_inside(exported):
     assert exported.passed
     assert {"swin_window_attention", "swin_patch_merging"} <= set(exported.rewrites)  # inside the user's module
     assert exported.result("tensorrt_rtx", "int8")["checks"]["trt_parse"]["ok"]  # NVIDIA's parser and AOT builder
-    for target in ("onnxruntime", "openvino", "tensorrt_rtx"):  # TensorRT-RTX: its ONNX proxy (no GPU here)
+    coreml = exported.result("coreml", "int8")  # the package's outputs checked as a spec: the logits map
+    assert coreml["status"] == "built" and "output_shape ok" in " ".join(coreml["notes"])
+    for target in ("onnxruntime", "openvino", "tensorrt_rtx", "coreml"):  # TensorRT-RTX, Core ML: labelled proxies
         row = exported.result(target, "int8")
         dense = row["checks"]["dense"]
         assert dense["pixel_agreement"] >= DENSE["int8"].pixel_agreement and dense["mean_iou"] >= DENSE["int8"].mean_iou
@@ -98,7 +102,7 @@ def test_dense_api_passes_its_iou_gates_with_the_rewrites_inside(exported):
 @pytest.mark.slow
 def test_report_has_a_drift_table_by_module_name(exported):
     drift = exported.to_dict()["drift"]
-    assert set(drift) == {"onnxruntime int8", "openvino int8", "tensorrt_rtx int8"}
+    assert set(drift) == {"onnxruntime int8", "openvino int8", "tensorrt_rtx int8", "coreml int8"}
     modules = [r["module"] for r in drift["onnxruntime int8"]["rows"]]
     assert "backbone.layers.1.blocks.1.attn" in modules and "classifier" in modules and "lateral.0" in modules
     assert all(0 < r["cosine_min"] <= 1.0 + 1e-9 for r in drift["onnxruntime int8"]["rows"])
@@ -141,15 +145,15 @@ def test_dense_api_refuses_what_it_cannot_do_in_one_line(tmp_path):
         (dict(model_or_name=classifier, task="segmentation"), "must return a logits map [B, classes, H, W]"),
         (dict(model_or_name="digits_swin", task="segmentation"), "a named model is a classifier"),
         (dict(model_or_name=classifier, task="detection"), "task must be one of classification, segmentation"),
-        (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", targets="coreml"),
-         "task='segmentation' builds onnxruntime, openvino, tensorrt, tensorrt_rtx artefacts; not yet coreml"),
+        (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", precision="int8", max_drop=1.0),
+         "task='segmentation': the accuracy budget (--max-drop, --min-cosine) works on logits"),
         (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", img_size=64),
          "takes its size from input_shape"),
         (dict(model_or_name="digits_swin", precision=["int8", "int4"]), "precision takes fp32, fp16, int8 or auto"),
     ]
     for kwargs, match in cases:
         model = kwargs.pop("model_or_name")
-        with pytest.raises(ExportError, match=match.replace("[", r"\[").replace("]", r"\]")) as err:
+        with pytest.raises(ExportError, match=re.escape(match)) as err:
             exporters.export(model, input_shape=(3, 32, 32) if not isinstance(model, str) else None,
                              out=tmp_path, **kwargs)
         assert "\n" not in str(err.value)

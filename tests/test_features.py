@@ -50,8 +50,6 @@ def test_vit_blocks_default_to_four_spread_to_the_last():
 
 @pytest.mark.parametrize("args,match", [
     (["--features", "0,5"], "digits_swin has 2 stages, indices 0 to 1"),
-    (["--features", "--target", "coreml"], "--features builds onnxruntime, openvino, tensorrt, tensorrt_rtx "
-     "artefacts; not yet coreml"),
     (["--features", "--int8", "--max-drop", "1"], "the accuracy budget"),
     (["--features", "0,0"], "distinct indices"),
 ])
@@ -67,7 +65,7 @@ def backbone_bundle(tmp_path_factory):
     from exporters.pipeline import RunOptions, run
     out = tmp_path_factory.mktemp("features")
     report = run(RunOptions(model="digits_swin", features=True, img_size=SIZE,
-                            targets=["onnxruntime", "openvino", "tensorrt_rtx"], precision="int8", out=out, runs=5,
+                            targets=["onnxruntime", "openvino", "tensorrt_rtx", "coreml"], precision="int8", out=out, runs=5,
                             warmup=1, eval_size=200, quiet=True))
     return out / "digits_swin", Report(report)
 
@@ -76,7 +74,8 @@ def test_int8_backbone_passes_a_gate_per_stage(backbone_bundle):
     bundle, report = backbone_bundle
     rtx = report.result("tensorrt_rtx", "int8")  # NVIDIA's parser and AOT builder took the multi-output network
     assert rtx["checks"]["trt_parse"]["ok"] and rtx["checks"]["trt_parse"]["engine_bytes"] > 0
-    for target in ("onnxruntime", "openvino", "tensorrt_rtx"):
+    assert "output_shape ok" in " ".join(report.result("coreml", "int8")["notes"])  # two maps in the package
+    for target in ("onnxruntime", "openvino", "tensorrt_rtx", "coreml"):  # the last two: labelled proxies
         row = report.result(target, "int8")
         maps = row["checks"]["cosine_min_per_output"]
         assert set(maps) == {"stage0", "stage1"} and row["passed"], (target, row.get("failures"))

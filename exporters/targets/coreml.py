@@ -88,62 +88,90 @@ def _kept(name: str, keep) -> bool:
     return any(n == k or n.startswith(k + ".") for k in keep)
 
 
-def compressed_weight_names(model, keep) -> list[str]:
-    """Core ML const names of the weights an INT8 package compresses: every Linear/Conv weight of at least
-    ``WEIGHT_THRESHOLD`` elements outside the kept modules (what ``compressed_model`` fake-quantizes).
+def compressed_weight_names(model, keep, prefix: str = "") -> dict[str, str]:
+    """Core ML const names of the weights an INT8 package compresses, each to its module's name: every Linear/Conv
+    weight of at least ``WEIGHT_THRESHOLD`` elements outside the kept modules (what ``compressed_model``
+    fake-quantizes).
 
     # reason: coremltools names a PyTorch parameter's const after its path, dots as underscores, with
-    # "_to_fp16" once cast (e.g. ``layers_0_blocks_0_attn_qkv_weight_to_fp16``); checked in ``convert``.
+    # "_to_fp16" once cast (e.g. ``layers_0_blocks_0_attn_qkv_weight_to_fp16``), and "p_" in front from a
+    # ``torch.export`` program; checked in ``convert``.
     """
-    return [name.replace(".", "_") + "_weight_to_fp16" for name, mod in model.named_modules()
-            if _compressible(mod) and not _kept(name, keep)]
+    return {prefix + name.replace(".", "_") + "_weight_to_fp16": name for name, mod in model.named_modules()
+            if _compressible(mod) and not _kept(name, keep)}
+
+
+FRONTENDS = ("torch.jit.trace", "torch.export")  # tried in this order; the first that converts is kept
+
+
+def _program(model, example, frontend: str):
+    """The PyTorch program coremltools converts. ``torch.export`` specialises every shape to a constant.
+
+    # reason: coremltools' TorchScript frontend fails on ``int(size)`` ops of a traced shape, which a user's dense
+    # head makes (``F.interpolate(size=feature.shape[-2:])``); the rewrites make a classifier static, not a head.
+    """
+    if frontend == "torch.jit.trace":
+        return torch.jit.trace(model, example)
+    return torch.export.export(model, (example,)).run_decompositions({})
 
 
 def _compressible(mod) -> bool:
     return isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= WEIGHT_THRESHOLD
 
 
-def convert(model, input_shape, precision: str, compute_units: str = "ALL", image_input=None, keep=()):
+def convert(model, input_shape, precision: str, compute_units: str = "ALL", image_input=None, keep=(),
+            output_names=("logits",)):
     """Trace the rewritten model and convert it to an ML Program; a failure names the first bad op.
 
     ``image_input``: a ``Preprocessing`` to make the input an RGB image (0-255 pixels) instead of a tensor.
-    ``keep``: module names whose weights stay FP16 in an INT8 package.
+    ``keep``: module names whose weights stay FP16 in an INT8 package. ``output_names``: the model's outputs in
+    order (a backbone's maps; one logits tensor or map otherwise).
     """
     ct = _ct()
     example = torch.zeros(input_shape)
-    wanted = compressed_weight_names(model, keep) if precision == "int8" else []
     if image_input is not None:
         model = _Normalize(model, image_input.mean, image_input.std)
-        wanted = ["model_" + n for n in wanted]
         inp = ct.ImageType(name="input", shape=tuple(input_shape), scale=1 / 255.0, bias=[0.0, 0.0, 0.0],
                            color_layout=ct.colorlayout.RGB)
     else:
         inp = ct.TensorType(name="input", shape=tuple(input_shape), dtype=np.float32)
-    try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model.eval(), example)
-            ml = ct.convert(traced, source="pytorch", convert_to="mlprogram",
-                            inputs=[inp],
-                            outputs=[ct.TensorType(name="logits", dtype=np.float32)],
-                            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
-                            minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
-                            compute_units=getattr(ct.ComputeUnit, compute_units), skip_model_load=True)
-    except Exception as exc:  # reason: coremltools raises ValueError/NotImplementedError/RuntimeError per op
+    first_error = None
+    for frontend in FRONTENDS:
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                ml = ct.convert(_program(model.eval(), example, frontend), source="pytorch", convert_to="mlprogram",
+                                inputs=[inp],
+                                outputs=[ct.TensorType(name=n, dtype=np.float32) for n in output_names],
+                                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else
+                                ct.precision.FLOAT16, minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
+                                compute_units=getattr(ct.ComputeUnit, compute_units), skip_model_load=True)
+            break
+        except Exception as exc:  # reason: coremltools raises ValueError/NotImplementedError/RuntimeError per op
+            first_error = first_error or exc
+    else:
+        exc = first_error
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         op = _failing_op(exc)
         where = f" at op '{op[0]}' (node '{op[1]}')" if op else ""
         raise UserError(f"Core ML conversion failed{where}: {first[:240]}")
+    ml.user_defined_metadata["vitdeploy.frontend"] = frontend
+    prefix = ("p_" if frontend == "torch.export" else "") + ("model_" if image_input is not None else "")
+    wanted = compressed_weight_names(model.model if image_input is not None else model, keep, prefix) \
+        if precision == "int8" else {}
     if precision == "int8":
         # only Linear/Conv weights are compressed: baked constants (Swin's bias+mask, ViT's pos_embed) and
         # the kept modules' weights stay FP16, so the package and its proxy compress the same tensors
         main = ml.get_spec().mlProgram.functions["main"]
         consts = {o.name for op in next(iter(main.block_specializations.values())).operations if op.type == "const"
                   for o in op.outputs}
-        if set(wanted) - consts:
-            raise UserError("Core ML: weights to compress not found in the program: "
-                            + ", ".join(sorted(set(wanted) - consts)[:5]))
+        missing = set(wanted) - consts
+        if missing and missing == set(wanted):  # none found: the naming scheme above no longer holds
+            raise UserError("Core ML: weights to compress not found in the program: " + ", ".join(sorted(missing)[:5]))
+        # a Conv folded with its BatchNorm by coremltools' passes becomes a new constant: it stays FP16, and the
+        # proxy must leave it alone too (build() adds these modules to kept_fp16)
+        ml.user_defined_metadata["vitdeploy.left_fp16"] = ",".join(sorted(wanted[n] for n in missing))
         cfg = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
             mode="linear", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD),
             op_name_configs={name: None for name in consts - set(wanted)})
@@ -169,18 +197,20 @@ def _failing_op(exc: BaseException) -> tuple[str, str] | None:
     return found
 
 
-def validate(path: Path, input_shape, num_classes: int, precision: str) -> dict:
-    """Spec-level checks that need no Core ML runtime. Raises UserError on a failed check."""
+def validate(path: Path, input_shape, num_classes: int, precision: str, outputs=None) -> dict:
+    """Spec-level checks that need no Core ML runtime. Raises UserError on a failed check. ``outputs``: output maps
+    ``[(name, [C, h, w]), ...]`` (a backbone, a segmentation model) instead of ``logits [B, num_classes]``."""
     ct = _ct()
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     checks = {}
-    inp, out = spec.description.input[0], spec.description.output[0]
-    checks["io_names"] = (inp.name, out.name) == ("input", "logits")
+    want = [(n, [input_shape[0], *s]) for n, s in outputs] if outputs else [("logits", [input_shape[0], num_classes])]
+    inp, outs = spec.description.input[0], list(spec.description.output)
+    checks["io_names"] = (inp.name, [o.name for o in outs]) == ("input", [n for n, _ in want])
     if inp.type.WhichOneof("Type") == "imageType":
         checks["input_shape"] = [inp.type.imageType.height, inp.type.imageType.width] == list(input_shape[2:])
     else:
         checks["input_shape"] = list(inp.type.multiArrayType.shape) == list(input_shape)
-    checks["output_shape"] = list(out.type.multiArrayType.shape) == [input_shape[0], num_classes]
+    checks["output_shape"] = [list(o.type.multiArrayType.shape) for o in outs] == [list(s) for _, s in want]
     main = spec.mlProgram.functions["main"]
     opsets = list(main.block_specializations.keys())
     checks["opset"] = opsets == [OPSET] or opsets == [main.opset]
@@ -216,12 +246,14 @@ def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact
     t0 = time.perf_counter()
     image = ctx.spec.preprocessing if options.image_input else None
     keep = ctx.keep_modules if precision == "int8" else ()
-    ml = convert(ctx.model, shape, precision, units, image_input=image, keep=keep)
+    names = [n for n, _ in ctx.spec.outputs] if ctx.spec.outputs else ["logits"]
+    ml = convert(ctx.model, shape, precision, units, image_input=image, keep=keep, output_names=names)
     times = {"convert": time.perf_counter() - t0}
     dst = ctx.workdir / f"coreml-{precision}.mlpackage"
     ml.save(str(dst))
-    report = validate(dst, shape, ctx.spec.num_classes, precision)
-    notes = [f"ML Program, minimum deployment target {DEPLOYMENT} (opset {report['opset']}), compute units {units}",
+    report = validate(dst, shape, ctx.spec.num_classes, precision, ctx.spec.outputs)
+    notes = [f"ML Program, minimum deployment target {DEPLOYMENT} (opset {report['opset']}), compute units {units}, "
+             f"converted from {ml.user_defined_metadata['vitdeploy.frontend']}",
              "validated as a spec: " + ", ".join(f"{k} ok" for k in report["checks"])]
     if precision == "int8":
         notes.append("weight-only INT8 (per-channel affine): activation quantization needs Core ML to run the "
@@ -233,6 +265,11 @@ def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact
                                  + "); Core ML latency and on-device accuracy need macOS")
     if keep:
         notes.append(f"weights of {', '.join(keep)} kept FP16 by the accuracy budget")
+    folded = [n for n in ml.user_defined_metadata.get("vitdeploy.left_fp16", "").split(",") if n]
+    if folded:
+        keep = (*keep, *folded)
+        notes.append(f"weights of {', '.join(folded)} left FP16 (folded with a BatchNorm by coremltools, so no longer "
+                     "the module's own constant); the proxy leaves them too")
     config = {"compute_units": units, "deployment_target": DEPLOYMENT, "validation": report, "kept_fp16": list(keep),
               "input": image_input_config(image) if image else {"input_type": "tensor", "layout": "NCHW float32"}}
     if image:
@@ -266,16 +303,18 @@ def proxy_block_outputs(model, art: Artifact, probes: list, x: np.ndarray) -> di
 class _ProxyRunner(Runner):
     """PyTorch run of the compression Core ML applies: the labelled proxy on non-macOS systems."""
 
-    def __init__(self, model, precision: str, input_shape, keep=()):
+    def __init__(self, model, precision: str, input_shape, keep=(), output_names=("logits",)):
         super().__init__()
         self.model = compressed_model(model, precision, keep)
         self.dtype = next(self.model.parameters()).dtype
-        self.input_name, self.input_shape = "input", list(input_shape)
+        self.input_name, self.input_shape, self.output_names = "input", list(input_shape), list(output_names)
 
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(x).to(self.dtype)
         with torch.no_grad():
-            return {"logits": self.model(x).float().numpy()}
+            out = self.model(x)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return {n: o.float().numpy() for n, o in zip(self.output_names, outs)}
 
     def describe(self):
         return {"device": "cpu (PyTorch proxy)", "dtype": str(self.dtype)}
@@ -298,6 +337,7 @@ def compute_unit_check(path: Path, units: str, calib, batch: int, runs: int = 20
     # CPU for some models; a deployment report must say so rather than average it away.
     """
     from runtime.accuracy import compare
+    from runtime.backends.base import flat_outputs
     from runtime.backends.coreml import CoreMLRunner
     from runtime.latency import measure
     from runtime.tolerances import tolerance_for
@@ -305,7 +345,7 @@ def compute_unit_check(path: Path, units: str, calib, batch: int, runs: int = 20
     outs, facts, flags = {}, {}, []
     for u in dict.fromkeys(["CPU_ONLY", *([units] if units != "CPU_ONLY" else []), "CPU_AND_NE", "CPU_AND_GPU"]):
         r = CoreMLRunner(path, compute_units=u)
-        outs[u] = np.concatenate([r.infer({"input": x})["logits"] for x in xs])  # closed below, after timing
+        outs[u] = np.concatenate([flat_outputs(r.infer({"input": x})) for x in xs])  # closed below, after timing
         with r:
             facts[u] = {"p50_ms": measure(r, {"input": xs[0]}, runs=runs, warmup=3).p50}
     tol = tolerance_for("coreml", "fp16")
@@ -329,7 +369,8 @@ def open_for_verification(ctx: BuildContext, art: Artifact) -> Runner:
         from runtime.backends.coreml import CoreMLRunner
         return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
     return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape),
-                        art.runtime_config.get("kept_fp16", ()))
+                        art.runtime_config.get("kept_fp16", ()),
+                        [n for n, _ in ctx.spec.outputs] if ctx.spec.outputs else ("logits",))
 
 
 TARGET = Target(name="coreml", precisions=PRECISIONS, accepts=("fp16", "int8", "fp32"), build=build,

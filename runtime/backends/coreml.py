@@ -14,7 +14,8 @@ INSTALL = "pip install 'vitdeploy[coreml]' (execution needs macOS)"
 
 
 class CoreMLRunner(Runner):
-    """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` through ``MLModel.predict``."""
+    """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` (or each named output map, in the package's
+    order) through ``MLModel.predict``."""
 
     def __init__(self, path: str | Path, compute_units: str = "ALL"):
         super().__init__()
@@ -26,12 +27,12 @@ class CoreMLRunner(Runner):
         spec = self.model.get_spec()
         self.input_name = spec.description.input[0].name
         self.input_shape = list(spec.description.input[0].type.multiArrayType.shape)
-        self.output_name = spec.description.output[0].name
+        self.output_names = [o.name for o in spec.description.output]
         self.compute_units = compute_units
 
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         out = self.model.predict({self.input_name: x})
-        return {self.output_name: np.asarray(out[self.output_name], dtype=np.float32)}
+        return {n: np.asarray(out[n], dtype=np.float32) for n in self.output_names}
 
     def describe(self):
         return {"device": f"Core ML {self.compute_units}", "compute_units": self.compute_units}
