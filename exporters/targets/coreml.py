@@ -101,6 +101,19 @@ def compressed_weight_names(model, keep, prefix: str = "") -> dict[str, str]:
             if _compressible(mod) and not _kept(name, keep)}
 
 
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Silence ``logger`` for the block. # reason: coremltools logs an ERROR for a frontend that fails before the next
+    one converts; a failure that remains is raised as one line instead."""
+    import logging
+    log = logging.getLogger(logger)
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 FRONTENDS = ("torch.jit.trace", "torch.export")  # tried in this order; the first that converts is kept
 
 
@@ -139,7 +152,7 @@ def convert(model, input_shape, precision: str, compute_units: str = "ALL", imag
     for frontend in FRONTENDS:
         try:
             with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
+                    contextlib.redirect_stderr(io.StringIO()), _quiet("coremltools"):
                 warnings.simplefilter("ignore")
                 ml = ct.convert(_program(model.eval(), example, frontend), source="pytorch", convert_to="mlprogram",
                                 inputs=[inp],
