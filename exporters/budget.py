@@ -133,6 +133,7 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
         artefact_outputs,
         block_errors,
         compute_outputs_in,
+        dense_probe,
         probe_label,
         probes_from_export,
         reference_outputs,
@@ -145,7 +146,9 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
     while misses(res.accuracy, ref_top1, opts.max_drop, opts.min_cosine) and len(steps) <= MAX_STEPS:
         if probes is None:
             with job.steps(f"{name} {precision}: accuracy budget, locating blocks"):
-                probes = list(probes_from_export(ctx.model, (1, *job.input_shape[1:])))
+                # output maps: the model is a wrapper (FeatureMaps, a user's dense module); its blocks are nested
+                probes = list(probes_from_export(ctx.model, (1, *job.input_shape[1:]),
+                                                 dense_probe(ctx.model) if job.spec.outputs else None))
                 import onnx
 
                 from exporters.onnx import first_last_compute_nodes

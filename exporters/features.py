@@ -105,8 +105,9 @@ def backbone(model, spec, indices: list[int] | None, hw: Size, name: str):
 
 def check_options(opts, what: str = "--features") -> None:
     """Output maps with what they can't go with yet: one line, before any work. ``what``: how the user asked."""
-    if opts.max_drop is not None or opts.min_cosine is not None:
-        raise UserError(f"{what}: the accuracy budget (--max-drop, --min-cosine) works on logits, not output maps")
+    if opts.max_drop is not None:
+        raise UserError(f"{what}: --max-drop is a drop of top-1 on labelled images, which output maps do not have; "
+                        "use --min-cosine (the worst map's cosine)")
 
 
 __all__ = ["FeatureMaps", "backbone", "check_indices", "default_indices", "check_options"]

@@ -364,7 +364,7 @@ def build_stage(job: Job, ctx: BuildContext, name: str, precision: str,
     built, overrides = repair_stage(job, ctx, built, ref, lambda art: open_and_verify(ctx, art), run_outputs)
     ctx = dataclasses.replace(ctx, runtime_config={**ctx.runtime_config, **overrides})
     if job.opts.max_drop is None and job.opts.min_cosine is None and built[0].passed is False and job.opts.repair \
-            and precision in t.keeps and not job.spec.outputs:
+            and precision in t.keeps and job.spec.task != "segmentation":  # its pixel gates are no cosine budget
         return budget.enforce(job, ctx, name, precision, ref, built, build_once, budget.gate_as_budget(job, built[0]))
     return budget.enforce(job, ctx, name, precision, ref, built, build_once)
 

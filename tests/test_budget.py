@@ -191,3 +191,14 @@ def test_worst_samples_are_the_flipped_then_the_least_similar():
     ref = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     got = np.array([[1.0, 0.1], [0.4, 0.6], [1.0, 0.0], [1.0, 0.5]])
     assert list(worst_samples(ref, got, 3)) == [1, 3, 0]  # the flip first, then by cosine
+
+
+def test_a_backbone_budget_keeps_the_planted_block_on_the_worst_map(planted_weights, tmp_path):
+    """--features with --min-cosine: the budget judges the worst map and finds the block inside the wrapper."""
+    import exporters
+    rep = exporters.export("digits_swin", weights=str(planted_weights), features=True, targets="onnxruntime",
+                           precision="int8", min_cosine=0.998, out=tmp_path, runs=3)
+    row = rep.result("onnxruntime", "int8")
+    b = row["checks"]["budget"]
+    assert b["met"] and b["kept"] == [f"model.{PLANTED}"] and row["passed"]
+    assert b["steps"][0]["cosine_min"] < 0.9 and min(row["checks"]["cosine_min_per_output"].values()) >= 0.998

@@ -50,7 +50,7 @@ def test_vit_blocks_default_to_four_spread_to_the_last():
 
 @pytest.mark.parametrize("args,match", [
     (["--features", "0,5"], "digits_swin has 2 stages, indices 0 to 1"),
-    (["--features", "--int8", "--max-drop", "1"], "the accuracy budget"),
+    (["--features", "--int8", "--max-drop", "1"], "--max-drop is a drop of top-1 on labelled images"),
     (["--features", "0,0"], "distinct indices"),
 ])
 def test_bad_features_flags_are_one_line(args, match, tmp_path, capsys):
