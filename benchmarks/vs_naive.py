@@ -42,11 +42,10 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
     (``widths``: each map's values per sample) is judged by its worst map, as its export gate is; a segmentation
     model (``classes``: its logits map's channels) by pixel agreement and mean IoU too (``DENSE``), unless
     ``random`` weights make them noise (timed models have random weights)."""
-    from exporters.outputs import dense_gated
     from runtime.accuracy import compare, dense_values, judge_dense
     from runtime.backends.base import batched_logits
     from runtime.golden import worst_cosine
-    from runtime.tolerances import dense_tolerance_for, tolerance_for
+    from runtime.tolerances import agreement_gated, dense_tolerance_for, tolerance_for
     ref = batched_logits(runners[reference], inputs, batch)
     out = {}
     for k, r in runners.items():
@@ -62,10 +61,10 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
         out[k] = {"hint": hint, "cosine_min": round(a.cosine_min, 5), "agreement": round(a.top1_agreement * 100, 2),
                   "correct": bool(np.isfinite(a.cosine_min) and a.cosine_min >= tol.cosine_min),
                   "gate_cosine": tol.cosine_min}
-        if classes:  # reported; gated only for trained weights (exporters/outputs.py dense_gated), as agreement is
+        if classes:  # reported; gated only for trained weights (runtime.tolerances.agreement_gated)
             dense = dense_values(ref, got, classes)
             out[k].update(pixel_agreement=round(dense["pixel_agreement"], 5), mean_iou=round(dense["mean_iou"], 5))
-            if dense_gated(random, precision):
+            if agreement_gated(random, precision):
                 out[k]["correct"] &= not judge_dense(dense, dense_tolerance_for(precision))
     return out
 

@@ -45,20 +45,14 @@ def compare_outputs(spec, ref, out, labels):
     return acc, checks
 
 
-def dense_gated(random: bool, precision: str) -> bool:
-    """Whether pixel agreement and mean IoU are gated: as top-1 agreement for a classifier, not for reduced
-    precision when the weights are random (the class maps of a random head are near-ties that carry no signal)."""
-    return not (random and precision != "fp32")
-
-
 def judge_outputs(spec, acc, checks: dict, ref_top1, tol, gate_agreement: bool, precision: str,
                   random: bool = False):
     """Pass/fail of one result: ``runtime.accuracy.judge`` on the logits (or maps), plus the segmentation gates
-    (``dense_gated``). Returns ``(passed, failures)``."""
+    (``runtime.tolerances.agreement_gated``). Returns ``(passed, failures)``."""
     from runtime.accuracy import judge, judge_dense
-    from runtime.tolerances import dense_tolerance_for
+    from runtime.tolerances import agreement_gated, dense_tolerance_for
     _, why = judge(acc, ref_top1, tol, gate_agreement=gate_agreement)
-    if "dense" in checks and dense_gated(random, precision):
+    if "dense" in checks and agreement_gated(random, precision):
         why += judge_dense(checks["dense"], dense_tolerance_for(precision))
     return not why, why
 
@@ -75,4 +69,4 @@ def task_note(spec) -> str | None:
     return None
 
 
-__all__ = ["TASKS", "widths", "dense_classes", "dense_gated", "compare_outputs", "judge_outputs", "task_note"]
+__all__ = ["TASKS", "widths", "dense_classes", "compare_outputs", "judge_outputs", "task_note"]

@@ -292,13 +292,14 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
     """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
     logits = run_outputs(runner, job.data, job.opts.batch)
     ref_logits = logits if ref is None else ref.logits
-    from exporters.outputs import compare_outputs, dense_gated, judge_outputs, task_note
+    from exporters.outputs import compare_outputs, judge_outputs, task_note
+    from runtime.tolerances import agreement_gated
     acc, checks = compare_outputs(job.spec, ref_logits, logits, job.data.labels)
     result.checks.update(checks)
     tol, gate = gate_for(job, result.target, result.precision)
     ref_top1 = None if ref is None else ref.result.accuracy.top1
     passed, why = judge_outputs(job.spec, acc, checks, ref_top1, tol, gate, result.precision, job.is_random)
-    if "dense" in checks and not dense_gated(job.is_random, result.precision):
+    if "dense" in checks and not agreement_gated(job.is_random, result.precision):
         result.notes.append("random weights: pixel agreement and mean IoU are reported but not gated for reduced "
                             "precision")
     if not gate and not task_note(job.spec):

@@ -23,7 +23,7 @@ from runtime.manifest import GoldenSpec, Verification
 from runtime.preprocess import Preprocessing, normalise, pixels_from_inputs
 from runtime.proof import tolerance_gates
 from runtime.repair import Attempt, closest, run_ladder
-from runtime.tolerances import tolerance_for
+from runtime.tolerances import agreement_gated, tolerance_for
 
 SPREAD_SHARE = 0.5  # at most half the golden set is the worst samples; the rest an even spread over the set
 
@@ -31,14 +31,14 @@ SPREAD_SHARE = 0.5  # at most half the golden set is the worst samples; the rest
 def gate_for(job, target: str, precision: str):
     """``(tolerance, whether top-1 agreement is gated)``: random weights carry no signal in reduced precision, and
     a backbone's feature maps have no classes."""
-    return tolerance_for(target, precision), not (job.is_random and precision != "fp32") and not job.spec.outputs
+    return tolerance_for(target, precision), agreement_gated(job.is_random, precision) and not job.spec.outputs
 
 
 def gates(job, target: str, precision: str) -> dict:
     """The gate an artefact passed at build, as the deployment machine applies it to the golden set."""
-    from exporters.outputs import dense_classes, dense_gated
+    from exporters.outputs import dense_classes
     classes = dense_classes(job.spec)
-    dense = None if classes is None or not dense_gated(job.is_random, precision) else \
+    dense = None if classes is None or not agreement_gated(job.is_random, precision) else \
         (classes, math.prod(job.spec.outputs[0][1][1:]))
     return tolerance_gates(target, precision, gate_for(job, target, precision)[1], len(job.data), dense)
 

@@ -26,7 +26,7 @@ from runtime.golden import Golden, dense_shape, judge_golden, output_widths
 from runtime.manifest import MANIFEST, ArtifactEntry, Manifest, resolve_inside
 from runtime.preprocess import Preprocessing
 from runtime.repair import Attempt, run_ladder
-from runtime.tolerances import dense_tolerance_for, tolerance_for
+from runtime.tolerances import agreement_gated, dense_tolerance_for, tolerance_for
 
 CACHE_ENV = "VITDEPLOY_CACHE"
 VERIFY_MODES = ("auto", "always", "never")
@@ -75,7 +75,7 @@ def gates_of(manifest: Manifest, art: ArtifactEntry, samples: int) -> dict:
     of the golden set (an engine built on the device)."""
     if art.verification is not None:
         return dict(art.verification.gates)
-    signal = not (manifest.weights == "random" and art.precision != "fp32")  # random weights: agreement not gated
+    signal = agreement_gated(manifest.weights == "random", art.precision)
     return tolerance_gates(art.target, art.precision, signal and manifest.task == "classification", samples,
                            dense_shape(manifest) if signal else None)
 

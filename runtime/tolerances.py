@@ -57,5 +57,12 @@ def dense_tolerance_for(precision: str) -> DenseTolerance:
     return DENSE[precision]
 
 
+def agreement_gated(random: bool, precision: str) -> bool:
+    """Whether agreement-type gates (top-1 agreement, a segmentation model's pixel agreement and mean IoU) hold:
+    not in reduced precision when the weights are random, whose logits and class maps are near-ties with no signal.
+    The one rule for the export, the golden check and the benchmarks."""
+    return not (random and precision != "fp32")
+
+
 def tolerance_for(target: str, precision: str) -> Tolerance:
     return OVERRIDES.get((target, precision), DEFAULT[precision])
