@@ -13,8 +13,8 @@ SAMPLES = 16  # the worst-agreeing samples each artefact's drift is read on
 
 
 def drift_stage(job, ctx, ref, artifacts: list) -> None:
-    """``job.report["drift"]``: per reduced-precision artefact, the rows of ``probes.block_errors`` and the first
-    large step; an artefact whose outputs cannot be read here is named with the reason."""
+    """``job.report["drift"]``: per reduced-precision artefact that was verified, the rows of
+    ``probes.block_errors``, the first large step and the probed modules its outputs did not show."""
     from exporters.budget import worst_samples
     from exporters.probes import (
         artefact_outputs,

@@ -30,9 +30,9 @@ def _models(opts, sizes):
         base, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                   num_classes=opts.num_classes, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)
-    if opts.features not in (None, False):  # a backbone pads each size to its window grid (exporters/features.py)
+    if opts.backbone:  # a backbone pads each size to its window grid (exporters/features.py)
         from exporters.features import check_indices
-        check_indices(base, None if opts.features is True else opts.features, opts.model)  # any size fits; the maps?
+        check_indices(base, opts.feature_indices, opts.model)  # any size fits; the maps?
         return spec.slug, [(hw, base, spec) for hw in sizes]
     return spec.slug, [(hw, *model_at_size(base, spec, hw, opts.model)) for hw in sizes]
 
@@ -57,7 +57,7 @@ def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
         console = Console(stderr=True, quiet=opts.quiet, highlight=False)
         for hw, model, spec in models:
             console.print(f"[bold]input {size_label(hw)}[/]")
-            job = prepare(dataclasses.replace(opts, img_size=hw if opts.features not in (None, False) else None,
+            job = prepare(dataclasses.replace(opts, img_size=hw if opts.backbone else None,
                                               module=model, spec=spec, sign_key=None))
             folder = work / size_label(hw)
             folder.mkdir()

@@ -69,6 +69,16 @@ class RunOptions:
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
 
+    @property
+    def backbone(self) -> bool:
+        """``--features`` given: the export is the model's feature maps (exporters/features.py)."""
+        return self.features is not None and self.features is not False  # identity: 0 is an index, not False
+
+    @property
+    def feature_indices(self) -> list[int] | None:
+        """The maps asked for (checked by ``_validate``); None: the architecture's default (``default_indices``)."""
+        return values.indices(self.features) if self.backbone and self.features is not True else None
+
 
 class Steps:
     """One line per step on stderr, with its duration."""
@@ -192,11 +202,11 @@ def _validate(opts: RunOptions) -> None:
                        ("min_cosine", values.COSINE), ("throughput_seconds", values.SECONDS)):
         values.check(name, getattr(opts, name), kind)
     budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
-    if opts.features not in (None, False, True):
+    if opts.backbone and opts.features is not True:
         values.check("features", opts.features, values.indices)
-    if opts.features not in (None, False) or (opts.spec is not None and opts.spec.task == "segmentation"):
+    if opts.backbone or (opts.spec is not None and opts.spec.task == "segmentation"):
         from exporters.features import check_options
-        check_options(opts, "--features" if opts.features not in (None, False) else "task='segmentation'")
+        check_options(opts, "--features" if opts.backbone else "task='segmentation'")
     if opts.sign_key is not None:
         signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
 
@@ -216,19 +226,18 @@ def prepare(opts: RunOptions) -> Job:
     steps = Steps(opts.quiet)
     with steps("model"):
         sizes = values.check("img_size", opts.img_size, values.img_sizes)
-        features = opts.features not in (None, False)
         if opts.module is not None:
             model, spec = opts.module.eval(), opts.spec
-            if sizes and tuple(spec.input_shape[1:]) != sizes[0] and not features:
+            if sizes and tuple(spec.input_shape[1:]) != sizes[0] and not opts.backbone:
                 from exporters.sizes import model_at_size
                 model, spec = model_at_size(model, spec, sizes[0], spec.name)
         else:  # a backbone takes its size below: padded to the window grid, not re-laid
             model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                        num_classes=opts.num_classes, labels=opts.labels,
-                                       img_size=sizes[0] if sizes and not features else None)
-        if features:
+                                       img_size=sizes[0] if sizes and not opts.backbone else None)
+        if opts.backbone:
             from exporters.features import backbone
-            model, spec = backbone(model, spec, None if opts.features is True else opts.features,
+            model, spec = backbone(model, spec, opts.feature_indices,
                                    sizes[0] if sizes else tuple(spec.input_shape[1:]), opts.model)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
     with steps("memory estimate"):
