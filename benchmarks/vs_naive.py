@@ -134,9 +134,6 @@ def _close(runners: dict) -> None:
         r.close()
 
 
-KINDS = ("classifier", "backbone", "segmentation")
-
-
 def timed_model(name: str, img_size: tuple[int, int] | None, kind: str = "classifier"):
     """``(module, spec)`` every path of one row times: the classifier re-laid for ``img_size``; its backbone
     (exporters/features.py: every stage or four blocks, padded to the window grid); or the re-laid classifier's
@@ -159,14 +156,14 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     re-laid module on every path; ``kind``: ``timed_model``'s), interleaved; with ``throughput_s``, then images/s
     of each, opened in throughput mode, also interleaved."""
     from calibration import load_set
-    from exporters.outputs import dense_classes, widths
+    from exporters.outputs import dense_classes, output_names, widths
     from exporters.reference import TorchRunner
     from runtime.latency import measure_interleaved, measure_throughput_interleaved
     from runtime.manifest import read_manifest
     model, spec = timed_model(name, img_size, kind)
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
-    naive = naive_artefacts(model, shape, calib, work, [n for n, _ in spec.outputs] if spec.outputs else ("logits",))
+    naive = naive_artefacts(model, shape, calib, work, output_names(spec))
     bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch, model=model, spec=spec)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 

@@ -22,6 +22,12 @@ def widths(spec) -> list[int] | None:
     return [math.prod(shape) for _, shape in spec.outputs] if spec.outputs else None
 
 
+def output_names(spec) -> list[str]:
+    """The model's outputs by name, in graph order: its maps' names, or the one logits output."""
+    from exporters.onnx import OUTPUT_NAME
+    return [n for n, _ in spec.outputs] if spec.outputs else [OUTPUT_NAME]
+
+
 def dense_classes(spec) -> int | None:
     """A segmentation model's classes (the channels of its logits map); None for other tasks."""
     return spec.outputs[0][1][0] if spec.task == "segmentation" else None
@@ -69,4 +75,4 @@ def task_note(spec) -> str | None:
     return None
 
 
-__all__ = ["TASKS", "widths", "dense_classes", "compare_outputs", "judge_outputs", "task_note"]
+__all__ = ["TASKS", "widths", "output_names", "dense_classes", "compare_outputs", "judge_outputs", "task_note"]

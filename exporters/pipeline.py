@@ -281,6 +281,7 @@ def prepare(opts: RunOptions) -> Job:
 def export_stage(job: Job, work: Path):
     """Rewrites (unless disabled) and the contract-checked ONNX; returns (export model, OnnxExport)."""
     from exporters.onnx import OPSET, export_onnx
+    from exporters.outputs import output_names
     from exporters.rewrites import apply_rewrites
     if job.opts.rewrites:
         with job.steps("rewrites"):
@@ -291,7 +292,7 @@ def export_stage(job: Job, work: Path):
     with job.steps("ONNX export"):
         exp = export_onnx(export_model, job.input_shape, work / "model.onnx", dynamic_batch=job.opts.dynamic_batch,
                           enforce_contract=job.opts.rewrites,
-                          output_names=[n for n, _ in job.spec.outputs] if job.spec.outputs else None)
+                          output_names=output_names(job.spec))
     job.report["graph"] = {"num_nodes": exp.num_nodes, "op_counts": exp.op_counts, "contract": exp.contract,
                            "opset": OPSET, "dynamic_batch": job.opts.dynamic_batch}
     return export_model, exp

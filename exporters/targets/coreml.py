@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exporters.outputs import output_names
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import Runner, require
 from runtime.backends.coreml import INSTALL
@@ -105,9 +106,9 @@ def compressed_weight_names(model, keep, prefix: str = "") -> dict[str, str]:
 def _quiet(logger: str):
     """Silence ``logger`` for the block. # reason: coremltools logs an ERROR for a frontend that fails before the next
     one converts; a failure that remains is raised as one line instead."""
-    import logging
     log = logging.getLogger(logger)
-    level, log.level = log.level, logging.CRITICAL
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # setLevel, not .level =: it also clears the logger's isEnabledFor cache
     try:
         yield
     finally:
@@ -259,8 +260,7 @@ def build(ctx: BuildContext, precision: str, options: CoreMLOptions) -> Artifact
     t0 = time.perf_counter()
     image = ctx.spec.preprocessing if options.image_input else None
     keep = ctx.keep_modules if precision == "int8" else ()
-    names = [n for n, _ in ctx.spec.outputs] if ctx.spec.outputs else ["logits"]
-    ml = convert(ctx.model, shape, precision, units, image_input=image, keep=keep, output_names=names)
+    ml = convert(ctx.model, shape, precision, units, image_input=image, keep=keep, output_names=output_names(ctx.spec))
     times = {"convert": time.perf_counter() - t0}
     dst = ctx.workdir / f"coreml-{precision}.mlpackage"
     ml.save(str(dst))
@@ -382,8 +382,7 @@ def open_for_verification(ctx: BuildContext, art: Artifact) -> Runner:
         from runtime.backends.coreml import CoreMLRunner
         return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
     return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape),
-                        art.runtime_config.get("kept_fp16", ()),
-                        [n for n, _ in ctx.spec.outputs] if ctx.spec.outputs else ("logits",))
+                        art.runtime_config.get("kept_fp16", ()), output_names(ctx.spec))
 
 
 TARGET = Target(name="coreml", precisions=PRECISIONS, accepts=("fp16", "int8", "fp32"), build=build,
