@@ -65,6 +65,7 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels, task:
     import torch
     from torch import nn
 
+    from exporters.outputs import dry_run
     from exporters.saved import read_labels
     from exporters.zoo import ModelSpec, _timm_spec
     from runtime.values import check_labels
@@ -88,18 +89,16 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels, task:
     pp = preprocessing or (base.preprocessing if base is not None else Preprocessing(input_size=shape[1:]))
     if tuple(pp.input_size) != tuple(shape[1:]):
         raise ExportError(f"preprocessing input_size {tuple(pp.input_size)} differs from input_shape {shape}")
-    try:
-        with torch.no_grad():
-            out = module.eval()(torch.zeros(1, *shape))
-    except Exception as exc:  # reason: any user module may raise anything on a wrong shape
-        raise ExportError(f"the module does not run on a {[1, *shape]} input: {type(exc).__name__}: "
-                          f"{(str(exc).strip().splitlines() or [''])[0][:160]}") from None
+    out = dry_run(module, shape, "the module")  # NaN or inf in its outputs: refused here
     dense = task == "segmentation"
     if not isinstance(out, torch.Tensor) or out.ndim != (4 if dense else 2):
         got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"a tensor of shape {list(out.shape)}"
         raise ExportError(f"the module must return {'a logits map [B, classes, H, W]' if dense else 'logits [B, classes]'}"
                           f" as one tensor for task='{task}' (it returned {got})")
     classes = int(out.shape[1] if dense else out.shape[-1])
+    if classes < 1:
+        raise ExportError(f"the module returns {list(out.shape)}: no {'class channels' if dense else 'classes'} "
+                          "to judge")
     names = read_labels(labels) if isinstance(labels, (str, Path)) else check_labels(list(labels), "labels") if labels else \
         (base.labels if base is not None and base.num_classes == classes else None)
     if names is not None and len(names) != classes:

@@ -6,8 +6,9 @@
   Linux, so a reader sees the old bundle or the new one, never neither and never half of one.
   Where the exchange is not available (other systems, some file systems) it falls back to two
   renames, and there is a moment without ``OUT/<model>``; the README says so.
-- Each staging folder holds an ``.owner`` file (host and pid); a later run removes staging folders
-  whose process is gone (a run killed by SIGKILL), and never those of a live run.
+- Each staging folder has an owner file beside it (``.<slug>.tmp-XXXX.owner``: host and pid), outside the
+  bundle, so nothing that is not the bundle's is ever inside it (or under its signature); a later run removes
+  staging folders whose process is gone (a run killed by SIGKILL), and never those of a live run.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from runtime.errors import UserError
 from runtime.manifest import FORMAT, MANIFEST
+from runtime.sizes import SIZES, SIZES_FORMAT
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -32,24 +34,63 @@ OWNER = ".owner"
 
 
 def check_writable(out: Path) -> None:
-    """Fail early, with one line, when ``out`` can't hold a bundle."""
+    """Fail early, with one line, when ``out`` can't hold a bundle. Creates nothing: a folder that does not exist yet
+    is made when the bundle is staged, so a refused run leaves no empty folder behind."""
+    out = Path(out)
+    base = out
+    while not (base.exists() or base.is_symlink()) and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"output directory {out} is not writable: {base} is not a folder")
+    if base != out:
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise UserError(f"output directory {out} is not writable: cannot create it in {base}")
+        return
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
 
 
+@contextlib.contextmanager
+def output_folder(out: Path):
+    """Make ``out`` (and missing parents) for the length of the block; on failure, remove those it made that are
+    still empty, so a refused or failed run leaves nothing behind."""
+    out = Path(out)
+    made = []
+    p = out
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
+    try:
+        yield out
+    except BaseException:
+        for d in made:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def is_bundle(path: Path) -> bool:
-    """True when ``path`` is a folder holding a vitdeploy manifest (the only thing we ever replace)."""
+    """True when ``path`` is a folder holding a vitdeploy manifest, or a multi-size bundle's ``sizes.json`` (the
+    only things we ever replace)."""
     if path.is_symlink() or not path.is_dir():
         return False
-    try:
-        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and str(data.get("format", "")).startswith(FORMAT.split("/")[0] + "/")
+    for name, fmt in ((MANIFEST, FORMAT), (SIZES, SIZES_FORMAT)):
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and str(data.get("format", "")).startswith(fmt.split("/")[0] + "/"):
+            return True
+    return False
 
 
 def check_replaceable(out: Path, slug: str) -> None:
@@ -61,9 +102,14 @@ def check_replaceable(out: Path, slug: str) -> None:
                         f"(move it away or choose another --out)")
 
 
+def owner_file(staging: Path) -> Path:
+    """The file naming the run that owns a staging folder: beside it, never inside the bundle."""
+    return staging.with_name(staging.name + OWNER)
+
+
 def _owner_alive(staging: Path, grace_s: float = 60.0) -> bool:
     try:
-        host, pid = (staging / OWNER).read_text().split()
+        host, pid = owner_file(staging).read_text().split()
     except (OSError, ValueError):
         # the owner file is written right after the folder is made: a young folder without one may be
         # a run between those two steps, an old one is a leftover
@@ -88,6 +134,7 @@ def clean_stale(out: Path, slug: str) -> list[Path]:
     for p in Path(out).glob(STAGING.format(slug=slug) + "*"):
         if p.is_dir() and not p.is_symlink() and not _owner_alive(p):
             shutil.rmtree(p, ignore_errors=True)
+            owner_file(p).unlink(missing_ok=True)
             removed.append(p)
     return removed
 
@@ -143,16 +190,18 @@ def staged_bundle(out: Path, slug: str):
     out = Path(out)
     check_writable(out)
     check_replaceable(out, slug)
-    clean_stale(out, slug)
-    tmp = Path(tempfile.mkdtemp(prefix=STAGING.format(slug=slug), dir=out))
-    try:
-        os.chmod(tmp, 0o755)  # reason: mkdtemp makes 0700 folders; a bundle is meant to be copied and shared
-        (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-        yield tmp
-        # reason: the owner file stays until the commit, or a concurrent run would take this folder for a
-        # leftover and remove it under us; afterwards it is dropped from the committed bundle
-        commit(tmp, out / slug)
-        (out / slug / OWNER).unlink(missing_ok=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_folder(out):
+        clean_stale(out, slug)
+        tmp = Path(tempfile.mkdtemp(prefix=STAGING.format(slug=slug), dir=out))
+        try:
+            os.chmod(tmp, 0o755)  # reason: mkdtemp makes 0700 folders; a bundle is meant to be copied and shared
+            owner_file(tmp).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            yield tmp
+            # reason: the owner file stays until the commit, or a concurrent run would take this folder for a
+            # leftover and remove it under us
+            commit(tmp, out / slug)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            owner_file(tmp).unlink(missing_ok=True)

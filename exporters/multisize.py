@@ -15,14 +15,17 @@ import json
 from pathlib import Path
 
 from exporters.bundle import check_replaceable, check_writable, staged_bundle
-from exporters.sizes import model_at_size, size_label, spelled
+from exporters.memory import check_scaled
+from exporters.sizes import check_size, model_at_size, size_label, spelled
 from runtime import signing
 from runtime.manifest import MANIFEST, sha256_file
 from runtime.sizes import SizeEntry, SizeSet
 
 
 def _models(opts, sizes):
-    """The base model once, then a copy re-laid for each size: ``[(size, model, spec)]``."""
+    """The base model once and, for each size, a callable that re-lays a copy for it: ``[(size, () -> (model,
+    spec))]``. Every size is checked first, cheaply (it fits the architecture; its activations, scaled from the
+    model's own size, fit in memory), so a bad size is refused before any is re-laid; copies are made one at a time."""
     from exporters.zoo import create_model
     if opts.module is not None:
         base, spec = opts.module.eval(), opts.spec
@@ -33,8 +36,14 @@ def _models(opts, sizes):
     if opts.backbone:  # a backbone pads each size to its window grid (exporters/features.py)
         from exporters.features import check_indices
         check_indices(base, opts.feature_indices, opts.model)  # any size fits; the maps?
-        return spec.slug, [(hw, base, spec) for hw in sizes]
-    return spec.slug, [(hw, *model_at_size(base, spec, hw, opts.model)) for hw in sizes]
+        for hw in sizes:
+            check_scaled(base, spec.input_shape, hw, opts.model)
+        return spec.slug, [(hw, lambda: (base, spec)) for hw in sizes]
+    for hw in sizes:
+        check_size(base, hw, opts.model)
+    for hw in sizes:
+        check_scaled(base, spec.input_shape, hw, opts.model)
+    return spec.slug, [(hw, lambda hw=hw: model_at_size(base, spec, hw, opts.model)) for hw in sizes]
 
 
 def command_of(opts, sizes) -> str:
@@ -55,8 +64,9 @@ def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
     with staged_bundle(out, slug) as work:
         from rich.console import Console
         console = Console(stderr=True, quiet=opts.quiet, highlight=False)
-        for hw, model, spec in models:
+        for hw, relaid in models:
             console.print(f"[bold]input {size_label(hw)}[/]")
+            model, spec = relaid()
             job = prepare(dataclasses.replace(opts, img_size=hw if opts.backbone else None,
                                               module=model, spec=spec, sign_key=None))
             folder = work / size_label(hw)
@@ -66,7 +76,7 @@ def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
             reports.append(job.report)
         size_set = SizeSet(model=reports[0]["model"], created=reports[0]["created"], sizes=[
             SizeEntry(input_size=hw, bundle=size_label(hw), manifest_sha256=sha256_file(work / size_label(hw) / MANIFEST))
-            for hw, _, _ in models])
+            for hw, _ in models])
         command = command_of(opts, sizes)
         combined = combine(reports, command)
         if opts.sign_key is not None:

@@ -129,6 +129,9 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
         raise UserError(f"ONNX export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
     if simplify:
         proto = _simplify(proto)
+    if not proto.graph.input:  # reason: torch.onnx and onnxslim drop an input that no output depends on
+        raise UserError("the model's outputs do not depend on its input (the exported graph has no input): "
+                        "nothing to deploy")
     onnx.checker.check_model(proto, full_check=proto.ByteSize() < TWO_GB)
     contract = check_contract(proto, path.name) if enforce_contract else {
         "passed": not contract_violations(proto), "violations": contract_violations(proto)[:20], "enforced": False}

@@ -37,8 +37,13 @@ def compare_outputs(spec, ref, out, labels):
     """``runtime.accuracy.compare`` of flattened outputs, and the task's own figures as ``checks``: a backbone's
     per-map worst-sample cosine (``cosine_min_per_output``; the worst map's is the row's ``cosine_min``), a
     segmentation model's pixel agreement and mean IoU (``dense``). Returns ``(Accuracy, checks)``."""
+    import numpy as np
+
     from runtime.accuracy import compare, cosine_per_output, dense_values
+    nonfinite = int((~np.isfinite(out)).sum())
+    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0) if nonfinite else out  # counted; the gate fails
     acc = compare(ref, out, labels)
+    acc.nonfinite = nonfinite
     checks: dict = {}
     if spec.task == "features":
         maps = {name: round(float(c.min()), 6)
@@ -63,6 +68,49 @@ def judge_outputs(spec, acc, checks: dict, ref_top1, tol, gate_agreement: bool, 
     return not why, why
 
 
+def check_reference(logits, what: str = "evaluation samples") -> None:
+    """Refuse (one ``UserError``) reference outputs holding NaN or inf: nothing can be judged against them."""
+    import numpy as np
+
+    from runtime.errors import UserError
+    bad = ~np.isfinite(np.asarray(logits)).reshape(len(logits), -1).all(1)
+    if bad.any():
+        raise UserError(f"the model's own outputs hold NaN or inf on {int(bad.sum())} of {len(bad)} {what}: nothing "
+                        "can be judged against them (a checkpoint with inf or NaN parameters?)")
+
+
+def dry_run(model, input_shape, what: str = "the model"):
+    """One forward pass of a ``[1, *input_shape]`` batch of zeros, before any expensive stage: its output (a tensor or
+    a tuple of maps), or one ``UserError`` when the model does not run or returns NaN or inf."""
+    import torch
+
+    from runtime.errors import UserError
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *input_shape))
+    except Exception as exc:  # reason: any user module may raise anything on a wrong shape
+        raise UserError(f"{what} does not run on a {[1, *input_shape]} input: {type(exc).__name__}: "
+                        f"{(str(exc).strip().splitlines() or [''])[0][:160]}") from None
+    for t in out if isinstance(out, (tuple, list)) else (out,):
+        if isinstance(t, torch.Tensor):
+            check_reference(t.detach().float().numpy(), "dry-run samples (one of zeros)")
+    return out
+
+
+def check_dry_run(model, spec) -> None:
+    """``dry_run`` against what ``spec`` says the model returns: logits ``[1, classes]``, or its maps in order."""
+    import torch
+
+    from runtime.errors import UserError
+    out = dry_run(model, spec.input_shape, spec.name)
+    got = [list(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+    want = [[1, *shape] for _, shape in spec.outputs] if spec.outputs else [[1, spec.num_classes]]
+    if got != want:
+        raise UserError(f"{spec.name} returns {' '.join(map(str, got)) or 'no tensor'} where {want} was expected "
+                        f"({'its maps' if spec.outputs else f'logits for its {spec.num_classes} classes'}): "
+                        "refused before any export")
+
+
 def task_note(spec) -> str | None:
     """What a row's gate is, in words, where it is not the classifier's."""
     if spec.task == "segmentation":
@@ -75,4 +123,5 @@ def task_note(spec) -> str | None:
     return None
 
 
-__all__ = ["TASKS", "widths", "output_names", "dense_classes", "compare_outputs", "judge_outputs", "task_note"]
+__all__ = ["TASKS", "widths", "output_names", "dense_classes", "compare_outputs", "judge_outputs", "check_reference",
+           "dry_run", "check_dry_run", "task_note"]

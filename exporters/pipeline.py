@@ -213,7 +213,7 @@ def _validate(opts: RunOptions) -> None:
 
 def prepare(opts: RunOptions) -> Job:
     """Check the options, load the model and the evaluation set; nothing is written yet."""
-    from exporters.outputs import task_note
+    from exporters.outputs import check_dry_run, task_note
     from exporters.reference import gpu_name
     from exporters.roofline import gemm_peak_gflops, model_flops
     from exporters.zoo import create_model
@@ -240,13 +240,16 @@ def prepare(opts: RunOptions) -> Job:
             model, spec = backbone(model, spec, opts.feature_indices,
                                    sizes[0] if sizes else tuple(spec.input_shape[1:]), opts.model)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
-    with steps("memory estimate"):
-        memory = check_batch(model, spec.input_shape, opts.batch)  # a batch that cannot fit: one line, now
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)
     if spec.outputs and opts.eval_size is None:  # a backbone's maps are large: every runner keeps them for the set
         per_sample = 4 * sum(int(np.prod(s)) for _, s in spec.outputs)
         eval_size = max(4, min(eval_size or 10_000_000, OUTPUT_BYTES // per_sample))
+    calibrates = any(p == "int8" for _, p in plan(opts.targets, opts.precision, opts.precisions))
+    with steps("memory estimate and dry run"):  # what cannot fit or does not run: one line, now
+        memory = check_batch(model, spec.input_shape, opts.batch,
+                             samples=(eval_size or 0) + (opts.calib_size if calibrates else 0))
+        check_dry_run(model, spec)
     with steps(f"evaluation set ({opts.data})"):
         data = load_set(opts.data, spec.preprocessing, size=eval_size, part="holdout",
                         label_index=label_index(spec), progress=not opts.quiet)
@@ -300,9 +303,11 @@ def export_stage(job: Job, work: Path):
 
 def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None) -> np.ndarray:
     """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
+    from exporters.outputs import check_reference, compare_outputs, judge_outputs, task_note
     logits = run_outputs(runner, job.data, job.opts.batch)
+    if ref is None:
+        check_reference(logits)
     ref_logits = logits if ref is None else ref.logits
-    from exporters.outputs import compare_outputs, judge_outputs, task_note
     from runtime.tolerances import agreement_gated
     acc, checks = compare_outputs(job.spec, ref_logits, logits, job.data.labels)
     result.checks.update(checks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+from exporters.memory import check_scaled
 from runtime.errors import UserError
 
 Size = tuple[int, int]  # (height, width) in pixels
@@ -77,16 +78,16 @@ def nearest_sizes(model, arch: str, hw: Size, count: int = 2) -> list[int]:
     """The square sizes nearest ``hw`` that ``model`` takes without padding (for the refusal's hint)."""
     target = round((hw[0] * hw[1]) ** 0.5)
     found: list[int] = []
-    for d in range(4 * target):
+    for d in range(max(4 * target, 1024)):
         for s in (target - d, target + d):
             if len(found) < count and s >= 8 and s not in found and _fits(model, arch, (s, s)):
                 found.append(s)
     return sorted(found)
 
 
-def model_at_size(model, spec, hw: Size, name: str):
-    """A copy of ``model`` (a timm Swin or ViT) for ``hw`` inputs and its spec; the original is untouched.
-    A size the architecture can't take without padding is one ``UserError`` naming the nearest ones that work."""
+def check_size(model, hw: Size, name: str) -> str:
+    """The architecture (``swin``/``vit``) when ``model`` takes ``hw`` without padding; else one ``UserError`` naming
+    the nearest sizes that work. Cheap: nothing is re-laid."""
     arch = arch_of(model)
     if arch is None:
         raise UserError(f"--img-size applies to timm Swin and ViT models; {name} is a {type(model).__name__}")
@@ -96,8 +97,18 @@ def model_at_size(model, spec, hw: Size, name: str):
                    "need zero padding it was not trained with")
         else:
             why = f"it is not a multiple of the {pair(model.patch_embed.patch_size)[0]}-px patch"
-        near = ", ".join(map(str, nearest_sizes(model, arch, hw)))
-        raise UserError(f"--img-size {spelled(hw)} does not fit {name}: {why}; nearest sizes that do: {near}")
+        near = nearest_sizes(model, arch, hw)
+        raise UserError(f"--img-size {spelled(hw)} does not fit {name}: {why}; "
+                        + (f"nearest sizes that do: {', '.join(map(str, near))}" if near else "no size near it does"))
+    return arch
+
+
+def model_at_size(model, spec, hw: Size, name: str):
+    """A copy of ``model`` (a timm Swin or ViT) for ``hw`` inputs and its spec; the original is untouched.
+    A size the architecture can't take without padding, or whose activations cannot fit in this machine's memory,
+    is one ``UserError`` (the first naming the nearest sizes that work), before anything is re-laid."""
+    arch = check_size(model, hw, name)
+    check_scaled(model, spec.input_shape, hw, name)
     resized = copy.deepcopy(model)
     spec = dataclasses.replace(spec, notes=list(spec.notes))
     if arch == "swin":
@@ -115,4 +126,4 @@ def model_at_size(model, spec, hw: Size, name: str):
     return resized.eval(), spec
 
 
-__all__ = ["Size", "size_label", "spelled", "arch_of", "pair", "model_at_size", "nearest_sizes"]
+__all__ = ["Size", "size_label", "spelled", "arch_of", "pair", "check_size", "model_at_size", "nearest_sizes"]

@@ -21,6 +21,7 @@ class Accuracy:
     top5_agreement: float
     top1: float | None  # dataset top-1 when labels exist
     samples: int
+    nonfinite: int = 0  # NaN or inf values in the output (the figures above treat them as 0); any fails the gate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,19 +111,28 @@ def top1_accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None
 
 
 def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None = None) -> Accuracy:
-    """Metrics of ``out`` against ``ref`` (both ``[N, classes]``)."""
+    """Metrics of ``out`` against ``ref`` (both ``[N, classes]``). NaN and inf in ``out`` are counted
+    (``nonfinite``, which fails ``judge``) and taken as 0 in the figures, so they stay numbers; the reference must be
+    finite (the caller refuses one that is not)."""
     if ref.shape != out.shape:
         raise ValueError(f"shape mismatch: reference {ref.shape}, output {out.shape}")
+    if not np.isfinite(ref).all():
+        raise ValueError("the reference holds NaN or inf: nothing can be judged against it")
+    nonfinite = int((~np.isfinite(out)).sum())
+    if nonfinite:
+        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
     diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
     return Accuracy(max_abs_err=float(diff.max()), mean_abs_err=float(diff.mean()),
                     cosine_min=float(cosine_per_sample(ref, out).min()),
                     top1_agreement=topk_agreement(ref, out, 1), top5_agreement=topk_agreement(ref, out, 5),
-                    top1=top1_accuracy(out, labels), samples=int(ref.shape[0]))
+                    top1=top1_accuracy(out, labels), samples=int(ref.shape[0]), nonfinite=nonfinite)
 
 
 def judge(acc: Accuracy, ref_top1: float | None, tol: Tolerance, gate_agreement: bool = True) -> tuple[bool, list[str]]:
     """Pass/fail and, for a failure, each tolerance missed: the figure, the limit and by how much."""
     notes = []
+    if acc.nonfinite or not all(np.isfinite([acc.cosine_min, acc.top1_agreement])):
+        notes.append(f"non-finite outputs: {acc.nonfinite} values are NaN or inf")
     if acc.cosine_min < tol.cosine_min:
         notes.append(f"cosine_min {acc.cosine_min:.6f} < {tol.cosine_min} (short by {tol.cosine_min - acc.cosine_min:.6f})")
     if gate_agreement and acc.top1_agreement < tol.top1_agreement:

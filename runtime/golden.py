@@ -64,6 +64,8 @@ def read_golden(bundle: Path, manifest: Manifest) -> Golden:
         raise UserError(f"golden set {rel}: pixels {pixels.dtype} {list(pixels.shape)}, expected uint8 [N, {h}, {w}, 3]")
     if reference.shape != (len(pixels), classes) or not np.isfinite(reference).all():
         raise UserError(f"golden set {rel}: reference {list(reference.shape)} is not finite [N, {classes}] logits")
+    if len(pixels) != manifest.golden.samples:
+        raise UserError(f"golden set {rel} holds {len(pixels)} samples; the manifest says {manifest.golden.samples}")
     return Golden(pixels=pixels, reference=reference.astype(np.float32))
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from runtime.errors import UserError
 
@@ -41,6 +41,25 @@ class _Model(BaseModel):
         return Path(path)
 
 
+class Gates(_Model):
+    """The limits an artefact passed at build, as the golden check applies them (``runtime.proof.tolerance_gates``
+    writes them): every field typed and in range, so a malformed table is refused when the manifest is read."""
+
+    cosine_min: Annotated[float, Field(ge=-1, le=1)]
+    top1_agreement: Annotated[float, Field(ge=0, le=1)]
+    top1_drop: Annotated[float, Field(ge=0, le=100)]
+    gate_agreement: StrictBool
+    golden_max_flips: Annotated[int, Field(ge=0)]
+    pixel_agreement: Annotated[float, Field(ge=0, le=1)] | None = None  # a segmentation model's gates
+    mean_iou: Annotated[float, Field(ge=0, le=1)] | None = None
+    dense_classes: Annotated[int, Field(gt=0)] | None = None
+    golden_max_pixels_differing: Annotated[int, Field(ge=0)] | None = None
+
+
+def _gates(value: dict) -> dict:
+    return Gates.model_validate(value).model_dump(exclude_none=True)
+
+
 class Verification(_Model):
     """An artefact's proof: whether it passed its gates, on which machine and with which runtime configuration.
 
@@ -49,15 +68,15 @@ class Verification(_Model):
     was measured on the evaluation set; ``golden`` what the golden set gave on the machine that built it.
     """
 
-    passed: bool
+    passed: StrictBool
     kind: Literal["direct", "proxy"] = "direct"  # a proxy verdict proves nothing about the device
-    gates: dict
+    gates: Annotated[dict, AfterValidator(_gates)]
     values: dict
     failures: list[str] = Field(default_factory=list)
     runtime_config: dict = Field(default_factory=dict)
     proven_on: dict  # runtime.environment.fingerprint() of the machine that reached the verdict
     golden: dict | None = None
-    repaired: bool = False  # the verdict holds for a repaired runtime configuration (see checks.repair in the report)
+    repaired: StrictBool = False  # the verdict holds for a repaired runtime configuration (see checks.repair in the report)
 
 
 class ArtifactEntry(_Model):

@@ -3,32 +3,25 @@ set is run here, judged with its own gates, and repaired through the backend's l
 
 ``prove(bundle, manifest, art, ...) -> Verdict`` runs the golden check (and the ladder); ``proven_here`` and
 ``recorded`` say whether an artefact can be used here without one (the same fingerprint as its build verdict,
-or a verdict recorded for this machine). Verdicts reached here are recorded outside the bundle, which stays
-read-only, in a user cache keyed by the bundle's manifest hash and this machine's fingerprint (which holds the
-SDK version):
-``$VITDEPLOY_CACHE``, else ``$XDG_CACHE_HOME/vitdeploy``, else ``~/.cache/vitdeploy``.
+or a verdict recorded for this machine, bound to the manifest, the machine and the run's options and
+authenticated: runtime/verdicts.py). ``prove`` checks every file's sha256 before it runs anything.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime import verdicts
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
-from runtime.environment import fingerprint_diff, fingerprint_key
+from runtime.environment import fingerprint_diff
 from runtime.golden import Golden, dense_shape, judge_golden, output_widths
-from runtime.manifest import MANIFEST, ArtifactEntry, Manifest, resolve_inside
+from runtime.manifest import ArtifactEntry, Manifest, resolve_inside
 from runtime.preprocess import Preprocessing
 from runtime.repair import Attempt, run_ladder
 from runtime.tolerances import agreement_gated, dense_tolerance_for, tolerance_for
 
-CACHE_ENV = "VITDEPLOY_CACHE"
 VERIFY_MODES = ("auto", "always", "never")
 
 
@@ -85,6 +78,7 @@ def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, 
     """Run ``golden`` through ``art`` under ``config`` (default: the manifest's) and judge it with the artefact's
     gates; when it fails and ``repair``, walk the backend's ladder and keep the fastest configuration that passes."""
     b = backend(art.target)
+    manifest.verify(bundle, art.files)  # hash before judging: a verdict is only ever reached on the listed bytes
     config = dict(art.runtime_config if config is None else config)
     gates = gates_of(manifest, art, len(golden.pixels))
     x = golden.inputs(Preprocessing.from_dict(manifest.preprocessing.model_dump()))
@@ -125,64 +119,27 @@ def proven_here(art: ArtifactEntry, here: dict) -> bool:
     return v is not None and v.passed and v.kind == "direct" and v.proven_on == here
 
 
-# --- the record of verdicts reached on this machine, outside the bundle ----------------------------------------
+# --- verdicts recorded on this machine (runtime/verdicts.py: bound, authenticated, strictly validated) ----------
 
-def cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vitdeploy"
-
-
-def bundle_key(bundle: Path) -> str:
-    """The bundle's identity: the sha256 of its manifest, which holds every file's sha256."""
-    return hashlib.sha256((Path(bundle) / MANIFEST).read_bytes()).hexdigest()[:20]
+def run_options(repair: bool, device: str | None) -> dict:
+    """The options a verdict is reached under and holds for: one reached with repair off stands only for runs with
+    repair off; one reached on one device only for that device."""
+    return {"repair": bool(repair), "device": device}
 
 
-def _record_path(bundle: Path, here: dict) -> Path:
-    return cache_root() / "verify" / bundle_key(bundle) / f"{fingerprint_key(here)}.json"
-
-
-def _art_key(art: ArtifactEntry) -> str:
-    return f"{art.target}/{art.precision}/{art.primary}"
-
-
-def recorded(bundle: Path, art: ArtifactEntry, here: dict) -> Verdict | None:
-    """The verdict recorded for ``art`` on a machine with this fingerprint, if any (an unreadable record: none)."""
-    try:
-        data = json.loads(_record_path(bundle, here).read_text())[_art_key(art)]
-        v = Verdict(**data)
-    except (OSError, ValueError, KeyError, TypeError):
+def recorded(bundle: Path, art: ArtifactEntry, here: dict, options: dict) -> Verdict | None:
+    """The verdict recorded for ``art`` on a machine with this fingerprint under ``options``, when one stands."""
+    data = verdicts.lookup(bundle, art, here, options)
+    if data is None:
         return None
-    if v.fingerprint != here or not isinstance(v.config, dict):
-        return None
+    v = Verdict(**data)
     v.source = "recorded"
     return v
 
 
-def record(bundle: Path, art: ArtifactEntry, verdict: Verdict) -> Path | None:
-    """Add ``verdict`` to this machine's record for the bundle (atomically); ``None`` when it cannot be written."""
-    path = _record_path(bundle, verdict.fingerprint)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data[_art_key(art)] = verdict.to_dict()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        print(f"warning: cannot record the verification in {path.parent} ({exc.strerror or exc}); it will run again",
-              file=sys.stderr)
-        return None
-    return path
+def record(bundle: Path, art: ArtifactEntry, verdict: Verdict, options: dict) -> Path | None:
+    """Add ``verdict`` to this machine's record for the bundle; ``None`` when it cannot be written."""
+    return verdicts.store(bundle, art, verdict.to_dict(), options)
 
 
 def attempt_lines(verdict: Verdict) -> list[str]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import backends, runner_from_artifact
-from runtime.backends.base import batched_logits, runner_batch
+from runtime.backends.base import batched_logits, check_mode, runner_batch
 from runtime.errors import UserError
 from runtime.manifest import ArtifactEntry, Manifest
 from runtime.preprocess import Preprocessing, open_image, preprocess_batch
-from runtime.proof import VERIFY_MODES, Verdict, prove, proven_here, record, recorded
+from runtime.proof import VERIFY_MODES, Verdict, prove, proven_here, record, recorded, run_options
 from runtime.signing import read_trusted
 
 PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # without a measured choice: the smallest type first
@@ -30,11 +30,41 @@ class Prediction:
                 **({"served": self.served} if self.served else {})}
 
 
-def ranked(manifest: Manifest, target: str | None, precision: str | None) -> list[ArtifactEntry]:
+def check_open(target: str | None = None, precision: str | None = None, device: str | None = None,
+               threads: int | None = None, mode: str = "latency", verify: str = "auto") -> None:
+    """Every argument of ``runtime.open`` that needs no bundle, checked once, before anything is opened: one
+    ``UserError`` naming the argument."""
+    from runtime import values
+    known = backends()
+    if target is not None and target not in known:
+        raise UserError(f"unknown target {target!r}; known: {', '.join(known)}")
+    if precision is not None and precision not in PRECISION_PREFERENCE:
+        raise UserError(f"precision must be one of {', '.join(PRECISION_PREFERENCE)} (got {precision!r})")
+    if device is not None:
+        takers = [n for n, b in known.items() if b.takes_device]
+        if not isinstance(device, str) or not device.strip():
+            raise UserError(f"device must be a device name such as CPU, GPU or NPU (got {device!r})")
+        if target is not None and target not in takers:
+            raise UserError(f"--device is for {', '.join(takers)}; {target} chooses its own device (it would "
+                            f"run on its default whatever --device says)")
+    values.check("threads", threads, values.threads)
+    check_mode(mode)
+    if verify not in VERIFY_MODES:
+        raise UserError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {verify!r})")
+
+
+def ranked(manifest: Manifest, target: str | None, precision: str | None,
+           device: str | None = None) -> list[ArtifactEntry]:
     """Built artefacts that can run here, best first: the one asked for; else the export's measured choice
     (``--precision auto``, ``manifest.selection``); then by the backend registry's ranks and ``PRECISION_PREFERENCE``.
-    Whether each passed its gates is for the caller (``Session`` serves only proven ones)."""
+    With a ``device``, only backends that honour one. Whether each passed its gates is for the caller (``Session``
+    serves only proven ones)."""
     arts = [a for a in manifest.artifacts if a.status == "built" and a.primary]
+    if device is not None:
+        arts = [a for a in arts if a.target in backends() and backends()[a.target].takes_device]
+        if not arts:
+            raise UserError(f"--device {device}: no artefact of the bundle is for a backend that takes a device "
+                            f"({', '.join(n for n, b in backends().items() if b.takes_device)})")
     if target:
         arts = [a for a in arts if a.target == target]
         if not arts:
@@ -103,6 +133,14 @@ def name_of(art: ArtifactEntry) -> str:
     return f"{art.target} {art.precision}"
 
 
+def finite(out: np.ndarray, what: str) -> None:
+    """Refuse outputs holding NaN or inf: they are no prediction (one ``UserError``)."""
+    if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).reshape(len(out), -1).any(1).sum())
+        raise UserError(f"the {what} artefact returned NaN or inf for {bad} of {len(out)} inputs: refused "
+                        "(run python -m runtime verify on this bundle)")
+
+
 def warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr)
 
@@ -114,18 +152,14 @@ class Session:
                  device: str | None = None, threads: int | None = None, mode: str = "latency",
                  verify: str = "auto", allow_unverified: bool = False, repair: bool = True,
                  trust: str | Path | None = None):
-        from runtime import values
-        values.check("threads", threads, values.threads)
-        if verify not in VERIFY_MODES:
-            raise UserError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {verify!r})")
+        check_open(target, precision, device, threads, mode, verify)
         self.bundle = Path(bundle)
         self.manifest, self.signed_by = read_trusted(self.bundle, trust)
         self.device, self.threads = device, threads
         self._verify, self._allow, self._repair = verify, allow_unverified, repair
         self._golden = None
         self.notes: list[str] = []  # what was refused or repaired on the way, one line each
-        self.artifact, self.verdict = self._choose(ranked(self.manifest, target, precision))
-        self.manifest.verify(self.bundle, self.artifact.files)
+        self.artifact, self.verdict = self._choose(ranked(self.manifest, target, precision, device))  # hashed first
         self.runner = runner_from_artifact(self.bundle, self.artifact.model_copy(update={
             "runtime_config": self.verdict.config}), device, threads, mode)
         self.preprocessing = Preprocessing.from_dict(self.manifest.preprocessing.model_dump())
@@ -155,6 +189,7 @@ class Session:
             refused.append(f"{name_of(art)} failed its golden check here: {'; '.join(verdict.failures)[:300]}")
             fallback = fallback or art
         if self._allow and fallback is not None:
+            self.manifest.verify(self.bundle, fallback.files)
             self._warn(refused)
             warn(f"running {name_of(fallback)}, which is not proven here, because unverified artefacts were allowed")
             return fallback, Verdict(fallback.target, fallback.precision, True, dict(fallback.runtime_config),
@@ -174,7 +209,9 @@ class Session:
     def _settle(self, art: ArtifactEntry) -> Verdict:
         """Whether ``art`` may run here, and under which configuration."""
         b = backends()[art.target]
+        self.manifest.verify(self.bundle, art.files)  # hash before judging, and before any recorded verdict is used
         here = b.fingerprint(art.runtime_config)
+        options = run_options(self._repair, self.device)
         as_built = Verdict(art.target, art.precision, True, dict(art.runtime_config), "not checked", fingerprint=here)
         if self._verify == "never" and standing(art) == "passed":
             as_built.source = "not checked (verify='never')"
@@ -183,7 +220,7 @@ class Session:
             if proven_here(art, here):
                 as_built.source = "build"
                 return as_built
-            rec = recorded(self.bundle, art, here)
+            rec = recorded(self.bundle, art, here, options)
             if rec is not None:
                 return rec
         try:
@@ -192,7 +229,7 @@ class Session:
         except UserError as exc:
             return Verdict(art.target, art.precision, False, dict(art.runtime_config), "golden check",
                            failures=[str(exc)], fingerprint=here)
-        record(self.bundle, art, verdict)
+        record(self.bundle, art, verdict, options)
         return verdict
 
     def golden(self):
@@ -217,25 +254,39 @@ class Session:
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner.infer(feeds)
 
+    def _task(self, wanted: str, method: str) -> None:
+        """Refuse a method of another kind of bundle, naming the one that fits."""
+        task = self.manifest.task
+        if task != wanted:
+            fits = {"classification": "predict() or logits()", "features": "features()", "segmentation": "segment()"}
+            raise UserError(f"{method} is for {wanted} bundles; this one's task is {task}: use {fits.get(task, '?')}")
+
+    def _outputs(self, inputs: np.ndarray) -> np.ndarray:
+        """``[N, 3, H, W]`` preprocessed inputs -> ``[N, D]`` flattened outputs, refused when any is NaN or inf."""
+        out = batched_logits(self.runner, inputs, self.batch)
+        finite(out, f"{self.target} {self.precision}")
+        return out
+
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """``[N, 3, H, W]`` preprocessed inputs -> ``[N, classes]`` logits, in the artefact's batch size."""
-        return batched_logits(self.runner, inputs, self.batch)
+        self._task("classification", "logits()")
+        return self._outputs(inputs)
 
     def features(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """A backbone bundle (``--features``): ``[B, 3, H, W]`` preprocessed inputs -> its named feature maps."""
-        if not self.manifest.outputs:
-            raise UserError("this bundle returns logits, not feature maps: use predict() or logits()")
-        return self.runner.infer({self.runner.input_name: inputs})
+        self._task("features", "features()")
+        maps = self.runner.infer({self.runner.input_name: inputs})
+        for m in maps.values():
+            finite(m, f"{self.target} {self.precision}")
+        return maps
 
     def segment(self, images) -> list[np.ndarray]:
         """A segmentation bundle (``export(module, task="segmentation")``): images (paths, PIL images or uint8
         ``[H, W, 3]`` arrays), preprocessed as at export -> each one's class map, int64 ``[h, w]`` at the logits
         map's resolution (arg-max over classes; ``self.labels`` names them where the export was given names)."""
-        if self.manifest.task != "segmentation":
-            raise UserError(f"this bundle is not a segmentation model (its task is {self.manifest.task}): "
-                            f"use {'predict()' if self.manifest.task == 'classification' else 'features()'}")
+        self._task("segmentation", "segment()")
         _, classes, h, w = self.manifest.output.shape
-        flat = self.logits(preprocess_batch(as_images(images), self.preprocessing))
+        flat = self._outputs(preprocess_batch(as_images(images), self.preprocessing))
         out = flat.reshape(len(flat), classes, h, w)
         return list(out.argmax(1))
 
@@ -249,7 +300,7 @@ class Session:
             raise UserError(f"this bundle is a backbone: it returns feature maps "
                             f"({', '.join(o.name for o in self.manifest.outputs)}), not classes; use features()")
         values.check("topk", topk, values.TOPK)
-        logits = self.logits(preprocess_batch(as_images(images), self.preprocessing))
+        logits = self._outputs(preprocess_batch(as_images(images), self.preprocessing))
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         k = min(topk, probs.shape[-1])

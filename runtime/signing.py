@@ -5,10 +5,13 @@ over every file of the bundle, checked against a public key the user trusts, cat
 
     python -m exporters digits_vit --sign-key signing.pem          # writes BUNDLE/model.sig
     python -m runtime BUNDLE img.png --trust signing.pub.pem       # or VITDEPLOY_TRUST=signing.pub.pem
-    python -m model_signing verify key BUNDLE --signature BUNDLE/model.sig --public_key signing.pub.pem
+    python -m model_signing verify key BUNDLE --signature BUNDLE/model.sig --public_key signing.pub.pem \
+        --no-ignore-git-paths
 
 The signature covers every file in the bundle except itself (model-signing's file serialization, sha256 per
-file); an added, missing or changed file fails the check. Keys are PEM EC keys on P-256, P-384 or P-521
+file), git's files included; an added, missing or changed file fails the check. model-signing's own verifier
+leaves ``.git/``, ``.github/``, ``.gitignore`` and ``.gitattributes`` out unless told ``--no-ignore-git-paths``;
+the runtime never does, and refuses a bundle that holds any of them. Keys are PEM EC keys on P-256, P-384 or P-521
 (model-signing's set); ``openssl ecparam -name prime256v1 -genkey -noout -out signing.pem`` and
 ``openssl ec -in signing.pem -pubout -out signing.pub.pem`` make a pair. An encrypted private key takes its
 password from ``VITDEPLOY_SIGN_PASSWORD``.
@@ -27,9 +30,11 @@ from runtime.errors import UserError
 SIGNATURE = "model.sig"
 TRUST_ENV = "VITDEPLOY_TRUST"
 PASSWORD_ENV = "VITDEPLOY_SIGN_PASSWORD"
-# reason: a bundle is signed in its staging folder, which holds the exporter's ``.owner`` lock file until the
-# atomic commit removes it; the signature must not cover a file that is gone once the bundle is in place
-_NOT_SIGNED = (SIGNATURE, ".owner")
+_NOT_SIGNED = (SIGNATURE,)  # the signature covers every other file: nothing is ignored, git's files included
+# reason: model-signing ignores these by default (git's files, and the exporter's staging lock that signatures of
+# earlier versions left out), so a file hidden under them would pass a signature that was made with its defaults;
+# a bundle never holds them, so one that does is refused
+_NEVER_IN_A_BUNDLE = (".git", ".gitattributes", ".github", ".gitignore", ".owner")
 INSTALL = "pip install 'vitdeploy[sign]'"
 
 
@@ -73,7 +78,9 @@ def signing_key(path: str | Path):
     password = os.environ.get(PASSWORD_ENV)
     try:
         key = serialization.load_pem_private_key(_pem(path, "signing key"), password.encode() if password else None)
-    except TypeError:
+    except TypeError:  # reason: cryptography raises TypeError both for a missing and for an unneeded password
+        if password:
+            raise UserError(f"the signing key {path} is not encrypted but {PASSWORD_ENV} is set: unset it") from None
         raise UserError(f"the signing key {path} is encrypted: set {PASSWORD_ENV}") from None
     except ValueError as exc:
         raise UserError(f"{path} is not a usable PEM private key ({str(exc).splitlines()[0][:120]})") from None
@@ -95,9 +102,22 @@ def trust_key(path: str | Path):
 
 
 def trust_from(trust: str | Path | None) -> Path | None:
-    """The trust key asked for: the argument, else ``$VITDEPLOY_TRUST``, else none (signatures not required)."""
-    chosen = trust if trust not in (None, "") else os.environ.get(TRUST_ENV) or None
-    return Path(chosen) if chosen is not None else None
+    """The trust key asked for: the argument, else ``$VITDEPLOY_TRUST``, else none (signatures not required). An
+    empty or blank value, given or in the environment, is an error, never "no check": unset the variable instead."""
+    if trust is None:
+        env = os.environ.get(TRUST_ENV)
+        if env is None:
+            return None
+        if not env.strip():
+            raise UserError(f"${TRUST_ENV} is set but empty: name a public key, or unset it to open bundles without "
+                            "a signature check")
+        return Path(env)
+    if not isinstance(trust, (str, os.PathLike)):
+        raise UserError(f"trust must be the path of a PEM public key (got {type(trust).__name__})")
+    if not str(trust).strip():
+        raise UserError("--trust is empty: name a public key (PUBLIC_KEY.pem); leave it out to open bundles without "
+                        "a signature check")
+    return Path(trust)
 
 
 def sign_bundle(bundle: Path, key_path: str | Path) -> Path:
@@ -113,27 +133,38 @@ def sign_bundle(bundle: Path, key_path: str | Path) -> Path:
         # reason: model-signing 1.1 types the password as str but hands it to cryptography, which wants bytes
         ms.signing.Config().use_elliptic_key_signer(
             private_key=Path(key_path), password=password.encode() if password else None,
-        ).set_hashing_config(ms.hashing.Config().set_ignored_paths(paths=list(_NOT_SIGNED))).sign(bundle, tmp)
+        ).set_hashing_config(_hashing(ms)).sign(bundle, tmp)
         os.replace(tmp, bundle / SIGNATURE)
     finally:
         tmp.unlink(missing_ok=True)
     return bundle / SIGNATURE
 
 
+def _hashing(ms):
+    """model-signing's file serialization with nothing ignored but the signature (its default leaves git's out)."""
+    return ms.hashing.Config().set_ignored_paths(paths=list(_NOT_SIGNED), ignore_git_paths=False)
+
+
 def check_signature(bundle: Path, trust: str | Path) -> str:
     """Refuse (``UserError``, one line) a bundle that is not signed by ``trust``'s key or whose files differ from
-    what was signed; returns the key id it was signed with."""
+    what was signed, an added file anywhere included; returns the key id it was signed with. A bundle reached
+    through a symlink is checked at the folder it resolves to."""
     ms = _model_signing()
-    bundle = Path(bundle)
+    bundle = Path(os.path.realpath(bundle))
     public = trust_key(trust)
     sig = bundle / SIGNATURE
     if not sig.is_file():
         raise UserError(f"{bundle} is not signed (no {SIGNATURE}) and a trust key is set ({trust}): refused")
+    hidden = [n for n in _NEVER_IN_A_BUNDLE if (bundle / n).exists() or (bundle / n).is_symlink()]
+    if hidden:
+        raise UserError(f"{bundle} holds {', '.join(hidden)}, which is never part of a bundle (and which "
+                        "model-signing's defaults leave out of a signature): refused")
     try:
         # reason: model-signing prints a warning for signatures of its pre-1.0 format on stdout, where our
         # commands print their results
         with contextlib.redirect_stdout(io.StringIO()):
-            ms.verifying.Config().use_elliptic_key_verifier(public_key=Path(trust)).verify(bundle, sig)
+            ms.verifying.Config().use_elliptic_key_verifier(public_key=Path(trust)).set_hashing_config(
+                _hashing(ms)).verify(bundle, sig)
     except Exception as exc:  # reason: model-signing raises ValueError, cryptography's InvalidSignature, json errors
         raise UserError(f"{bundle} fails its signature check with {trust}: {_why(exc)}; refused") from None
     return key_id(public)

@@ -11,13 +11,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from runtime.errors import UserError
-from runtime.manifest import MANIFEST, RelPath, Sha256, _Model, first_error, load_json, resolve_inside, sha256_file
+from runtime.manifest import (
+    MANIFEST,
+    RelPath,
+    Sha256,
+    _Model,
+    first_error,
+    load_json,
+    read_manifest,
+    resolve_inside,
+    sha256_file,
+)
 
 SIZES = "sizes.json"
 SIZES_FORMAT = "vitdeploy-sizes/1"
@@ -27,8 +37,11 @@ def size_name(hw) -> str:
     return f"{hw[0]}x{hw[1]}"
 
 
+Side = Annotated[int, Field(gt=0, le=8192)]
+
+
 class SizeEntry(_Model):
-    input_size: tuple[int, int]  # (height, width)
+    input_size: tuple[Side, Side]  # (height, width)
     bundle: RelPath  # the single-size bundle's folder
     manifest_sha256: Sha256
 
@@ -62,7 +75,8 @@ class SizeSet(_Model):
         raise UserError(f"the bundle has no {size_name(hw)} artefacts; its sizes: {self.names}")
 
     def folder(self, bundle: Path, hw) -> Path:
-        """The single-size bundle for ``hw``, inside ``bundle``, its manifest checked against ``sizes.json``."""
+        """The single-size bundle for ``hw``, inside ``bundle``, its manifest checked against ``sizes.json``: its
+        sha256, and that its input is the size the entry names (entries swapped with their hashes are refused)."""
         e = self.entry(hw)
         sub = resolve_inside(bundle, e.bundle)
         manifest = resolve_inside(bundle, f"{e.bundle}/{MANIFEST}")
@@ -70,6 +84,10 @@ class SizeSet(_Model):
             raise UserError(f"bundle file missing: {e.bundle}/{MANIFEST}")
         if sha256_file(manifest) != e.manifest_sha256:
             raise UserError(f"sha256 mismatch for {e.bundle}/{MANIFEST}: it differs from {SIZES} (tampered or corrupt)")
+        takes = tuple(read_manifest(sub).input.shape[-2:])
+        if takes != tuple(e.input_size):
+            raise UserError(f"{SIZES} names {e.bundle} for {size_name(e.input_size)} inputs, but its manifest takes "
+                            f"{size_name(takes)}: refused (tampered or corrupt)")
         return sub
 
 
@@ -189,7 +207,7 @@ def open_bundle(bundle: str | Path, size, trust, **session_kw):
     """``runtime.open``: the signature checked once on the whole folder, then a ``Session`` (one size, or the
     ``size`` asked for) or a ``SizedSession``."""
     from runtime import values
-    from runtime.session import Session
+    from runtime.session import Session, check_open
     from runtime.signing import Checked, trusted
     sizes_asked = values.check("size", size, values.img_sizes)
     if sizes_asked is not None and len(sizes_asked) != 1:
@@ -209,6 +227,9 @@ def open_bundle(bundle: str | Path, size, trust, **session_kw):
         return session
     if sizes_asked:
         return open_one(size_set.folder(bundle, sizes_asked[0]))
+    # each size's Session opens when an input of its size first comes: its arguments are checked now
+    check_open(**{k: v for k, v in session_kw.items() if k in ("target", "precision", "device", "threads", "mode",
+                                                               "verify")})
     return SizedSession(bundle, size_set, open_one, signer)
 
 

@@ -95,6 +95,7 @@ SECONDS = real(0.0, MAX_SECONDS, lo_open=True, name="seconds")
 TOPK = integer(1, 1000, "topk")
 CLASSES = integer(1, 1_000_000, "classes")
 IMG_SIZE = integer(1, 8192, "img_size")  # what the architecture takes is checked when the model is built
+MAX_SIZES = 16  # input sizes in one bundle
 
 
 def img_sizes(value) -> list[tuple[int, int]]:
@@ -123,6 +124,9 @@ def img_sizes(value) -> list[tuple[int, int]]:
         out.append(size)
     if not out:
         raise argparse.ArgumentTypeError(f"must name at least one size (got {value!r})")
+    if len(out) > MAX_SIZES:
+        raise argparse.ArgumentTypeError(f"names {len(out)} sizes; one bundle holds at most {MAX_SIZES} (each is a "
+                                         "whole export)")
     return out
 
 

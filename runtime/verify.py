@@ -39,11 +39,12 @@ def verify_main(argv: list[str]) -> int:
 
     from runtime.errors import UserError
     from runtime.golden import read_golden
-    from runtime.proof import prove, record
-    from runtime.session import name_of, ranked, standing
+    from runtime.proof import prove, record, run_options
+    from runtime.session import check_open, name_of, ranked, standing
     from runtime.signing import Checked, read_trusted, trusted
     from runtime.sizes import read_sizes
     a = parser().parse_args(argv)
+    check_open(a.target, a.precision, a.device, a.threads)
     bundle = Path(a.bundle)
     signer = trusted(bundle, a.trust)
     size_set = read_sizes(bundle) if bundle.is_dir() else None
@@ -52,7 +53,7 @@ def verify_main(argv: list[str]) -> int:
     verdicts, out = [], []
     for size, folder in folders:
         manifest, _ = read_trusted(folder, Checked(signer) if signer else None)
-        arts = [x for x in ranked(manifest, a.target, a.precision) if a.all or standing(x) == "passed"]
+        arts = [x for x in ranked(manifest, a.target, a.precision, a.device) if a.all or standing(x) == "passed"]
         if not arts:
             raise UserError("no artefact that passed its gates at build matches (--all checks the others too)"
                             + (f" at {size}" if size else ""))
@@ -61,7 +62,7 @@ def verify_main(argv: list[str]) -> int:
         for art in arts:
             manifest.verify(folder, art.files)
             v = prove(folder, manifest, art, golden, a.device, a.threads, repair=not a.no_repair)
-            record(folder, art, v)
+            record(folder, art, v, run_options(not a.no_repair, a.device))
             mine.append((art, v))
         verdicts += [(size, art, v) for art, v in mine]
         out.append((f"input {size}\n" if size else "") + table(mine, golden, standing, name_of))

@@ -27,9 +27,11 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True, scope="session")
 def _verdict_cache(tmp_path_factory):
-    """Verdicts reached by runtime.open()/verify go to a cache of the test run, never the user's ~/.cache."""
+    """Verdicts reached by runtime.open()/verify go to a cache of the test run, authenticated with a key of the test
+    run, never the user's ~/.cache and ~/.config."""
     import os
     os.environ["VITDEPLOY_CACHE"] = str(tmp_path_factory.mktemp("verdict-cache"))
+    os.environ["VITDEPLOY_VERDICT_KEY"] = str(tmp_path_factory.mktemp("verdict-key") / "verdict.key")
     yield
 
 

@@ -121,6 +121,10 @@ def test_runtime_segments_like_the_module_and_verifies(exported, segmenter, tmp_
         masks = np.stack(s.segment(list(images)))
         with pytest.raises(UserError, match="use segment"):
             s.predict(list(images[:1]))
+        x = preprocess_batch(images[:1], s.preprocessing)
+        for wrong in (s.features, s.logits):  # another kind's method is refused, never a silent logits map
+            with pytest.raises(UserError, match=r"this one's task is segmentation: use segment\(\)"):
+                wrong(x)
     with torch.no_grad():
         want = segmenter(torch.from_numpy(preprocess_batch(images, s.preprocessing))).argmax(1).numpy()
     assert masks.shape == (8, 32, 32) and (masks == want).mean() >= DENSE["int8"].pixel_agreement

@@ -104,5 +104,8 @@ def test_runtime_returns_the_named_maps_close_to_pytorch(backbone_bundle):
                 assert out.shape == r.shape and _cosines(out, r).min() > 0.99, (target, name)
             with pytest.raises(UserError, match="this bundle is a backbone"):
                 s.predict([np.zeros((40, 56, 3), np.uint8)])
+            with pytest.raises(UserError, match=r"logits\(\) is for classification bundles; this one's task is "
+                                                r"features: use features\(\)"):
+                s.logits(x[:1])  # never the maps flattened
     proc = subprocess.run([sys.executable, "-m", "runtime", "verify", str(bundle)], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.count(" int8 | passed | passed |") == 2, proc.stdout + proc.stderr

@@ -101,7 +101,11 @@ def test_trust_from_the_environment_refuses_an_unsigned_bundle(signed, keys, tmp
     monkeypatch.setenv(TRUST_ENV, str(keys["ours"][1]))
     code, _, err = cli_in_process(capsys, "runtime", "bench", unsigned, "--runs", "2")
     assert code == 2 and "is not signed" in err and "Traceback" not in err, err
-    monkeypatch.setenv(TRUST_ENV, "")  # set but empty: no trust key, as if unset
+    for blank in ("", "  "):  # set but blank is an error, never "no check": unset the variable instead
+        monkeypatch.setenv(TRUST_ENV, blank)
+        code, out, err = cli_in_process(capsys, "runtime", "bench", unsigned, "--runs", "2", "--warmup", "1")
+        assert code == 2 and "VITDEPLOY_TRUST is set but empty" in err and "Traceback" not in err, err
+    monkeypatch.delenv(TRUST_ENV)
     code, out, err = cli_in_process(capsys, "runtime", "bench", unsigned, "--runs", "2", "--warmup", "1")
     assert code == 0, err
 
@@ -181,3 +185,61 @@ def test_encrypted_key_signs_with_its_password(keys, signed, tmp_path, monkeypat
     assert not list(tmp_path.glob(".p384.*tmp*"))  # the signature went in whole, nothing left beside
     with runtime.open(b, trust=pub, verify="never"):
         pass
+
+
+def test_an_empty_trust_value_is_an_error_not_an_off_switch(signed, keys, tmp_path, capsys):
+    unsigned = copy(signed, tmp_path / "unsigned")
+    (unsigned / SIGNATURE).unlink()
+    for blank in ("", " "):
+        code, _, err = cli_in_process(capsys, "runtime", "bench", unsigned, "--trust", blank, "--runs", "2")
+        assert code == 2 and "--trust is empty" in err and "Traceback" not in err, err
+        with pytest.raises(UserError, match="--trust is empty"):
+            runtime.open(unsigned, trust=blank)
+
+
+@pytest.mark.parametrize("hidden", [".github/model.onnx", ".git/objects/model.onnx", ".gitignore", ".gitattributes",
+                                    ".owner"])
+def test_a_file_hidden_where_model_signing_looks_away_is_refused(hidden, signed, keys, tmp_path):
+    extra = copy(signed, tmp_path / "extra")
+    target = extra / hidden
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(signed / "model.onnx", target)
+    with pytest.raises(UserError, match=f"holds {hidden.split('/')[0]}"):
+        runtime.open(extra, trust=keys["ours"][1])
+    proc = subprocess.run([sys.executable, "-m", "model_signing", "verify", "key", str(extra), "--signature",
+                           str(extra / SIGNATURE), "--public_key", str(keys["ours"][1]), "--no-ignore-git-paths"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout  # model-signing agrees once told not to look away
+
+
+def test_a_signature_covers_git_files_too(signed, keys, tmp_path):
+    """Signed with nothing ignored but the signature itself: a .gitignore present when the bundle was signed is
+    covered, so losing it fails model-signing's own check (told not to look away from git's files); our runtime
+    refuses a bundle holding one whatever its signature says."""
+    from runtime.signing import check_signature
+    b = copy(signed, tmp_path / "with-git")
+    (b / ".gitignore").write_text("*.tmp\n")
+    sign_bundle(b, keys["ours"][0])
+    with pytest.raises(UserError, match="holds .gitignore"):
+        check_signature(b, keys["ours"][1])
+    (b / ".gitignore").unlink()
+    proc = subprocess.run([sys.executable, "-m", "model_signing", "verify", "key", str(b), "--signature",
+                           str(b / SIGNATURE), "--public_key", str(keys["ours"][1]), "--no-ignore-git-paths"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and ".gitignore" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_password_for_an_unencrypted_key_is_named(keys, monkeypatch):
+    from runtime.signing import signing_key
+    monkeypatch.setenv("VITDEPLOY_SIGN_PASSWORD", "pw")
+    with pytest.raises(UserError, match="is not encrypted but VITDEPLOY_SIGN_PASSWORD is set"):
+        signing_key(keys["ours"][0])
+
+
+def test_a_bundle_reached_through_a_symlink_verifies(signed, keys, tmp_path, capsys):
+    link = tmp_path / "current"
+    link.symlink_to(signed, target_is_directory=True)
+    with runtime.open(link, trust=keys["ours"][1], verify="never") as s:
+        assert s.signed_by
+    code, _, err = cli_in_process(capsys, "runtime", "verify", link, "--trust", keys["ours"][1])
+    assert code == 0, err

@@ -1,5 +1,6 @@
 """Several input sizes: which sizes a model takes, one bundle holding each, and the runtime serving each size."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -195,3 +196,84 @@ def test_runtime_build_on_a_size_set_records_each_engine_and_keeps_the_hash_chai
             assert s.logits(np.zeros((1, 3, *hw), np.float32)).shape == (1, 10)
     code, _, err = cli_in_process(capsys, "runtime", "build", copy, "--size", "64")
     assert code == 2 and "no 64x64 artefacts; its sizes: 32x32, 48x48" in err
+
+
+# --- what a hostile round found (issue: proof that can't be fooled) ---------------------------------------------
+
+def test_a_size_set_is_a_bundle_of_ours_and_is_replaced_by_a_new_export(sized, tmp_path, capsys):
+    from exporters.bundle import is_bundle, staged_bundle
+    from tests.conftest import cli_in_process
+    bundle, _ = sized
+    out = tmp_path / "o"
+    shutil.copytree(bundle, out / "digits_swin")
+    assert is_bundle(out / "digits_swin")
+    with staged_bundle(out, "digits_swin") as work:  # what a second multi-size run commits through
+        (work / "sizes.json").write_text((bundle / "sizes.json").read_text())
+    code, _, err = cli_in_process(capsys, "exporters", "digits_swin", "--out", out, "--runs", "2", "--quiet")
+    assert code == 0, err  # a single-size export replaces it too
+    assert (out / "digits_swin" / "manifest.json").is_file() and not (out / "digits_swin" / "sizes.json").exists()
+
+
+def test_every_size_is_checked_before_any_is_relaid(tmp_path, capsys, monkeypatch):
+    import exporters.multisize as multisize
+    from tests.conftest import cli_in_process
+    relaid = []
+    monkeypatch.setattr(multisize, "model_at_size", lambda *a, **k: relaid.append(a) or (_ for _ in ()).throw(
+        AssertionError("re-laid before every size was checked")))
+    sizes = ",".join(str(s) for s in range(32, 32 + 16 * 14, 16)) + ",33"  # 15 that fit, the last one does not
+    code, _, err = cli_in_process(capsys, "exporters", "digits_swin", "--img-size", sizes, "--out", tmp_path / "o")
+    assert code == 2 and "--img-size 33 does not fit" in err and relaid == [] and not (tmp_path / "o").exists()
+    many = ",".join(str(s) for s in range(32, 32 + 16 * 17, 16))
+    code, _, err = cli_in_process(capsys, "exporters", "digits_swin", "--img-size", many, "--out", tmp_path / "o")
+    assert code == 2 and "names 17 sizes; one bundle holds at most 16" in err
+
+
+@pytest.mark.parametrize("model, size", [("digits_swin", "4096"), ("digits_vit", "8192")])
+def test_a_size_that_cannot_fit_in_memory_is_refused_from_shapes(model, size, tmp_path, capsys):
+    import time
+
+    from tests.conftest import cli_in_process
+    t0 = time.perf_counter()
+    code, _, err = cli_in_process(capsys, "exporters", model, "--img-size", size, "--out", tmp_path / "o")
+    assert code == 2 and "GiB is available here" in err and "Traceback" not in err, err
+    assert time.perf_counter() - t0 < 60 and not (tmp_path / "o").exists()
+
+
+def test_a_size_with_no_fitting_neighbour_says_so_and_tiny_sizes_name_theirs(capsys, tmp_path):
+    from tests.conftest import cli_in_process
+    code, _, err = cli_in_process(capsys, "exporters", "digits_swin", "--img-size", "1", "--out", tmp_path / "o")
+    assert code == 2 and re.search(r"nearest sizes that do: \d+, \d+$", err.strip()), err
+
+
+@pytest.mark.parametrize("bad", [[0, 48], [-32, 48], [48, 9000]])
+def test_a_size_list_with_an_impossible_size_is_refused(bad, sized, tmp_path, capsys):
+    from tests.conftest import cli_in_process
+    bundle, _ = sized
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    s = json.loads((copy / "sizes.json").read_text())
+    s["sizes"][1]["input_size"] = bad
+    (copy / "sizes.json").write_text(json.dumps(s))
+    code, _, err = cli_in_process(capsys, "runtime", "verify", copy)
+    assert code == 2 and "not a valid vitdeploy size list" in err and "Traceback" not in err, err
+
+
+def test_swapped_size_entries_are_refused_not_served_under_the_wrong_name(sized, tmp_path):
+    bundle, _ = sized
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    s = json.loads((copy / "sizes.json").read_text())
+    a, b = s["sizes"]
+    a["bundle"], b["bundle"] = b["bundle"], a["bundle"]
+    a["manifest_sha256"], b["manifest_sha256"] = b["manifest_sha256"], a["manifest_sha256"]
+    (copy / "sizes.json").write_text(json.dumps(s))
+    with runtime.open(copy, target="openvino") as sess:
+        with pytest.raises(UserError, match="names 48x48 for 32x32 inputs, but its manifest takes 48x48"):
+            sess.logits(np.zeros((1, 3, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize("kw, match", [({"threads": 0}, "threads"), ({"verify": "bogus"}, "verify must be one of"),
+                                       ({"mode": "bogus"}, "unknown mode"), ({"target": "nosuch"}, "unknown target"),
+                                       ({"precision": "int4"}, "precision must be one of")])
+def test_a_size_set_refuses_bad_arguments_when_opened(kw, match, sized):
+    bundle, _ = sized
+    with pytest.raises(UserError, match=match):
+        runtime.open(bundle, **kw)

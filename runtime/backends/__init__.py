@@ -36,6 +36,7 @@ class Backend:
     # (runtime_config) -> [(name, runtime_config), ...], the configuration itself not among them (runtime/repair.py)
     alternatives: Callable[[dict], list[tuple[str, dict]]] | None = None
     gpu: bool = False  # numerics depend on the GPU (its name and compute capability are in the fingerprint)
+    takes_device: bool = False  # honours a device name (OpenVINO's CPU, GPU, NPU); others choose their own
 
     def available(self) -> str | None:
         """``None`` when artefacts of this backend can run here, else why not (with the install hint)."""

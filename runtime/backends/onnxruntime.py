@@ -71,6 +71,8 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(path), so, providers=self.providers)
         except Exception as exc:  # reason: ORT raises its own Fail/InvalidGraph/NoSuchFile types
             raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}")
+        if len(self.session.get_inputs()) != 1:
+            raise UserError(f"{path} takes {len(self.session.get_inputs())} inputs; an artefact takes one image batch")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = [d if isinstance(d, int) else -1 for d in inp.shape]

@@ -148,4 +148,4 @@ def alternatives(config: dict) -> list[tuple[str, dict]]:
 
 
 BACKEND = Backend(name="openvino", sdk="openvino", install=INSTALL, rank=20, open=open_artifact,
-                  alternatives=alternatives)
+                  alternatives=alternatives, takes_device=True)
