@@ -201,6 +201,10 @@ def _vs_naive(argv) -> int:
     kind.add_argument("--segmentation", action="store_const", dest="kind", const="segmentation",
                       help="time each model under an FPN segmentation head (benchmarks/segmenter.py, 150 classes, "
                            "logits at 1/4 of the input), exported by vitdeploy with task='segmentation'")
+    from exporters.recipes import RECIPE_NAMES
+    p.add_argument("--recipe", choices=(*RECIPE_NAMES, "auto"), default="auto",
+                   help="vitdeploy's INT8 recipe (default auto: each built, gated and timed, the fastest that passes "
+                        "kept)")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render, timed_model
@@ -211,7 +215,7 @@ def _vs_naive(argv) -> int:
             timed_model(m, size, a.kind)  # an unknown model or a size it can't take: one line before any work
     threads = a.threads or default_threads()
     res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None,
-                  sizes=a.img_size, kind=a.kind)
+                  sizes=a.img_size, kind=a.kind, recipe=a.recipe)
     env = environment(threads)
     md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
     _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})

@@ -111,14 +111,15 @@ def naive_runner(kind: str, artefact, mode: str) -> Runner:
 
 
 def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | None, batch: int = 1,
-               model=None, spec=None) -> Path:
-    """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults; given ``model`` and ``spec``, of
-    that very module (a zoo model with random weights differs from one creation to the next)."""
+               model=None, spec=None, recipe: str = "auto") -> Path:
+    """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults and INT8 ``recipe`` (``auto``: each
+    built, gated and timed here, the fastest that passes kept); given ``model`` and ``spec``, of that very module (a
+    zoo model with random weights differs from one creation to the next)."""
     from exporters.pipeline import RunOptions, run
     rep = run(RunOptions(model=name, module=model, spec=spec, targets=["onnxruntime", "openvino"],
                          precisions=["fp16", "int8"], data=data,
                          calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, batch=batch,
-                         options={"recipe": "auto"}, quiet=True))
+                         options={"recipe": recipe}, quiet=True))
     return Path(rep["bundle"])
 
 
@@ -151,7 +152,7 @@ def timed_model(name: str, img_size: tuple[int, int] | None, kind: str = "classi
 
 
 def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, throughput_s: float | None = None,
-            img_size: tuple[int, int] | None = None, kind: str = "classifier") -> dict:
+            img_size: tuple[int, int] | None = None, kind: str = "classifier", recipe: str = "auto") -> dict:
     """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name`` (at ``img_size``: the same
     re-laid module on every path; ``kind``: ``timed_model``'s), interleaved; with ``throughput_s``, then images/s
     of each, opened in throughput mode, also interleaved."""
@@ -164,7 +165,8 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
     naive = naive_artefacts(model, shape, calib, work, output_names(spec))
-    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch, model=model, spec=spec)
+    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, batch=batch, model=model, spec=spec,
+                        recipe=recipe)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
     def runners_in(mode: str) -> dict[str, Runner]:
@@ -195,8 +197,9 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     return rows
 
 
-def accuracy(name: str, threads: int, work: Path) -> dict:
-    """Top-1, agreement and cosine_min of every INT8 path of a trained digits model, against PyTorch FP32."""
+def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_size: int | None = None) -> dict:
+    """Top-1, agreement and cosine_min of every INT8 path of a trained digits model, against PyTorch FP32, on the
+    hold-out (``eval_size`` of it, chosen with a fixed seed; default all)."""
     import torch
 
     from calibration import load_set
@@ -206,12 +209,13 @@ def accuracy(name: str, threads: int, work: Path) -> dict:
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=128, part="train", progress=False)
-    ev = load_set("digits", spec.preprocessing, size=None, part="holdout", progress=False)
+    ev = load_set("digits", spec.preprocessing, size=eval_size, part="holdout", progress=False)
     with torch.no_grad():
         ref = model(torch.from_numpy(ev.inputs)).numpy()
     runners = {k: naive_runner(kind, a, "latency") for k, (kind, a) in naive_artefacts(model, shape, calib, work).items()
                if "int8" in k}
-    ours = our_runners(our_bundle(name, work / "bundles", "digits", threads, eval_size=None), threads, "latency")
+    ours = our_runners(our_bundle(name, work / "bundles", "digits", threads, eval_size=eval_size, recipe=recipe),
+                       threads, "latency")
     runners.update({k: v for k, v in ours.items() if "int8" in k})
     _close({k: v for k, v in ours.items() if "int8" not in k})
     from runtime.accuracy import judge
@@ -247,17 +251,19 @@ def competitors(rows: dict, accuracy: dict, family: str | None = None) -> dict:
 
 def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughput_s: float | None = None,
             accuracy_models=("digits_swin", "digits_vit"), sizes: list[tuple[int, int]] | None = None,
-            kind: str = "classifier") -> dict:
+            kind: str = "classifier", recipe: str = "auto", accuracy_eval_size: int | None = None) -> dict:
     """Every model (at every size of ``sizes``, each keyed ``"swin_t 384x384"``; another ``kind`` named in the key:
-    ``"swin_t backbone 800x1344"``), then the digits accuracy."""
+    ``"swin_t backbone 800x1344"``), then the digits accuracy (on ``accuracy_eval_size`` hold-out images, default
+    all). ``recipe``: vitdeploy's INT8 recipe (default ``auto``)."""
     with tempfile.TemporaryDirectory() as d:
         lat = {}
         for m in models:
             for size in sizes or [None]:
                 key = " ".join([m, *([kind] if kind != "classifier" else []),
                                 *([f"{size[0]}x{size[1]}"] if size else [])])
-                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size, kind)
-        acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}") for m in accuracy_models}
+                lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size, kind,
+                                   recipe)
+        acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}", recipe, accuracy_eval_size) for m in accuracy_models}
     return {"batch": batch, "latency_ms": lat, "accuracy": acc}
 
 

@@ -25,10 +25,16 @@ def test_digits_models_pass(name, tmp_path):
     assert exp.contract["passed"] and exp.op_counts.get("LayerNormalization", 0) > 0
 
 
+@pytest.fixture(scope="module")
+def swin_t_rewritten(tmp_path_factory):
+    """swin_t's rewritten export, made once for the tests that read it."""
+    return _export("swin_t", tmp_path_factory.mktemp("swin_t"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["swin_t", "tv:swin_t", "vit_s"])
-def test_full_size_models_pass(name, tmp_path):
-    exp = _export(name, tmp_path)
+def test_full_size_models_pass(name, tmp_path, request):
+    exp = request.getfixturevalue("swin_t_rewritten") if name == "swin_t" else _export(name, tmp_path)
     assert exp.contract["passed"]
     for op in ("Shape", "ConstantOfShape", "Range", "ScatterND", "NonZero"):
         assert op not in exp.op_counts, op
@@ -37,11 +43,12 @@ def test_full_size_models_pass(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_rewritten_swin_t_is_smaller_than_naive(tmp_path):
+def test_rewritten_swin_t_is_smaller_than_naive(tmp_path, swin_t_rewritten):
+    import onnxslim
     raw = _export("swin_t", tmp_path / "raw", rewrites=False, simplify=False)
-    slim = _export("swin_t", tmp_path / "slim", rewrites=False)
-    ours = _export("swin_t", tmp_path)
-    assert ours.num_nodes < slim.num_nodes <= raw.num_nodes
+    slim = onnxslim.slim(onnx.load(str(raw.path)))  # what the exporter's simplification makes of the naive export
+    ours = swin_t_rewritten
+    assert ours.num_nodes < len(slim.graph.node) <= raw.num_nodes
     # the raw upstream export carries Pads that pad nothing; the checker names them
     assert not raw.contract["passed"] and any("Pad that pads nothing" in v for v in raw.contract["violations"])
 

@@ -7,7 +7,8 @@ pytestmark = pytest.mark.slow
 
 def test_vs_naive_on_digits_vit():
     from benchmarks.vs_naive import measure, render
-    res = measure(["digits_vit"], threads=2, runs=3, batch=2, throughput_s=0.3, accuracy_models=("digits_vit",))
+    res = measure(["digits_vit"], threads=2, runs=3, batch=2, throughput_s=0.3, accuracy_models=("digits_vit",),
+                  accuracy_eval_size=256)
     assert res["batch"] == 2
     rows = res["latency_ms"]["digits_vit"]
     assert {"pytorch eager fp32", "naive onnxruntime fp32", "naive openvino default", "naive openvino nncf int8",
@@ -72,7 +73,7 @@ def test_vs_naive_times_a_backbone_and_a_segmentation_model(kind, size):
     --segmentation: the backbone under an FPN head, exported by vitdeploy as task='segmentation', its fidelity
     judged by pixel agreement and mean IoU too."""
     from benchmarks.vs_naive import measure, render
-    res = measure(["digits_swin"], threads=2, runs=2, sizes=[size], kind=kind, accuracy_models=())
+    res = measure(["digits_swin"], threads=2, runs=2, sizes=[size], kind=kind, accuracy_models=(), recipe="mixed")
     key = f"digits_swin {kind} {size[0]}x{size[1]}"
     rows = res["latency_ms"][key]
     assert {"naive openvino nncf int8", "vitdeploy openvino int8", "vitdeploy onnxruntime int8"} <= set(rows)
