@@ -68,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="download the library's pretrained weights "
                                                              "(needs network)")
     p.add_argument("--num-classes", type=values.CLASSES, default=None,
-                   help="classes of a fine-tuned checkpoint (default: read from its classifier, stated in the report)")
+                   help="classes of a fine-tuned checkpoint (default: read from its classifier, stated in the report); "
+                        "0: no classifier, the pooled embedding is exported (an embedding model, gated by cosine)")
     p.add_argument("--img-size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
                    help="input resolution of a timm Swin or ViT: 384, 800x1344 (height x width), or several "
                         "(224,384: one bundle, an artefact per size; the runtime serves each input with its own). "

@@ -67,7 +67,7 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels, task:
 
     from exporters.outputs import dry_run
     from exporters.saved import read_labels
-    from exporters.zoo import ModelSpec, _timm_spec
+    from exporters.zoo import EMBEDDING, ModelSpec, _timm_spec
     from runtime.values import check_labels
     if not isinstance(module, nn.Module):
         raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(module).__name__}")
@@ -90,15 +90,26 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels, task:
     if tuple(pp.input_size) != tuple(shape[1:]):
         raise ExportError(f"preprocessing input_size {tuple(pp.input_size)} differs from input_shape {shape}")
     out = dry_run(module, shape, "the module")  # NaN or inf in its outputs: refused here
-    dense = task == "segmentation"
+    if task == "classification" and base is not None and base.task == "embedding":
+        task = "embedding"  # a timm model without a classifier returns its pooled embedding
+    dense, embedding = task == "segmentation", task == "embedding"
     if not isinstance(out, torch.Tensor) or out.ndim != (4 if dense else 2):
         got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"a tensor of shape {list(out.shape)}"
-        raise ExportError(f"the module must return {'a logits map [B, classes, H, W]' if dense else 'logits [B, classes]'}"
-                          f" as one tensor for task='{task}' (it returned {got})")
+        want = {"segmentation": "a logits map [B, classes, H, W]", "embedding": "an embedding [B, D]"}.get(
+            task, "logits [B, classes]")
+        raise ExportError(f"the module must return {want} as one tensor for task='{task}' (it returned {got})")
     classes = int(out.shape[1] if dense else out.shape[-1])
     if classes < 1:
-        raise ExportError(f"the module returns {list(out.shape)}: no {'class channels' if dense else 'classes'} "
-                          "to judge")
+        raise ExportError(f"the module returns {list(out.shape)}: no "
+                          f"{'class channels' if dense else 'dimensions' if embedding else 'classes'} to judge")
+    if embedding:
+        if labels:
+            raise ExportError("labels name classes; an embedding model has none")
+        return ModelSpec(name=name, source=base.source if base else f"module:{type(module).__qualname__}",
+                         family=_family(module), input_shape=shape, preprocessing=pp, num_classes=0,
+                         weights="given module", task="embedding", outputs=[(EMBEDDING, [classes])],
+                         notes=[] if preprocessing is not None or base is not None else [
+                             "preprocessing not given: ImageNet mean/std, bicubic resize, crop 0.875 assumed"])
     names = read_labels(labels) if isinstance(labels, (str, Path)) else check_labels(list(labels), "labels") if labels else \
         (base.labels if base is not None and base.num_classes == classes else None)
     if names is not None and len(names) != classes:
@@ -132,6 +143,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     measures images/s in throughput mode; ``repair=False`` keeps a failed row as it failed (no safe runtime
     configurations tried, no blocks kept); ``sign_key`` a PEM EC private key to sign the bundle with
     (``model.sig``, OpenSSF model-signing format; ``runtime.open(..., trust=PUBLIC_KEY)`` checks it);
+    ``task="embedding"`` for a module returning an embedding ``[B, D]`` (a timm model without a classifier is one
+    whatever ``task`` says): gated on the worst sample's cosine;
     ``task="segmentation"`` for a module returning a logits map ``[B, classes, H, W]`` (a backbone and a dense head):
     gated on the map's cosine, pixel agreement and mean IoU against the module, with a drift table by module name
     for each reduced-precision artefact (ONNX Runtime and OpenVINO; exporters/outputs.py, exporters/dense.py).
@@ -163,8 +176,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     elif not isinstance(model_or_name, str):
         raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(model_or_name).__name__}")
     elif task != "classification":
-        raise ExportError(f"task={task!r} is for an nn.Module with a dense head; a named model is a classifier "
-                          "(--features exports its backbone)")
+        raise ExportError(f"task={task!r} is for an nn.Module; a named model is a classifier, or an embedding model "
+                          "when it has no classifier (num_classes=0); features= exports its backbone")
     elif input_shape is not None or preprocessing is not None:
         raise ExportError("input_shape and preprocessing are for modules; a named model has its own "
                           "(use img_size= to change the resolution)")

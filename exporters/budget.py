@@ -148,7 +148,8 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
             with job.steps(f"{name} {precision}: accuracy budget, locating blocks"):
                 # output maps: the model is a wrapper (FeatureMaps, a user's dense module); its blocks are nested
                 probes = list(probes_from_export(ctx.model, (1, *job.input_shape[1:]),
-                                                 dense_probe(ctx.model) if job.spec.outputs else None))
+                                                 dense_probe(ctx.model) if job.spec.task in ("features", "segmentation")
+                                                 else None))
                 import onnx
 
                 from exporters.onnx import first_last_compute_nodes

@@ -1,6 +1,8 @@
 """What a model returns, and how an artefact's outputs are judged against the reference's, by task.
 
 - ``classification``: logits ``[N, classes]``; cosine, top-1/top-5 agreement and dataset top-1 (runtime/accuracy.py).
+- ``embedding`` (a timm model without a classifier, ``num_classes`` 0): the pooled embedding ``[N, D]``; the worst
+  sample's cosine (top-1 agreement over embedding dimensions means nothing and is not gated).
 - ``features`` (``--features``, exporters/features.py): several NCHW maps, flattened and concatenated per sample;
   each map's worst-sample cosine, and the worst map decides.
 - ``segmentation`` (``export(module, task="segmentation")``): one logits map ``[N, classes, H, W]``; the cosine over
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-TASKS = ("classification", "segmentation")  # what export() takes; "features" comes from --features
+TASKS = ("classification", "embedding", "segmentation")  # what export() takes; "features" comes from --features
 
 
 def widths(spec) -> list[int] | None:
@@ -105,14 +107,18 @@ def check_dry_run(model, spec) -> None:
     out = dry_run(model, spec.input_shape, spec.name)
     got = [list(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
     want = [[1, *shape] for _, shape in spec.outputs] if spec.outputs else [[1, spec.num_classes]]
+    what = {"embedding": "its pooled embedding", "features": "its maps", "segmentation": "its logits map"}.get(
+        spec.task, f"logits for its {spec.num_classes} classes")
     if got != want:
         raise UserError(f"{spec.name} returns {' '.join(map(str, got)) or 'no tensor'} where {want} was expected "
-                        f"({'its maps' if spec.outputs else f'logits for its {spec.num_classes} classes'}): "
-                        "refused before any export")
+                        f"({what}): refused before any export")
 
 
 def task_note(spec) -> str | None:
     """What a row's gate is, in words, where it is not the classifier's."""
+    if spec.task == "embedding":
+        return ("embedding (no classifier): gated on the worst sample's cosine to the reference's embedding; top-1 "
+                "agreement over embedding dimensions means nothing and is not gated")
     if spec.task == "segmentation":
         return ("segmentation: gated on the logits map's worst-sample cosine, pixel agreement and mean IoU of the "
                 "class maps against the reference's (checks.dense; runtime/tolerances.py DENSE); top-1 agreement "

@@ -240,6 +240,9 @@ def prepare(opts: RunOptions) -> Job:
             model, spec = backbone(model, spec, opts.feature_indices,
                                    sizes[0] if sizes else tuple(spec.input_shape[1:]), opts.model)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
+    if spec.task == "embedding" and opts.max_drop is not None:
+        raise UserError(f"--max-drop is a drop of top-1 on labelled images; {spec.name} has no classifier (an "
+                        "embedding model): use --min-cosine")
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)
     if spec.outputs and opts.eval_size is None:  # a backbone's maps are large: every runner keeps them for the set
@@ -481,8 +484,9 @@ def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manife
                          layout="NCHW"),
         output=TensorSpec(name=OUTPUT_NAME, shape=[shape[0], job.spec.num_classes], dtype="float32")
         if not job.spec.outputs else TensorSpec(name=job.spec.outputs[0][0], shape=[shape[0], *job.spec.outputs[0][1]],
-                                                dtype="float32", layout="NCHW"),
-        outputs=[TensorSpec(name=n, shape=[shape[0], *s], dtype="float32", layout="NCHW")
+                                                dtype="float32", layout="NCHW" if len(job.spec.outputs[0][1]) == 3
+                                                else None),
+        outputs=[TensorSpec(name=n, shape=[shape[0], *s], dtype="float32", layout="NCHW" if len(s) == 3 else None)
                  for n, s in job.spec.outputs] if job.spec.outputs else None,
         task=job.spec.task, preprocessing=job.spec.preprocessing.to_dict(), labels=job.spec.labels,
         onnx=exp.path.relative_to(work).as_posix(), artifacts=[a.entry(work) for a in artifacts],

@@ -119,9 +119,16 @@ def to_model_layout(sd: dict, model: nn.Module, source: str) -> dict:
     return sd
 
 
-def load_weights(model: nn.Module, path: Path, source: str) -> None:
-    """Load ``path`` into ``model`` strictly; a key or shape mismatch is a one-line ``UserError``."""
+def load_weights(model: nn.Module, path: Path, source: str, drop_classifier: bool = False) -> None:
+    """Load ``path`` into ``model`` strictly; a key or shape mismatch is a one-line ``UserError``. With
+    ``drop_classifier`` (an embedding model built from a classifier's checkpoint) the classifier's weight and bias
+    are left out."""
+    from exporters.saved import checkpoint_classes
     sd = to_model_layout(read_state_dict(path), model, source)
+    found = checkpoint_classes(sd) if drop_classifier else None
+    if found is not None:
+        head = found[1].rsplit(".", 1)[0] + "."
+        sd = {k: v for k, v in sd.items() if not (k.startswith(head) and k not in model.state_dict())}
     own = model.state_dict()
     bad_shape = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if bad_shape:

@@ -58,7 +58,7 @@ class ModelSpec:
     weights: str = "random"  # "random" | "pretrained" | path of the weights file
     notes: list[str] = field(default_factory=list)
     outputs: list | None = None  # output maps [(name, [C, h, w]), ...] (a backbone, a segmentation model); None: logits
-    task: str = "classification"  # "classification" | "features" | "segmentation" (exporters/outputs.py)
+    task: str = "classification"  # "classification" | "embedding" | "features" | "segmentation" (exporters/outputs.py)
 
     @property
     def slug(self) -> str:
@@ -101,9 +101,22 @@ def _timm_spec(model: nn.Module, name: str, source: str, arch: str) -> ModelSpec
     pp = Preprocessing(input_size=tuple(cfg["input_size"][1:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                        interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]),
                        crop_mode=cfg.get("crop_mode", "center"))
+    if not model.num_classes:  # no classifier: the pooled embedding is the output
+        return ModelSpec(name=name, source=source, family=_family(arch), input_shape=tuple(cfg["input_size"]),
+                         preprocessing=pp, num_classes=0, task="embedding",
+                         outputs=[(EMBEDDING, [embedding_width(model)])])
     labels = label_names(getattr(model, "pretrained_cfg", {}), model.num_classes) or _imagenet_labels(model.num_classes)
     return ModelSpec(name=name, source=source, family=_family(arch), input_shape=tuple(cfg["input_size"]),
                      preprocessing=pp, num_classes=model.num_classes, labels=labels)
+
+
+EMBEDDING = "embedding"  # the output's name in an embedding model's ONNX and manifest
+
+
+def embedding_width(model: nn.Module) -> int:
+    """What a timm model without a classifier returns per image: its pre-logits width (``head_hidden_size``, which a
+    head with a pre-logits layer sets), else ``num_features``. The dry run checks it."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def _timm_model(name: str, arch: str, pretrained: bool, **kw) -> tuple[nn.Module, ModelSpec]:
@@ -206,7 +219,7 @@ def _reinit_zero_linears(model: nn.Module, spec: ModelSpec) -> None:
 
 def _build(name: str, pretrained: bool, num_classes: int | None, img_size):
     if name in DIGITS:
-        if num_classes:
+        if num_classes is not None:
             raise UserError("the digits models are fixed fixtures: --num-classes does not apply")
         return _digits_model(name)
     from exporters.saved import is_saved_model
@@ -218,6 +231,9 @@ def _build(name: str, pretrained: bool, num_classes: int | None, img_size):
     if target.startswith("timm:"):
         return _timm_model(name, target[5:], pretrained, num_classes=num_classes)
     if target.startswith("tv:"):
+        if num_classes == 0:
+            raise UserError("--num-classes 0 (an embedding model) applies to timm models; load torchvision weights "
+                            "into the timm model: timm:<name> --weights ... --num-classes 0")
         return _tv_model(name, target[3:], pretrained, num_classes=num_classes, img_size=img_size)
     close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
     hint = f"; close names: {', '.join(close)}" if close else f"; known: {', '.join(known_names())}"
@@ -232,6 +248,9 @@ def _classes_from_checkpoint(weights: Path, num_classes: int | None) -> tuple[in
     if found is None:
         return num_classes, None
     n, key = found
+    if num_classes == 0:
+        return 0, (f"num_classes 0: the checkpoint's classifier '{key}' ({n} classes) is left out and the pooled "
+                   "embedding exported")
     if num_classes is not None and num_classes != n:
         raise UserError(f"--num-classes {num_classes} contradicts the checkpoint: its classifier '{key}' has "
                         f"{n} classes")
@@ -255,8 +274,8 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
 
     if weights is not None and pretrained:
         raise UserError("give either --weights or --pretrained, not both")
-    if num_classes is not None and num_classes < 1:
-        raise UserError(f"--num-classes must be at least 1 (got {num_classes})")
+    if num_classes is not None and num_classes < 0:
+        raise UserError(f"--num-classes must be 0 (no classifier: an embedding model) or more (got {num_classes})")
     note = None
     if weights is not None and name not in DIGITS:
         num_classes, note = _classes_from_checkpoint(Path(weights), num_classes)
@@ -268,7 +287,7 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
     elif pretrained:
         spec.weights = "pretrained"
     if weights is not None:
-        load_weights(model, Path(weights), spec.source)
+        load_weights(model, Path(weights), spec.source, drop_classifier=spec.task == "embedding")
         w = Path(weights).resolve()
         spec.weights = f"exporters/data/{w.name}" if w.parent == DATA.resolve() else str(weights)
     elif not pretrained and spec.weights == "random":

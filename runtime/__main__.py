@@ -1,6 +1,7 @@
 """``python -m runtime``: predict, time, or build a TensorRT engine from a bundle, without torch.
 
     python -m runtime BUNDLE IMG [IMG...] [--topk K] [--json] [--target T] [--precision P]
+                                   (a classifier's top-k; an embedding model's embedding; a segmenter's classes)
     python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P] [--throughput]
     python -m runtime build BUNDLE [--precision fp16|int8]     (TensorRT engine, on the device)
     python -m runtime verify BUNDLE [--target T] [--precision P] [--all] [--no-repair]
@@ -70,8 +71,11 @@ def _predict(argv) -> int:
     _proof_flags(p)
     a = p.parse_args(argv)
     with _open(a) as s:
-        if getattr(s, "manifest", None) is not None and s.manifest.task == "segmentation":
+        task = _task_of(s)
+        if task == "segmentation":
             return _print_segments(s, a)
+        if task == "embedding":
+            return _print_embeddings(s, a)
         preds = s.predict(a.images, topk=a.topk)
     for img, pred in zip(a.images, preds):
         if a.json:
@@ -79,6 +83,30 @@ def _predict(argv) -> int:
         else:
             tops = ", ".join(f"{lab} {sc:.3f}" for lab, sc in zip(pred.labels, pred.scores))
             print(f"{img}: {tops}" + (f"  [{pred.served}]" if pred.served else ""))
+    return 0
+
+
+def _task_of(opened) -> str:
+    """The task of an opened bundle (a session, or a size set: its first size's)."""
+    from runtime.sizes import SizedSession
+    if isinstance(opened, SizedSession):
+        return opened.session(opened.sizes[0]).manifest.task
+    return opened.manifest.task
+
+
+SHOWN = 8  # embedding values printed per image without --json
+
+
+def _print_embeddings(s, a) -> int:
+    """An embedding bundle: each image's embedding, its width, L2 norm and first values (``--json``: all of it)."""
+    for img, e in zip(a.images, s.embed(a.images)):
+        if a.json:
+            print(json.dumps({"image": img, "target": s.target, "precision": s.precision, "dim": int(e.size),
+                              "embedding": [float(v) for v in e]}))
+        else:
+            head = " ".join(f"{v:.4f}" for v in e[:SHOWN])
+            print(f"{img}: embedding [{e.size}], L2 norm {float(np.linalg.norm(e)):.4f}: {head}"
+                  + (" ..." if e.size > SHOWN else ""))
     return 0
 
 

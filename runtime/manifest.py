@@ -142,7 +142,7 @@ class Manifest(_Model):
     input: TensorSpec
     output: TensorSpec
     outputs: list[TensorSpec] | None = None  # a backbone's feature maps, in order (output is the first)
-    task: Literal["classification", "features", "segmentation"] = "classification"  # what output holds
+    task: Literal["classification", "embedding", "features", "segmentation"] = "classification"  # what output holds
     preprocessing: PreprocessingSpec
     labels: list[str] | None = None
     onnx: RelPath

@@ -258,7 +258,8 @@ class Session:
         """Refuse a method of another kind of bundle, naming the one that fits."""
         task = self.manifest.task
         if task != wanted:
-            fits = {"classification": "predict() or logits()", "features": "features()", "segmentation": "segment()"}
+            fits = {"classification": "predict() or logits()", "embedding": "embed()", "features": "features()",
+                    "segmentation": "segment()"}
             raise UserError(f"{method} is for {wanted} bundles; this one's task is {task}: use {fits.get(task, '?')}")
 
     def _outputs(self, inputs: np.ndarray) -> np.ndarray:
@@ -280,6 +281,13 @@ class Session:
             finite(m, f"{self.target} {self.precision}")
         return maps
 
+    def embed(self, images) -> np.ndarray:
+        """An embedding bundle (a model without a classifier): images (paths, PIL images or uint8 ``[H, W, 3]``
+        arrays), preprocessed as at export -> their pooled embeddings, float32 ``[N, D]`` (as the model returns them,
+        not normalised)."""
+        self._task("embedding", "embed()")
+        return self._outputs(preprocess_batch(as_images(images), self.preprocessing))
+
     def segment(self, images) -> list[np.ndarray]:
         """A segmentation bundle (``export(module, task="segmentation")``): images (paths, PIL images or uint8
         ``[H, W, 3]`` arrays), preprocessed as at export -> each one's class map, int64 ``[h, w]`` at the logits
@@ -296,7 +304,10 @@ class Session:
         if self.manifest.task == "segmentation":
             raise UserError("this bundle is a segmentation model: it returns a logits map per image, not classes; "
                             "use segment()")
-        if self.manifest.outputs:
+        if self.manifest.task == "embedding":
+            raise UserError("this bundle is an embedding model (no classifier): it returns an embedding per image, "
+                            "not classes; use embed()")
+        if self.manifest.task == "features":
             raise UserError(f"this bundle is a backbone: it returns feature maps "
                             f"({', '.join(o.name for o in self.manifest.outputs)}), not classes; use features()")
         values.check("topk", topk, values.TOPK)

@@ -28,6 +28,7 @@ from runtime.manifest import (
     resolve_inside,
     sha256_file,
 )
+from runtime.session import as_images
 
 SIZES = "sizes.json"
 SIZES_FORMAT = "vitdeploy-sizes/1"
@@ -160,6 +161,10 @@ class SizedSession:
     def features(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         return self._route(inputs).features(inputs)
 
+    def embed(self, images) -> np.ndarray:
+        """Each image's embedding through the artefact of its size (else the nearest declared size)."""
+        return np.concatenate(self._by_size(images, lambda session, ims: list(session.embed(ims))))
+
     def serving(self, images: list) -> list[Served]:
         """For each image (PIL or uint8 array), the size that serves it."""
         out = []
@@ -172,16 +177,23 @@ class SizedSession:
     def predict(self, images, topk: int = 5) -> list:
         """Each image through the artefact of its size (else the nearest declared size); ``Prediction.served``
         says which and why."""
-        from runtime.session import as_images
         images = as_images(images)
         served = self.serving(images)
-        preds: list = [None] * len(images)
+        preds = self._by_size(images, lambda session, ims: session.predict(ims, topk=topk))
+        for p, how in zip(preds, served):
+            p.served = str(how)
+        return preds
+
+    def _by_size(self, images, run) -> list:
+        """``run(session, images)`` for each size's images, its results back in the images' order."""
+        images = as_images(images)  # reason: a list of opened images passes through unchanged
+        served = self.serving(images)
+        out: list = [None] * len(images)
         for size in dict.fromkeys(s.size for s in served):
             idx = [i for i, s in enumerate(served) if s.size == size]
-            for i, p in zip(idx, self.session(size).predict([images[i] for i in idx], topk=topk)):
-                p.served = str(served[i])
-                preds[i] = p
-        return preds
+            for i, r in zip(idx, run(self.session(size), [images[i] for i in idx])):
+                out[i] = r
+        return out
 
     @property
     def target(self) -> str | None:

@@ -93,7 +93,7 @@ WARMUP = integer(0, MAX_RUNS, "warmup")
 SAMPLES = integer(1, 10_000_000, "samples")
 SECONDS = real(0.0, MAX_SECONDS, lo_open=True, name="seconds")
 TOPK = integer(1, 1000, "topk")
-CLASSES = integer(1, 1_000_000, "classes")
+CLASSES = integer(0, 1_000_000, "classes")  # 0: no classifier, the pooled embedding (timm's num_classes=0)
 IMG_SIZE = integer(1, 8192, "img_size")  # what the architecture takes is checked when the model is built
 MAX_SIZES = 16  # input sizes in one bundle
 

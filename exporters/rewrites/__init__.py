@@ -22,7 +22,8 @@ Shapes = dict[str, tuple[int, ...]]
 # The order rules run in, and why it matters: vit_embed wraps the root model, which moves every
 # submodule under "inner." so the dry-run shapes (keyed by the original names) no longer find them;
 # every rule that rewrites submodules of a ViT must run before it. The others are independent.
-ORDER = ("gelu_fusable", "swin_window_attention", "swin_patch_merging", "vit_attention", "vit_embed")
+ORDER = ("gelu_fusable", "std_conv_folded", "swin_window_attention", "swin_patch_merging", "swinv2_window_attention",
+         "swinv2_patch_merging", "relpos_attention", "relpos_shared_bias", "vit_attention", "vit_embed")
 
 
 def _always(name: str, module: nn.Module, shapes: Shapes) -> bool:
@@ -47,7 +48,7 @@ def register(rule: Rule) -> Rule:
 
 def load_rules() -> dict[str, Rule]:
     """Import the rule modules (which register themselves) and return every rule by name."""
-    from exporters.rewrites import common, swin, vit  # noqa: F401
+    from exporters.rewrites import common, relpos, swin, swinv2, vit  # noqa: F401
     return RULES
 
 

@@ -53,10 +53,13 @@ class StaticWindowAttention(nn.Module):
     ``bias`` is ``[nW or 1, heads, N, N]``: relative position bias plus the shift mask; it is stored
     as ``[1, nW*heads, N, N]`` so the attention stays 4-D and the batch broadcasts.
     ``shift_first`` selects timm's order (roll, then pad) or torchvision's (pad, then roll).
+    ``logit_scale`` (``[heads]``, already clamped and exponentiated) makes it SwinV2's cosine attention; its qkv
+    then carries no query scale.
     """
 
     def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, size: tuple[int, int],
-                 window: tuple[int, int], shift: tuple[int, int], bias: torch.Tensor, shift_first: bool):
+                 window: tuple[int, int], shift: tuple[int, int], bias: torch.Tensor, shift_first: bool,
+                 logit_scale: torch.Tensor | None = None):
         super().__init__()
         self.qkv, self.proj = qkv, proj
         self.dim = proj.out_features  # C, static
@@ -70,6 +73,11 @@ class StaticWindowAttention(nn.Module):
         n = window[0] * window[1]
         bias = bias.detach().float().expand(self.num_windows, num_heads, n, n)
         self.register_buffer("bias", bias.reshape(1, self.num_windows * num_heads, n, n).clone().contiguous())
+        # SwinV2's cosine attention: q and k L2-normalised, q times the per-head scale (clamped, exponentiated once)
+        self.cosine = logit_scale is not None
+        if self.cosine:
+            scale = logit_scale.detach().float().reshape(1, 1, num_heads).expand(1, self.num_windows, num_heads)
+            self.register_buffer("logit_scale", scale.reshape(1, self.num_windows * num_heads, 1, 1).clone())
 
     def _pad(self, x):
         if any(self.pad):
@@ -97,6 +105,8 @@ class StaticWindowAttention(nn.Module):
         # [B, nW, N, 3A] -> [3, B, nW*h, N, hd] (query rows pre-scaled)
         qkv = self.qkv(x).reshape(-1, nw, n, 3, heads, hd).permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nw * heads, n, hd)
         q, k, v = qkv.unbind(0)
+        if self.cosine:
+            q, k = F.normalize(q, dim=-1) * self.logit_scale, F.normalize(k, dim=-1)
         attn = torch.softmax(q @ k.transpose(-2, -1) + self.bias, dim=-1)  # [B, nW*h, N, N]
         x = (attn @ v).reshape(-1, nw, heads, n, hd).transpose(2, 3).reshape(-1, nw, n, a)
         x = self.proj(x)  # [B, nW, N, C]
@@ -194,10 +204,11 @@ SWIN_WINDOW_ATTENTION = register(Rule(name="swin_window_attention", match=lambda
                                       replace=_attention_replace))
 
 
-def _merging_types() -> tuple[type, type]:
+def _merging_types() -> tuple[type, type, type]:
     from timm.models.swin_transformer import PatchMerging as TimmMerge
+    from timm.models.swin_transformer_v2_cr import PatchMerging as CrMerge
     from torchvision.models.swin_transformer import PatchMerging as TvMerge
-    return TimmMerge, TvMerge
+    return TimmMerge, TvMerge, CrMerge
 
 
 def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
@@ -205,6 +216,7 @@ def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
     return StaticPatchMerging(mod.norm, mod.reduction, (h, w))
 
 
-# timm and torchvision (v1) ``PatchMerging`` -> ``StaticPatchMerging``.
+# timm and torchvision (v1) ``PatchMerging``, and timm SwinV2-CR's (the same norm-then-reduction) ->
+# ``StaticPatchMerging``.
 SWIN_PATCH_MERGING = register(Rule(name="swin_patch_merging", match=lambda m: type(m) in _merging_types(),
                                    replace=_merging_replace))

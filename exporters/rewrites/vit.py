@@ -2,9 +2,9 @@
 
 - attention becomes explicit MatMul-Softmax-MatMul with a static qkv split and the query
   scale folded into the qkv weights (measured against the SDPA export in docs/BENCHMARKS.md);
-- the position embedding is resolved for the export resolution and merged with the class
-  (and register) tokens into one constant, so the graph has one Pad and one Add and no
-  interpolation, Expand or Concat on the batch dimension.
+- the position embedding is resolved for the export resolution (DINOv2's and the register ViTs' interpolated
+  there once) and merged with the class (and register) tokens into one constant, so the graph has one Pad and one
+  Add and no interpolation, Expand or Concat on the batch dimension; a hybrid ViT's CNN stem runs first.
 """
 from __future__ import annotations
 
@@ -75,11 +75,15 @@ class StaticTimmViT(nn.Module):
         self.num_classes = inner.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> logits ``[B, classes]``."""
+        """``[B, 3, H, W]`` -> logits ``[B, classes]`` (or the pooled embedding, without a classifier)."""
         m = self.inner
+        backbone = getattr(m.patch_embed, "backbone", None)  # a hybrid ViT's CNN stem (timm HybridEmbed)
+        if backbone is not None:
+            x = backbone(x)
+            x = x[-1] if isinstance(x, (list, tuple)) else x
         x = m.patch_embed.proj(x)  # [B, C, gh, gw]
         x = x.reshape(-1, m.patch_embed.proj.out_channels, self.grid[0] * self.grid[1]).transpose(1, 2)
-        x = m.patch_embed.norm(x)
+        x = getattr(m.patch_embed, "norm", nn.Identity())(x)  # a hybrid embedding has none
         x = self.tokens(x)
         x = m.norm_pre(m.patch_drop(x))
         x = m.norm(m.blocks(x))
@@ -169,21 +173,27 @@ def _vit_types() -> tuple[type, type]:
 
 
 def _embed_check(name: str, model: nn.Module, shapes: Shapes) -> bool:
-    from timm.layers import PatchEmbed
+    from timm.layers import HybridEmbed, PatchEmbed
     if name != "":
         return False  # the wrapper replaces the whole model
     if type(model) is _vit_types()[0]:
         pe = model.patch_embed
-        # the wrapper runs the patch conv and flattens itself, so timm's flatten/NHWC setting doesn't matter
-        return type(pe) is PatchEmbed and model.pos_embed is not None and not getattr(pe, "dynamic_img_pad", False)
+        # the wrapper runs the patch conv (after a hybrid's CNN stem) and flattens itself, so timm's flatten/NHWC
+        # setting doesn't matter
+        return type(pe) in (PatchEmbed, HybridEmbed) and model.pos_embed is not None \
+            and not getattr(pe, "dynamic_img_pad", False) and "patch_embed.proj" in shapes
     return True
+
+
+def _conv_grid(conv: nn.Conv2d, hw: tuple[int, ...]) -> tuple[int, int]:
+    """The output grid of a patch convolution (kernel = stride, no padding) for an ``hw`` input."""
+    return hw[0] // conv.stride[0], hw[1] // conv.stride[1]
 
 
 def _embed_replace(name: str, model: nn.Module, shapes: Shapes) -> nn.Module:
     _, _, h, w = shapes[""]
     if type(model) is _vit_types()[0]:
-        pe = model.patch_embed
-        grid = (h // pe.patch_size[0], w // pe.patch_size[1])
+        grid = _conv_grid(model.patch_embed.proj, shapes["patch_embed.proj"][-2:])  # a hybrid's stem runs first
         return StaticTimmViT(model, _timm_tokens(model, grid), grid)
     grid = (h // model.patch_size, w // model.patch_size)
     pos = model.encoder.pos_embedding.detach().clone()

@@ -120,7 +120,8 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
                                   advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow))
         times["quantize"] = time.perf_counter() - t0
         hint = half_hint(device)
-        kept = (f"{', '.join(keep[:2])} (patch embedding and classifier head)"
+        kept = (f"{', '.join(keep[:2])} (the first and last layers: patch embedding, and classifier head or last "
+                "projection)"
                 + (f" and {len(keep) - 2} more kept by the accuracy budget" if len(keep) > 2 else ""))
         notes.append(f"NNCF PTQ, recipe {recipe} ({RECIPES[recipe].split(':')[0]}) on {len(calib)} calibration samples; "
                      f"not quantized: {kept}; unquantized ops run at inference precision {hint}"

@@ -32,3 +32,13 @@ def test_onnx_runtime_fuses_it(tmp_path):
     import onnx
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert "Gelu" in ops and "Erf" not in ops
+
+
+def test_timm_gelu_of_swinv2_is_fused_too():
+    import timm
+
+    from tests.rewrites.helpers import lively
+    model = lively(timm.create_model("swinv2_tiny_window8_256", num_classes=0, img_size=32, patch_size=2, window_size=4,
+                                     embed_dim=24, depths=(2, 2), num_heads=(1, 2)))
+    err, report, _ = max_err(model, (3, 32, 32), PASS)
+    assert err <= 1e-5 and report.replaced["gelu_fusable"] == 4

@@ -40,3 +40,21 @@ def test_torchvision_vit():
 def test_swin_is_not_wrapped():
     _, report, rewritten = max_err(build_digits("digits_swin").eval(), (3, 32, 32), PASS, batches=(1,))
     assert report.replaced["vit_embed"] == 0 and not isinstance(rewritten, (StaticTimmViT, StaticTvViT))
+
+
+def test_dinov2_register_vit_interpolates_its_position_embedding_once():
+    from tests.rewrites.helpers import lively
+    # DINOv2 with 4 registers, trained at 518: exported at 56 px the 37x37 table is resampled to 4x4, once
+    model = lively(timm.create_model("vit_small_patch14_reg4_dinov2", num_classes=0, img_size=518, depth=1,
+                                     dynamic_img_size=True))
+    err, report, rewritten = max_err(model, (3, 56, 56), PASS)
+    assert err <= 1e-4 and report.replaced["vit_embed"] == 1
+    assert rewritten.tokens.tokens.shape[1] == 1 + 4 + 16
+
+
+def test_hybrid_vit_runs_its_cnn_stem_then_the_baked_tokens():
+    from tests.rewrites.helpers import lively
+    model = lively(timm.create_model("vit_tiny_r_s16_p8_224", num_classes=0, img_size=64, embed_dim=48, depth=1,
+                                     num_heads=3))
+    err, report, rewritten = max_err(model, (3, 64, 64), PASS)
+    assert err <= 1e-4 and report.replaced["vit_embed"] == 1 and isinstance(rewritten, StaticTimmViT)
