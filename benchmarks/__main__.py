@@ -311,7 +311,47 @@ def _drift(argv) -> int:
     return OK
 
 
-SUBCOMMANDS = {"rewrites": _rewrites, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
+def _families(argv) -> int:
+    p = values.Parser(prog="python -m benchmarks families",
+                      description="Every ViT and Swin family timm registers (its registry's model modules): the "
+                                  "smallest model of each through the naive export and vitdeploy's pipeline (ONNX "
+                                  "Runtime and OpenVINO FP32 + INT8, TensorRT-RTX INT8 parse and build); rules fired, "
+                                  "node counts, gates, cosines, latency.")
+    p.add_argument("--quick", action="store_true", help="a narrow, shallow config of each (timm's own kwargs), "
+                                                        "small inputs: minutes instead of an hour")
+    p.add_argument("--family", action="append", default=None, metavar="MODULE",
+                   help="only this timm module (repeatable; default every family)")
+    p.add_argument("--threads", type=values.threads, default=None)
+    p.add_argument("--runs", type=values.RUNS, default=20)
+    p.add_argument("--eval-size", type=values.SAMPLES, default=32)
+    p.add_argument("--calib-size", type=values.SAMPLES, default=32)
+    p.add_argument("--write-readme", default=None, metavar="README.md",
+                   help="replace the supported-families table between its markers in this file")
+    p.add_argument("--out", default="out/families")
+    a = p.parse_args(argv)
+    from benchmarks.families import families, measure, passed, readme_table, render, write_readme
+    from runtime.environment import environment, one_line
+    from runtime.values import usable_cores
+    known = families()
+    bad = [f for f in a.family or [] if f not in known]
+    if bad:
+        raise UserError(f"unknown family {bad[0]!r}; timm's ViT and Swin families: {', '.join(known)}")
+    if a.write_readme and not Path(a.write_readme).is_file():
+        raise UserError(f"{a.write_readme} is not a file")
+    threads = a.threads or usable_cores()
+    out = Path(a.out)
+    rows = measure(a.family or known, a.quick, threads, a.runs, a.eval_size, a.calib_size, out / "bundles")
+    env = environment(threads)
+    command = "python -m benchmarks families " + " ".join(argv)
+    _emit(out, "families", render(rows, command, one_line(env)), {"environment": env, "families": rows})
+    if a.write_readme:
+        write_readme(Path(a.write_readme), readme_table(rows, command.replace(f" --write-readme {a.write_readme}", ""),
+                                                        one_line(env)))
+        print(f"wrote the families table into {a.write_readme}")
+    return OK if passed(rows) else GATE_FAILED
+
+
+SUBCOMMANDS = {"rewrites": _rewrites, "families": _families, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
                "coreml": _coreml, "contract": _contract,
                "vs-naive": _vs_naive, "op-profile": _op_profile, "eval": _eval, "drift": _drift}
 

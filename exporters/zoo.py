@@ -203,18 +203,32 @@ def _digits_model(name: str) -> tuple[nn.Module, ModelSpec]:
     return model, spec
 
 
-def _reinit_zero_linears(model: nn.Module, spec: ModelSpec) -> None:
-    """Give all-zero Linear weights (torchvision's ViT head) a small random init.
+def reinit_degenerate(model: nn.Module, spec: ModelSpec) -> None:
+    """Give a random-weight model's all-zero weights a random start, so it is no degenerate network: zero Linear
+    weights (torchvision's ViT head, SwinV2-CR's) a small random init, and zero normalisation scales (SwinV2's
+    post-norm blocks, which start as identities) ones. Each is named in ``spec.notes``.
 
-    # reason: torchvision initialises the ViT head to zeros, so a random-weight model outputs
-    # all-zero logits and every accuracy comparison would be vacuous.
+    # reason: with a zero head every logit is zero, and with zero post-norm scales every SwinV2 block returns its
+    # input, so every accuracy comparison of a random model would be vacuous.
     """
     gen = torch.Generator().manual_seed(0)
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    zero_norms = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and not mod.weight.detach().any():
+        weight = getattr(mod, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.detach().any():
+            continue
+        if isinstance(mod, nn.Linear):
             with torch.no_grad():
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * 0.02)
             spec.notes.append(f"'{name}' was initialised to zeros upstream; re-initialised randomly (std 0.02)")
+        elif isinstance(mod, norms):
+            with torch.no_grad():
+                mod.weight.fill_(1.0)
+            zero_norms.append(name)
+    if zero_norms:
+        spec.notes.append(f"{len(zero_norms)} normalisation layers were initialised with zero scales upstream (e.g. "
+                          f"'{zero_norms[0]}'); set to ones, so no block is an identity")
 
 
 def _build(name: str, pretrained: bool, num_classes: int | None, img_size):
@@ -291,7 +305,7 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
         w = Path(weights).resolve()
         spec.weights = f"exporters/data/{w.name}" if w.parent == DATA.resolve() else str(weights)
     elif not pretrained and spec.weights == "random":
-        _reinit_zero_linears(model, spec)
+        reinit_degenerate(model, spec)
         spec.notes.append("RANDOM WEIGHTS: no --weights or --pretrained given; accuracy figures compare "
                           "backends on a randomly initialised network, not a trained one")
     if labels is not None:
