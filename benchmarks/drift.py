@@ -69,6 +69,8 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
     if reference.startswith("PyTorch"):
         ref = reference_outputs(model, probes, x)
     else:
+        if m.onnx is None:
+            raise UserError(f"{bundle} is a pack without its ONNX: the reference must be PyTorch (--weights)")
         m.verify(bundle, [m.onnx])
         by_tensor = outputs_of("onnxruntime", bundle / m.onnx, {}, [p.tensor for p in probes], x, threads)
         ref = {p.module: by_tensor[p.tensor] for p in probes if p.tensor in by_tensor}

@@ -101,6 +101,9 @@ def _reference(plan: Plan):
             from runtime.backends.onnxruntime import OnnxRuntimeRunner
             from runtime.manifest import read_manifest, resolve_inside
             m = read_manifest(Path(plan.bundle))
+            if m.onnx is None:
+                from runtime.errors import UserError
+                raise UserError(f"{plan.bundle} is a pack without its ONNX: use --reference torch (with --weights)")
             m.verify(Path(plan.bundle), [m.onnx])
             r = OnnxRuntimeRunner(resolve_inside(Path(plan.bundle), m.onnx), threads=plan.threads)
             _OPEN[k] = _batched(r)

@@ -28,7 +28,7 @@ TARGETS = ["onnxruntime", "openvino", "tensorrt_rtx"]
 PRECISIONS = ["fp32", "int8"]
 # --quick: narrow and shallow, through timm's own kwargs; small inputs (a Swin keeps two stages and its shifted blocks)
 QUICK_VIT = dict(img_size=64, embed_dim=48, depth=2, num_heads=3)
-QUICK_SWIN = dict(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4)
+QUICK_SWIN = dict(img_size=32, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4)
 
 
 def families() -> list[str]:

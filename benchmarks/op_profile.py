@@ -52,8 +52,9 @@ def profile(name: str, threads: int, runs: int, work: Path) -> dict:
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
-    naive = naive_artefacts(model, shape, calib, work)["naive openvino nncf int8"][1]
-    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, model=model, spec=spec)
+    naive = naive_artefacts(model, shape, calib, work, which=("naive openvino nncf int8",))["naive openvino nncf int8"][1]
+    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=8, model=model, spec=spec,
+                        targets=("openvino",), precisions=("int8",))  # only what is profiled
     art = next(a for a in read_manifest(bundle).artifacts if a.target == "openvino" and a.precision == "int8")
     ours_config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
                    "INFERENCE_PRECISION_HINT": art.runtime_config.get("inference_precision", "f32")}

@@ -77,8 +77,13 @@ def naive_onnx(model, shape, path: Path, output_names=("logits",)) -> Path:
     return path
 
 
-def naive_artefacts(model, shape, calib, work: Path, output_names=("logits",)) -> dict[str, tuple[str, object]]:
-    """The four naive artefacts of ``model``: ``{path name: (runtime, ONNX path or ov.Model)}``."""
+NAIVE = ("naive onnxruntime fp32", "naive openvino default", "naive openvino nncf int8",
+         "naive onnxruntime quantize_static int8")
+
+
+def naive_artefacts(model, shape, calib, work: Path, output_names=("logits",),
+                    which: tuple[str, ...] = NAIVE) -> dict[str, tuple[str, object]]:
+    """The naive artefacts of ``model`` (``which`` of the four): ``{path name: (runtime, ONNX path or ov.Model)}``."""
     work.mkdir(parents=True, exist_ok=True)
     import nncf
     import openvino as ov
@@ -91,13 +96,16 @@ def naive_artefacts(model, shape, calib, work: Path, output_names=("logits",)) -
 
         def get_next(self):
             return next(self.it, None)
+    out = {"naive onnxruntime fp32": ("onnxruntime", src), "naive openvino default": ("openvino", src)}
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        quantize_static(str(src), str(work / "naive-ort-int8.onnx"), Reader())
-        ir = ov.convert_model(str(src))
-        q = nncf.quantize(ir, nncf.Dataset(list(calib.batches(shape[0]))), model_type=nncf.ModelType.TRANSFORMER)
-    return {"naive onnxruntime fp32": ("onnxruntime", src), "naive openvino default": ("openvino", src),
-            "naive openvino nncf int8": ("openvino", q),
-            "naive onnxruntime quantize_static int8": ("onnxruntime", work / "naive-ort-int8.onnx")}
+        if "naive onnxruntime quantize_static int8" in which:
+            quantize_static(str(src), str(work / "naive-ort-int8.onnx"), Reader())
+            out["naive onnxruntime quantize_static int8"] = ("onnxruntime", work / "naive-ort-int8.onnx")
+        if "naive openvino nncf int8" in which:
+            ir = ov.convert_model(str(src))
+            q = nncf.quantize(ir, nncf.Dataset(list(calib.batches(shape[0]))), model_type=nncf.ModelType.TRANSFORMER)
+            out["naive openvino nncf int8"] = ("openvino", q)
+    return {k: v for k, v in out.items() if k in which}
 
 
 def naive_runner(kind: str, artefact, mode: str) -> Runner:
@@ -111,23 +119,24 @@ def naive_runner(kind: str, artefact, mode: str) -> Runner:
 
 
 def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | None, batch: int = 1,
-               model=None, spec=None, recipe: str = "auto") -> Path:
+               model=None, spec=None, recipe: str = "auto", targets=("onnxruntime", "openvino"),
+               precisions=("fp16", "int8")) -> Path:
     """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults and INT8 ``recipe`` (``auto``: each
     built, gated and timed here, the fastest that passes kept); given ``model`` and ``spec``, of that very module (a
     zoo model with random weights differs from one creation to the next)."""
     from exporters.pipeline import RunOptions, run
-    rep = run(RunOptions(model=name, module=model, spec=spec, targets=["onnxruntime", "openvino"],
-                         precisions=["fp16", "int8"], data=data,
+    rep = run(RunOptions(model=name, module=model, spec=spec, targets=list(targets), precisions=list(precisions),
+                         data=data,
                          calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, batch=batch,
                          options={"recipe": recipe}, quiet=True))
     return Path(rep["bundle"])
 
 
-def our_runners(bundle: Path, threads: int, mode: str) -> dict[str, Runner]:
+def our_runners(bundle: Path, threads: int, mode: str, which=tuple(OURS)) -> dict[str, Runner]:
     import runtime
     return {f"vitdeploy {t} {p}": runtime.open(bundle, target=t, precision=p, threads=threads, mode=mode,
                                                      allow_unverified=True).runner
-            for t, p in OURS}
+            for t, p in which}
 
 
 def _close(runners: dict) -> None:
@@ -212,12 +221,12 @@ def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_siz
     ev = load_set("digits", spec.preprocessing, size=eval_size, part="holdout", progress=False)
     with torch.no_grad():
         ref = model(torch.from_numpy(ev.inputs)).numpy()
-    runners = {k: naive_runner(kind, a, "latency") for k, (kind, a) in naive_artefacts(model, shape, calib, work).items()
-               if "int8" in k}
-    ours = our_runners(our_bundle(name, work / "bundles", "digits", threads, eval_size=eval_size, recipe=recipe),
-                       threads, "latency")
-    runners.update({k: v for k, v in ours.items() if "int8" in k})
-    _close({k: v for k, v in ours.items() if "int8" not in k})
+    int8 = tuple(k for k in NAIVE if "int8" in k)
+    runners = {k: naive_runner(kind, a, "latency")
+               for k, (kind, a) in naive_artefacts(model, shape, calib, work, which=int8).items()}
+    bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=eval_size, recipe=recipe,
+                        precisions=("int8",))  # only INT8 is judged here
+    runners.update(our_runners(bundle, threads, "latency", which=[(t, p) for t, p in OURS if p == "int8"]))
     from runtime.accuracy import judge
     from runtime.tolerances import tolerance_for
     ref_top1 = float((ref.argmax(-1) == ev.labels).mean())

@@ -99,6 +99,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sign-key", default=None, metavar="KEY.pem",
                    help="sign the bundle with this PEM EC private key (P-256/384/521) in the OpenSSF model-signing "
                         "format: BUNDLE/model.sig; an encrypted key reads its password from VITDEPLOY_SIGN_PASSWORD")
+    p.add_argument("--keep", choices=("all", "selected"), default="all",
+                   help="all (default): every artefact built stays in the bundle; selected: only the one the runtime "
+                        "serves (the fastest that passed under --precision auto), its golden set and the reports "
+                        "(python -m runtime pack does the same to an existing bundle)")
     p.add_argument("--no-rewrites", action="store_true", help="export the model as is, without the "
                                                               "export-friendly rewrites (for comparison)")
     _target_flags(p)
@@ -127,7 +131,7 @@ def _main(argv: list[str]) -> int:
                       threads=args.threads, rewrites=not args.no_rewrites, dynamic_batch=args.dynamic_batch,
                       max_drop=args.max_drop, min_cosine=args.min_cosine, throughput=args.throughput,
                       options=given, quiet=args.quiet, repair=not args.no_repair,
-                      sign_key=Path(args.sign_key) if args.sign_key else None)
+                      sign_key=Path(args.sign_key) if args.sign_key else None, keep=args.keep)
     report = run(opts)
     from exporters.report import results_table
     print(results_table(report["results"]))

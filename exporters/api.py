@@ -127,7 +127,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
            num_classes: int | None = None, img_size=None, features=None, batch: int = 1, runs: int = 50,
            threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
            min_cosine: float | None = None, throughput: bool = False, repair: bool = True, quiet: bool = True,
-           sign_key=None, task: str = "classification", **target_options) -> Report:
+           sign_key=None, task: str = "classification", keep: str = "all", **target_options) -> Report:
     """Export ``model_or_name`` (a zoo name, ``timm:``/``tv:``/``local-dir:``/``hf-hub:`` name, or any
     ``nn.Module``), build ``targets`` (a name, a list, or "all") at ``precision``, verify every artefact
     against the model on ``data``, time it, and write ``out/<name>/``. Returns the ``Report``.
@@ -143,6 +143,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     measures images/s in throughput mode; ``repair=False`` keeps a failed row as it failed (no safe runtime
     configurations tried, no blocks kept); ``sign_key`` a PEM EC private key to sign the bundle with
     (``model.sig``, OpenSSF model-signing format; ``runtime.open(..., trust=PUBLIC_KEY)`` checks it);
+    ``keep="selected"`` leaves only the artefact the runtime serves in the bundle (``python -m runtime pack``);
     ``task="embedding"`` for a module returning an embedding ``[B, D]`` (a timm model without a classifier is one
     whatever ``task`` says): gated on the worst sample's cosine;
     ``task="segmentation"`` for a module returning a logits map ``[B, classes, H, W]`` (a backbone and a dense head):
@@ -186,5 +187,6 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
                       labels=None if module is not None else labels, module=module, spec=spec, out=Path(out),
                       batch=batch, runs=runs, threads=threads, rewrites=rewrites, options=target_options,
                       max_drop=max_drop, min_cosine=min_cosine, throughput=throughput, repair=repair,
-                      precisions=precisions, quiet=quiet, sign_key=Path(sign_key) if sign_key is not None else None)
+                      precisions=precisions, quiet=quiet, sign_key=Path(sign_key) if sign_key is not None else None,
+                      keep=keep)
     return Report(run(opts))

@@ -14,12 +14,12 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from exporters.bundle import check_replaceable, check_writable, staged_bundle
 from exporters.memory import check_scaled
 from exporters.sizes import check_size, model_at_size, size_label, spelled
 from runtime import signing
 from runtime.manifest import MANIFEST, sha256_file
 from runtime.sizes import SizeEntry, SizeSet
+from runtime.staging import check_replaceable, check_writable, staged_bundle
 
 
 def _models(opts, sizes):

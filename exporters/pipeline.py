@@ -17,7 +17,6 @@ import numpy as np
 
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters import budget
-from exporters.bundle import check_replaceable, check_writable, staged_bundle
 from exporters.memory import check_batch
 from exporters.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
 from exporters.recipes import check_recipe_flag, recipe_stage, wants_auto
@@ -30,9 +29,13 @@ from runtime.environment import environment
 from runtime.errors import UserError
 from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput_interleaved, throughput
 from runtime.manifest import Manifest, TensorSpec, file_hashes
+from runtime.pack import keep_only, kept
+from runtime.staging import check_replaceable, check_writable, staged_bundle
 
 BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (digits models use all)
 OUTPUT_BYTES = 512 << 20  # a backbone's default evaluation set keeps each runner's feature maps within this
+KEEP = ("all", "selected")  # --keep
+UNCAPPED = 100_000  # a cap above this many samples (an embedding's few values) leaves "all of the set" as it is
 
 
 @dataclass
@@ -65,6 +68,7 @@ class RunOptions:
     throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
     throughput_seconds: float = 3.0
     sign_key: Path | None = None  # a PEM EC private key: the bundle is signed (model.sig, runtime/signing.py)
+    keep: str = "all"  # "selected": only the artefact the runtime serves (and what proves it) stays in the bundle
     repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (proof.py)
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
@@ -207,6 +211,8 @@ def _validate(opts: RunOptions) -> None:
     if opts.backbone or (opts.spec is not None and opts.spec.task == "segmentation"):
         from exporters.features import check_options
         check_options(opts, "--features" if opts.backbone else "task='segmentation'")
+    if opts.keep not in KEEP:
+        raise UserError(f"keep must be one of {', '.join(KEEP)} (got {opts.keep!r})")
     if opts.sign_key is not None:
         signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
 
@@ -246,8 +252,9 @@ def prepare(opts: RunOptions) -> Job:
     eval_size = opts.eval_size if opts.eval_size is not None else (
         None if max(spec.input_shape[1:]) <= 64 else BIG_MODEL_EVAL_SIZE)
     if spec.outputs and opts.eval_size is None:  # a backbone's maps are large: every runner keeps them for the set
-        per_sample = 4 * sum(int(np.prod(s)) for _, s in spec.outputs)
-        eval_size = max(4, min(eval_size or 10_000_000, OUTPUT_BYTES // per_sample))
+        cap = max(4, OUTPUT_BYTES // (4 * sum(int(np.prod(s)) for _, s in spec.outputs)))
+        if eval_size is not None or cap < UNCAPPED:
+            eval_size = min(eval_size or cap, cap)
     calibrates = any(p == "int8" for _, p in plan(opts.targets, opts.precision, opts.precisions))
     with steps("memory estimate and dry run"):  # what cannot fit or does not run: one line, now
         memory = check_batch(model, spec.input_shape, opts.batch,
@@ -495,6 +502,23 @@ def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manife
         sha256=file_hashes(work, files), selection=rep.get("selection"), golden=golden_spec(job))
 
 
+def keep_stage(job: Job, work: Path, manifest: Manifest) -> Manifest:
+    """``--keep selected``: only the artefact the runtime would serve stays (its files, the golden set, the reports);
+    every row stays in the report, which says what was left out. With none passing there is nothing to select."""
+    if job.opts.keep != "selected":
+        return manifest
+    try:
+        arts = kept(manifest)
+    except UserError as exc:
+        job.report["notes"].append(f"--keep selected: every artefact kept ({exc})")
+        return manifest
+    manifest = keep_only(work, manifest, arts)
+    job.report["kept"] = manifest.packed
+    job.report["notes"].append(f"--keep selected: the bundle holds {', '.join(manifest.packed['kept'])} only; left "
+                               f"out: {', '.join(manifest.packed['left_out']) or 'nothing'}")
+    return manifest
+
+
 def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Artifact], exp) -> None:
     job.report["results"] = [r.to_dict() for r in results]
     if job.opts.precision == "auto":
@@ -502,7 +526,7 @@ def write_stage(job: Job, work: Path, results: list[Result], artifacts: list[Art
     job.report["step_seconds"] = job.steps.times
     if "set" in job.calib_cache:
         job.report["calibration"] = job.calib_cache["set"].describe()
-    manifest = manifest_for(job, work, artifacts, exp)
+    manifest = keep_stage(job, work, manifest_for(job, work, artifacts, exp))
     if job.opts.sign_key is not None:
         manifest.signed_by = job.report["signed_by"] = signing.key_id(signing.signing_key(job.opts.sign_key).public_key())
     write_report(job.report, work)

@@ -5,6 +5,7 @@
     python -m runtime bench BUNDLE [--runs N] [--target T] [--precision P] [--throughput]
     python -m runtime build BUNDLE [--precision fp16|int8]     (TensorRT engine, on the device)
     python -m runtime verify BUNDLE [--target T] [--precision P] [--all] [--no-repair]
+    python -m runtime pack BUNDLE --out DIR [--target T] [--precision P] [--size S] [--sign-key KEY]
 
 A multi-size bundle (``--img-size 224,384`` at export): predict serves each image with its size's artefact (else
 the nearest declared size, said on its line); bench and verify go through every size; ``--size`` picks one.
@@ -214,6 +215,32 @@ def _build(argv) -> int:
     return 0
 
 
+def _pack(argv) -> int:
+    p = values.Parser(prog="python -m runtime pack",
+                      description="Copy only what runs into a new bundle: the artefact the runtime serves (or those "
+                                  "--target/--precision/--size name), its golden set and the manifest, each file's "
+                                  "sha256 checked; reports, plots and the other artefacts are left out.")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="the pack's folder (replaced only if it is a vitdeploy bundle)")
+    p.add_argument("--target", choices=_backend_names(), default=None)
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None)
+    p.add_argument("--size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
+                   help="a multi-size bundle: keep only these sizes (default: every size)")
+    p.add_argument("--sign-key", default=None, metavar="KEY.pem", help="sign the pack (the source's signature does "
+                                                                      "not cover it)")
+    trust_flag(p)
+    a = p.parse_args(argv)
+    from runtime.pack import describe, pack
+    out = pack(a.bundle, a.out, a.target, a.precision, a.size, a.trust, a.sign_key)
+    print(f"packed {out}:\n{describe(out)}")
+    return 0
+
+
+def _backend_names() -> list[str]:
+    from runtime.backends import backends
+    return list(backends())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes (runtime/cli.py): 0 ok, 2 bad input or refused artefact, 3 internal error (log named)."""
     from runtime.cli import run_cli
@@ -222,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     from runtime.verify import verify_main
-    cmds = {"bench": _bench, "build": _build, "verify": verify_main}
+    cmds = {"bench": _bench, "build": _build, "verify": verify_main, "pack": _pack}
     if argv and argv[0] in cmds:
         return cmds[argv[0]](argv[1:])
     return _predict(argv)

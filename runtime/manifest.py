@@ -145,7 +145,7 @@ class Manifest(_Model):
     task: Literal["classification", "embedding", "features", "segmentation"] = "classification"  # what output holds
     preprocessing: PreprocessingSpec
     labels: list[str] | None = None
-    onnx: RelPath
+    onnx: RelPath | None = None  # the exported ONNX; None in a pack that kept no artefact reading it
     artifacts: list[ArtifactEntry]
     sha256: dict[RelPath, Sha256]
     rewrites: dict | None = None
@@ -157,6 +157,7 @@ class Manifest(_Model):
     selection: dict | None = None  # --precision auto: the fastest artefact that passed, and what it was timed on
     golden: GoldenSpec | None = None  # a small set any machine can prove its artefacts on (runtime verify)
     signed_by: str | None = None  # the signing key's id (runtime/signing.py key_id) when model.sig was written
+    packed: dict | None = None  # python -m runtime pack: the source manifest's sha256, what was kept and left out
 
     @model_validator(mode="after")
     def _consistent(self):

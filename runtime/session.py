@@ -82,10 +82,17 @@ def ranked(manifest: Manifest, target: str | None, precision: str | None,
     if not usable:
         why = "; ".join(sorted({known[a.target].available() for a in arts if a.target in known} - {None}))
         raise UserError(f"no artefact in the bundle can run here ({why or 'none is built'})")
+    return preferred(manifest, usable, asked=bool(target or precision))
+
+
+def preferred(manifest: Manifest, arts: list[ArtifactEntry], asked: bool = False) -> list[ArtifactEntry]:
+    """``arts`` best first: the export's measured choice (``manifest.selection``, unless a target or precision was
+    ``asked`` for), then the backend registry's ranks and ``PRECISION_PREFERENCE``."""
     chosen = manifest.selection or {}
-    ranks = list(known)
-    return sorted(usable, key=lambda a: (not (not target and not precision and (a.target, a.precision) == (
-        chosen.get("target"), chosen.get("precision"))), ranks.index(a.target), PRECISION_PREFERENCE.index(a.precision)))
+    ranks = list(backends())
+    return sorted(arts, key=lambda a: (asked or (a.target, a.precision) != (chosen.get("target"), chosen.get("precision")),
+                                       ranks.index(a.target) if a.target in ranks else len(ranks),
+                                       PRECISION_PREFERENCE.index(a.precision)))
 
 
 def choose_artifact(manifest: Manifest, target: str | None, precision: str | None) -> ArtifactEntry:

@@ -163,7 +163,7 @@ class SizedSession:
 
     def embed(self, images) -> np.ndarray:
         """Each image's embedding through the artefact of its size (else the nearest declared size)."""
-        return np.concatenate(self._by_size(images, lambda session, ims: list(session.embed(ims))))
+        return np.stack(self._by_size(images, lambda session, ims: list(session.embed(ims))))
 
     def serving(self, images: list) -> list[Served]:
         """For each image (PIL or uint8 array), the size that serves it."""

@@ -67,7 +67,7 @@ def _fake_bundle(folder: Path, ident: str) -> None:
 
 
 def test_a_bundle_of_ours_is_replaced_and_shared_readable(tmp_path):
-    from exporters.bundle import staged_bundle
+    from runtime.staging import staged_bundle
     for ident in ("first", "second"):
         with staged_bundle(tmp_path, "m") as work:
             _fake_bundle(work, ident)
@@ -78,7 +78,7 @@ def test_a_bundle_of_ours_is_replaced_and_shared_readable(tmp_path):
 
 
 def test_stale_staging_of_a_dead_run_is_cleaned_but_a_live_one_is_kept(tmp_path):
-    from exporters.bundle import owner_file, staged_bundle
+    from runtime.staging import owner_file, staged_bundle
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / ".m.tmp-dead"
@@ -96,7 +96,7 @@ def test_stale_staging_of_a_dead_run_is_cleaned_but_a_live_one_is_kept(tmp_path)
 CONCURRENT = """
 import json, sys
 from pathlib import Path
-from exporters.bundle import staged_bundle
+from runtime.staging import staged_bundle
 out, me, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for i in range(n):
     ident = f"{me}-{i}"
@@ -108,7 +108,7 @@ for i in range(n):
 
 @pytest.mark.slow
 def test_concurrent_commits_never_show_readers_a_missing_or_mixed_bundle(tmp_path):
-    from exporters.bundle import staged_bundle
+    from runtime.staging import staged_bundle
     with staged_bundle(tmp_path, "m") as work:
         _fake_bundle(work, "seed")
     writers = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path), f"w{k}", "60"], cwd=ROOT,
@@ -163,7 +163,7 @@ def test_sigterm_and_sigint_clean_up(tmp_path, sig):
 
 @pytest.mark.slow
 def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):
-    from exporters.bundle import staged_bundle
+    from runtime.staging import staged_bundle
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "exporters", "digits_vit", "--out", str(out), "--quiet",
                              "--runs", "2000"], cwd=ROOT)

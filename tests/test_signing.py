@@ -243,3 +243,23 @@ def test_a_bundle_reached_through_a_symlink_verifies(signed, keys, tmp_path, cap
         assert s.signed_by
     code, _, err = cli_in_process(capsys, "runtime", "verify", link, "--trust", keys["ours"][1])
     assert code == 0, err
+
+
+def test_a_pack_of_a_signed_bundle_is_unsigned_unless_signed_again(signed, keys, tmp_path, capsys):
+    code, _, err = cli_in_process(capsys, "runtime", "pack", signed, "--out", tmp_path / "p", "--trust",
+                                  keys["ours"][1])
+    assert code == 0 and "the pack is unsigned" in err, err
+    assert not (tmp_path / "p" / SIGNATURE).exists()
+    with pytest.raises(UserError, match="is not signed"):
+        runtime.open(tmp_path / "p", trust=keys["ours"][1])
+    code, _, err = cli_in_process(capsys, "runtime", "pack", signed, "--out", tmp_path / "s", "--sign-key",
+                                  keys["ours"][0])
+    assert code == 0 and "unsigned" not in err, err
+    with runtime.open(tmp_path / "s", trust=keys["ours"][1], verify="never") as s:
+        assert s.signed_by
+    assert model_signing_verify(tmp_path / "s", keys["ours"][1]).returncode == 0
+    forged = copy(signed, tmp_path / "forged")
+    forge(forged)
+    code, _, err = cli_in_process(capsys, "runtime", "pack", forged, "--out", tmp_path / "f", "--trust",
+                                  keys["ours"][1])
+    assert code == 2 and "fails its signature check" in err and not (tmp_path / "f").exists()

@@ -201,7 +201,7 @@ def test_runtime_build_on_a_size_set_records_each_engine_and_keeps_the_hash_chai
 # --- what a hostile round found (issue: proof that can't be fooled) ---------------------------------------------
 
 def test_a_size_set_is_a_bundle_of_ours_and_is_replaced_by_a_new_export(sized, tmp_path, capsys):
-    from exporters.bundle import is_bundle, staged_bundle
+    from runtime.staging import is_bundle, staged_bundle
     from tests.conftest import cli_in_process
     bundle, _ = sized
     out = tmp_path / "o"
@@ -277,3 +277,16 @@ def test_a_size_set_refuses_bad_arguments_when_opened(kw, match, sized):
     bundle, _ = sized
     with pytest.raises(UserError, match=match):
         runtime.open(bundle, **kw)
+
+
+def test_a_pack_of_one_size_keeps_its_hash_chain_and_serves_it(sized, tmp_path, capsys):
+    from tests.conftest import cli_in_process
+    bundle, _ = sized
+    code, out, err = cli_in_process(capsys, "runtime", "pack", bundle, "--out", tmp_path / "p", "--size", "48")
+    assert code == 0 and out.count("48x48: openvino int8") == 1, err
+    sizes = json.loads((tmp_path / "p" / "sizes.json").read_text())
+    assert [tuple(e["input_size"]) for e in sizes["sizes"]] == [(48, 48)]
+    code, out, err = cli_in_process(capsys, "runtime", "verify", tmp_path / "p")
+    assert code == 0 and "input 48x48" in out and "32x32" not in out, err
+    with runtime.open(tmp_path / "p") as s:
+        assert s.logits(np.zeros((1, 3, 48, 48), np.float32)).shape == (1, 10)

@@ -1,4 +1,5 @@
-"""Bundles are written in a staging folder and committed atomically; only a bundle of ours is replaced.
+"""Bundles are written in a staging folder and committed atomically; only a bundle of ours is replaced (the exporter
+and `python -m runtime pack` write through here).
 
 - ``OUT/<model>`` is replaced only when it is a vitdeploy bundle (a folder whose ``manifest.json``
   says ``format: vitdeploy-bundle/...``); anything else there is refused with one line, untouched.
