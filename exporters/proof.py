@@ -16,9 +16,10 @@ import math
 import numpy as np
 
 from exporters.budget import worst_samples
+from runtime.accuracy import class_maps
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
-from runtime.golden import GOLDEN, Golden, golden_count, judge_golden, write_golden
+from runtime.golden import GOLDEN, Golden, golden_count, golden_form, reduce_maps, sample_bytes, write_golden
 from runtime.manifest import GoldenSpec, Verification
 from runtime.preprocess import Preprocessing, normalise, pixels_from_inputs
 from runtime.proof import tolerance_gates
@@ -98,7 +99,10 @@ def choose_golden(job, logits_by_row: dict) -> np.ndarray:
     flips first, then the lowest cosine), up to half the set, then an even spread over the rest."""
     n_all = len(job.data)
     h, w = job.spec.input_shape[1:]
-    n = golden_count(n_all, h * w * 3)
+    maps = [tuple(shape) for _, shape in job.spec.outputs] if job.spec.outputs and all(
+        len(shape) == 3 for _, shape in job.spec.outputs) else None
+    dense = math.prod(job.spec.outputs[0][1][1:]) if job.spec.task == "segmentation" else 0
+    n = golden_count(n_all, sample_bytes(h * w * 3, maps, job.ref_logits.shape[1], dense))
     chosen: list[int] = []
     rank = []
     for logits in logits_by_row.values():
@@ -126,9 +130,9 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
     idx = choose_golden(job, {k: v for k, v in job.logits.items() if k != ("pytorch", "fp32")})
     pixels = pixels_from_inputs(job.data.inputs[idx], pp)
     x = normalise(pixels, pp)
-    golden = Golden(pixels=pixels, reference=batched_logits(ref.runner, x, runner_batch(ref.runner)))
+    golden = reference_golden(job, pixels, batched_logits(ref.runner, x, runner_batch(ref.runner)))
     size = write_golden(work / GOLDEN, golden)
-    job.report["golden"] = {"file": GOLDEN, "samples": int(len(idx)), "bytes": int(size),
+    job.report["golden"] = {"file": GOLDEN, "samples": int(len(idx)), "bytes": int(size), "form": golden.form,
                             "chosen": f"the samples of the {len(job.data)}-sample evaluation set that agree worst with "
                                       "the reference for any artefact (top-1 flips first, then the lowest cosine), "
                                       "then an even spread",
@@ -139,8 +143,7 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
         g = gates(job, art.target, art.precision)
         golden_values = None
         if runner is not None and art.timeable:
-            ok, vals, why = judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), g,
-                                         widths(job.spec))
+            ok, vals, why = golden.judge(batched_logits(runner, x, runner_batch(runner)), g, widths(job.spec))
             golden_values = {**vals, "passed": ok, "failures": why}
             if res.passed and not ok:
                 res.notes.append(f"the golden set fails on this machine although the evaluation set passed: {why}")
@@ -151,6 +154,19 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
             proven_on=backend(art.target).fingerprint(art.runtime_config), golden=golden_values,
             repaired=bool((res.checks.get("repair") or {}).get("kept")))
     return golden
+
+
+def reference_golden(job, pixels: np.ndarray, reference: np.ndarray) -> Golden:
+    """The golden set of ``pixels`` and the reference outputs on them: whole, or, for output maps above
+    ``runtime.golden.REDUCE_ABOVE`` bytes a sample, reduced (with a segmentation model's reference classes)."""
+    from exporters.outputs import dense_classes
+    maps = [tuple(shape) for _, shape in job.spec.outputs] if job.spec.outputs and all(
+        len(shape) == 3 for _, shape in job.spec.outputs) else None
+    if golden_form(maps) == "full":
+        return Golden(pixels=pixels, reference=reference)
+    classes = dense_classes(job.spec)
+    return Golden(pixels=pixels, reference=reduce_maps(reference, maps), maps=maps,
+                  classes=class_maps(reference, classes) if classes else None)
 
 
 def golden_spec(job) -> GoldenSpec | None:

@@ -125,11 +125,13 @@ class PreprocessingSpec(_Model):
 
 class GoldenSpec(_Model):
     """The golden set: uint8 pixels ``[N, H, W, 3]`` after resize and crop (before normalisation) and the
-    PyTorch reference logits ``[N, classes]`` on them, in one ``.npz`` hashed like every file."""
+    PyTorch reference outputs on them (whole, or output maps reduced: ``form``), in one ``.npz`` hashed like every
+    file."""
 
     file: RelPath
     samples: Annotated[int, Field(gt=0)]
     bytes: Annotated[int, Field(gt=0)]
+    form: Literal["full", "reduced"] = "full"  # reduced: output maps pooled and cropped (runtime/golden.py)
     chosen: str = ""  # how the samples were chosen
     reference: str = ""  # what produced the reference logits
 

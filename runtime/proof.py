@@ -16,7 +16,7 @@ from runtime import verdicts
 from runtime.backends import backend, open_with
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.environment import fingerprint_diff
-from runtime.golden import Golden, dense_shape, judge_golden, output_widths
+from runtime.golden import Golden, dense_shape, output_widths
 from runtime.manifest import ArtifactEntry, Manifest, resolve_inside
 from runtime.preprocess import Preprocessing
 from runtime.repair import Attempt, run_ladder
@@ -88,8 +88,7 @@ def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, 
         return open_with(art.target, path, cfg, device, threads)
 
     def judge(runner):
-        return judge_golden(golden.reference, batched_logits(runner, x, runner_batch(runner)), gates,
-                            output_widths(manifest))
+        return golden.judge(batched_logits(runner, x, runner_batch(runner)), gates, output_widths(manifest))
 
     def feeds(runner):
         return {runner.input_name: x[:runner_batch(runner)]}

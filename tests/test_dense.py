@@ -148,7 +148,7 @@ def test_dense_api_refuses_what_it_cannot_do_in_one_line(tmp_path):
     cases = [
         (dict(model_or_name=classifier, task="segmentation"), "must return a logits map [B, classes, H, W]"),
         (dict(model_or_name="digits_swin", task="segmentation"), "a named model is a classifier"),
-        (dict(model_or_name=classifier, task="detection"), "task must be one of classification, segmentation"),
+        (dict(model_or_name=classifier, task="detection"), "task must be one of classification, embedding, segmentation"),
         (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", precision="int8", max_drop=1.0),
          "task='segmentation': --max-drop is a drop of top-1 on labelled images, which output maps do not have"),
         (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", img_size=64),
