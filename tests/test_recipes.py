@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("openvino", reason="INT8 recipes are OpenVINO's: pip install 'vitdeploy[openvino]'")
-pytest.importorskip("nncf", reason="INT8 recipes need NNCF: pip install 'vitdeploy[openvino]'")
+pytest.importorskip("nncf", reason="INT8 recipes need NNCF: pip install 'vitdeploy[openvino-int8]'")
 pytestmark = pytest.mark.slow
 
 from exporters.targets.openvino import RECIPES, OpenVinoOptions, recipe_candidates  # noqa: E402

@@ -22,6 +22,8 @@ from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
 from runtime.environment import int8_may_saturate
 
+INSTALL_INT8 = "pip install 'vitdeploy[openvino-int8]'"  # NNCF: only building INT8 IRs needs it
+
 PRECISIONS = ("fp32", "fp16", "int8")
 # Unquantized ops of the INT8 IR run at the CPU's fastest 16-bit type (bf16 with AMX/AVX512-BF16, else f32):
 # measured with `python -m benchmarks vs-naive swin_t vit_b` on an AVX512-BF16 EPYC, the f32 hint left our INT8
@@ -101,7 +103,7 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
     notes = []
     hint = "f32"
     if precision == "int8":
-        nncf = require("nncf", INSTALL)
+        nncf = require("nncf", INSTALL_INT8)
         calib = ctx.calib()
         t0 = time.perf_counter()
         logging.getLogger("nncf").setLevel(logging.ERROR)
