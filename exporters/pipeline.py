@@ -311,10 +311,12 @@ def export_stage(job: Job, work: Path):
     return export_model, exp
 
 
-def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None) -> np.ndarray:
-    """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
+def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None,
+           batch: int | None = None) -> np.ndarray:
+    """Run ``runner`` over the evaluation set (in chunks of ``batch``, default the export's), judge it against the
+    reference's logits; return its logits."""
     from exporters.outputs import check_reference, compare_outputs, judge_outputs, task_note
-    logits = run_outputs(runner, job.data, job.opts.batch)
+    logits = run_outputs(runner, job.data, batch or job.opts.batch)
     if ref is None:
         check_reference(logits)
     ref_logits = logits if ref is None else ref.logits
@@ -345,11 +347,17 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
 
 
 def reference_stage(job: Job) -> Reference:
-    from exporters.reference import TorchRunner
+    from exporters.reference import TorchRunner, evaluation_batch
     runner = TorchRunner(job.model, list(job.input_shape), threads=job.threads)
     res = Result(target="pytorch", precision="fp32", status="built")
     with job.steps(f"PyTorch reference ({runner.device})"):
-        logits = verify(job, res, runner, None, None)
+        batch = evaluation_batch(job.opts.batch, job.report.get("memory", {}).get("activation_bytes_per_sample"))
+        try:
+            logits = verify(job, res, runner, None, None, batch)
+        except Exception:  # noqa: BLE001 - a module that takes only its export batch: evaluate at that batch
+            if batch == job.opts.batch:
+                raise
+            logits = verify(job, res, runner, None, None)
     return Reference(runner=runner, logits=logits, result=res)
 
 

@@ -18,6 +18,20 @@ def gpu_name() -> str | None:
     return f"{torch.cuda.get_device_name(0)} (cc {'.'.join(map(str, torch.cuda.get_device_capability(0)))})"
 
 
+EVAL_BATCH = 32  # images per eager forward when the reference runs over the evaluation set
+EVAL_ACTIVATIONS = 256 * 2**20  # ... within this many bytes of activations (exporters/memory.py's estimate)
+
+
+def evaluation_batch(batch: int, activation_bytes_per_sample: int | None) -> int:
+    """How many images the reference takes per forward over the evaluation set: eager PyTorch takes any batch, so
+    up to ``EVAL_BATCH`` within ``EVAL_ACTIVATIONS`` (never fewer than the export's ``batch``). Its outputs are the
+    same as one image at a time up to float rounding (a GEMM's blocking changes with its rows); latency is still
+    timed at the export's batch."""
+    if not activation_bytes_per_sample:
+        return batch
+    return max(batch, min(EVAL_BATCH, EVAL_ACTIVATIONS // activation_bytes_per_sample))
+
+
 class TorchRunner(Runner):
     """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` in eager FP32."""
 
@@ -35,7 +49,8 @@ class TorchRunner(Runner):
             torch.backends.cudnn.allow_tf32 = False
         self.threads = threads
         self.model = model.to(self.device).eval()
-        self.input_name, self.input_shape = "input", list(input_shape)
+        # eager PyTorch takes any batch (-1): the evaluation runs in chunks (evaluation_batch), latency at the export's
+        self.input_name, self.input_shape = "input", [-1, *list(input_shape)[1:]]
 
     @torch.inference_mode()
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
