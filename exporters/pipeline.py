@@ -194,6 +194,22 @@ def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
     return np.concatenate(outs)[:len(data)]
 
 
+def evaluate(job: Job, runner: Runner) -> np.ndarray:
+    """``run_outputs`` over the evaluation set at the export's batch; an eager PyTorch runner (the reference, Core ML's
+    proxy: ``eager``) in chunks of ``exporters.reference.evaluation_batch`` instead, or at the export's batch for a
+    module that takes no other."""
+    from exporters.reference import evaluation_batch
+    batch = job.opts.batch
+    if getattr(runner, "eager", False):
+        chunk = evaluation_batch(batch, job.report.get("memory", {}).get("activation_bytes_per_sample"))
+        try:
+            return run_outputs(runner, job.data, chunk)
+        except Exception:  # noqa: BLE001 - a module that takes only its export batch: evaluate at that batch
+            if chunk == batch:
+                raise
+    return run_outputs(runner, job.data, batch)
+
+
 def _validate(opts: RunOptions) -> None:
     for name in opts.targets:
         target(name)  # an unknown target fails here, before any work
@@ -311,12 +327,10 @@ def export_stage(job: Job, work: Path):
     return export_model, exp
 
 
-def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None,
-           batch: int | None = None) -> np.ndarray:
-    """Run ``runner`` over the evaluation set (in chunks of ``batch``, default the export's), judge it against the
-    reference's logits; return its logits."""
+def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None) -> np.ndarray:
+    """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
     from exporters.outputs import check_reference, compare_outputs, judge_outputs, task_note
-    logits = run_outputs(runner, job.data, batch or job.opts.batch)
+    logits = evaluate(job, runner)
     if ref is None:
         check_reference(logits)
     ref_logits = logits if ref is None else ref.logits
@@ -347,17 +361,11 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
 
 
 def reference_stage(job: Job) -> Reference:
-    from exporters.reference import TorchRunner, evaluation_batch
+    from exporters.reference import TorchRunner
     runner = TorchRunner(job.model, list(job.input_shape), threads=job.threads)
     res = Result(target="pytorch", precision="fp32", status="built")
     with job.steps(f"PyTorch reference ({runner.device})"):
-        batch = evaluation_batch(job.opts.batch, job.report.get("memory", {}).get("activation_bytes_per_sample"))
-        try:
-            logits = verify(job, res, runner, None, None, batch)
-        except Exception:  # noqa: BLE001 - a module that takes only its export batch: evaluate at that batch
-            if batch == job.opts.batch:
-                raise
-            logits = verify(job, res, runner, None, None)
+        logits = verify(job, res, runner, None, None)
     return Reference(runner=runner, logits=logits, result=res)
 
 

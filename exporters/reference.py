@@ -35,6 +35,8 @@ def evaluation_batch(batch: int, activation_bytes_per_sample: int | None) -> int
 class TorchRunner(Runner):
     """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` in eager FP32."""
 
+    eager = True  # takes any batch: the evaluation runs in chunks (exporters.pipeline.evaluate)
+
     def __init__(self, model: torch.nn.Module, input_shape: list[int], device: str | None = None,
                  threads: int | None = None):
         super().__init__()
@@ -49,7 +51,7 @@ class TorchRunner(Runner):
             torch.backends.cudnn.allow_tf32 = False
         self.threads = threads
         self.model = model.to(self.device).eval()
-        # eager PyTorch takes any batch (-1): the evaluation runs in chunks (evaluation_batch), latency at the export's
+        # eager PyTorch takes any batch (-1): the evaluation runs in chunks, latency at the export's batch
         self.input_name, self.input_shape = "input", [-1, *list(input_shape)[1:]]
 
     @torch.inference_mode()

@@ -316,11 +316,14 @@ def proxy_block_outputs(model, art: Artifact, probes: list, x: np.ndarray) -> di
 class _ProxyRunner(Runner):
     """PyTorch run of the compression Core ML applies: the labelled proxy on non-macOS systems."""
 
+    eager = True  # takes any batch: the evaluation runs in chunks (exporters.pipeline.evaluate)
+
     def __init__(self, model, precision: str, input_shape, keep=(), output_names=("logits",)):
         super().__init__()
         self.model = compressed_model(model, precision, keep)
         self.dtype = next(self.model.parameters()).dtype
-        self.input_name, self.input_shape, self.output_names = "input", list(input_shape), list(output_names)
+        self.input_name, self.output_names = "input", list(output_names)
+        self.input_shape = [-1, *list(input_shape)[1:]]
 
     def infer_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(x).to(self.dtype)
