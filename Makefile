@@ -21,7 +21,7 @@ demo: install
 	@echo "report: out/swin_t/report.md"
 
 test: install lint
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # the layer contract (import-linter, pyproject.toml) and the linter; both run in `make test`, so in CI
 lint: install

@@ -49,9 +49,10 @@ def _matrix(argv) -> int:
     a = p.parse_args(argv)
     import time
 
-    from exporters.pipeline import RunOptions, default_threads, plan, run
+    from exporters.pipeline import RunOptions, plan, run
     from exporters.report import write_matrix
     from exporters.targets import target
+    from runtime.values import usable_cores
     targets = [t for t in a.targets.split(",") if t]
     precisions = [x for x in a.precisions.split(",") if x]
     for t in targets:
@@ -59,7 +60,7 @@ def _matrix(argv) -> int:
     bad = sorted(set(precisions) - {"fp32", "fp16", "int8"})
     if bad or not precisions:
         raise UserError(f"unknown precision(s) {', '.join(bad) or '(none given)'}; choose from fp32, fp16, int8")
-    threads = a.threads or default_threads()
+    threads = a.threads or usable_cores()
     reports = []
     combos = len(plan(targets, None, precisions)) + 1  # + the PyTorch reference
     total, done, t_start = combos * len(a.models), 0, time.perf_counter()
@@ -91,10 +92,10 @@ def _rewrites(argv) -> int:
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.rewrites import compare_model, render
-    from exporters.pipeline import default_threads
     from runtime.environment import environment, one_line
+    from runtime.values import usable_cores
 
-    threads = a.threads or default_threads()
+    threads = a.threads or usable_cores()
     results = [compare_model(m, threads, runs=a.runs, dynamic_batch=a.dynamic_batch) for m in a.models]
     env = environment(threads)
     md = render(results, one_line(env), "python -m benchmarks rewrites " + " ".join(argv))
@@ -112,9 +113,9 @@ def _ort_int8(argv) -> int:
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.ort_int8 import measure_options, render
-    from exporters.pipeline import default_threads
     from runtime.environment import environment, one_line
-    threads = a.threads or default_threads()
+    from runtime.values import usable_cores
+    threads = a.threads or usable_cores()
     res = measure_options(a.speed_model, threads=threads, runs=a.runs)
     md = render(res, one_line(environment(threads)), "python -m benchmarks ort-int8 " + " ".join(argv))
     _emit(Path(a.out), "ort-int8", md, res)
@@ -208,12 +209,12 @@ def _vs_naive(argv) -> int:
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.vs_naive import measure, render, timed_model
-    from exporters.pipeline import default_threads
     from runtime.environment import environment, one_line
+    from runtime.values import usable_cores
     for m in a.models:
         for size in a.img_size or [None]:
             timed_model(m, size, a.kind)  # an unknown model or a size it can't take: one line before any work
-    threads = a.threads or default_threads()
+    threads = a.threads or usable_cores()
     res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None,
                   sizes=a.img_size, kind=a.kind, recipe=a.recipe)
     env = environment(threads)
@@ -232,12 +233,12 @@ def _op_profile(argv) -> int:
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.op_profile import measure, render
-    from exporters.pipeline import default_threads
     from exporters.zoo import create_model
     from runtime.environment import environment, one_line
+    from runtime.values import usable_cores
     for m in a.models:
         create_model(m)
-    threads = a.threads or default_threads()
+    threads = a.threads or usable_cores()
     res = measure(a.models, threads, a.runs)
     env = environment(threads)
     _emit(Path(a.out), "op_profile", render(res, one_line(env), "python -m benchmarks op-profile " + " ".join(argv)),
@@ -271,10 +272,10 @@ def _eval(argv) -> int:
     a = p.parse_args(argv)
     from benchmarks.evaluate import render
     from benchmarks.scale import evaluate, make_plan
-    from exporters.pipeline import default_threads
     from runtime.environment import environment, one_line
+    from runtime.values import usable_cores
     sharded = a.workers > 1 or a.ray
-    threads = a.threads or (1 if sharded else default_threads())
+    threads = a.threads or (1 if sharded else usable_cores())
     def split(s):
         return ([x for x in s.split(",") if x] if s else None)
     plan = make_plan(Path(a.bundle), Path(a.data), split(a.targets), split(a.precisions), a.reference, a.limit,

@@ -171,7 +171,7 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
         spec = spec_for_module(model_or_name, name or type(model_or_name).__name__.lower(), input_shape,
                                preprocessing, labels, task)
         module, model_or_name = model_or_name, spec.name
-        if task == "segmentation" and (img_size is not None or features not in (None, False)):
+        if task == "segmentation" and (img_size is not None or (features is not None and features is not False)):
             raise ExportError("task='segmentation' takes its size from input_shape; img_size and features are for "
                               "classifiers and their backbones")
     elif not isinstance(model_or_name, str):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,13 +148,6 @@ class Reference:
     result: Result
 
 
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def plan(names: list[str], precision: str | None, precisions: list[str] | None = None) -> list[tuple[str, str]]:
     """(target, precision) pairs to build, in order, from each target's declared precisions."""
     offered = {t: target(t).precisions for t in names}
@@ -243,7 +235,7 @@ def prepare(opts: RunOptions) -> Job:
     _validate(opts)
     target_options = resolve_options(opts.targets, opts.options)
     check_recipe_flag(opts.options, plan(opts.targets, opts.precision, opts.precisions))
-    threads = opts.threads or default_threads()
+    threads = opts.threads or values.usable_cores()
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
     with steps("model"):
@@ -592,4 +584,4 @@ def run(opts: RunOptions) -> dict:
     return job.report
 
 
-__all__ = ["RunOptions", "run", "run_into", "prepare", "plan", "default_threads", "run_outputs"]
+__all__ = ["RunOptions", "run", "run_into", "prepare", "plan", "run_outputs"]

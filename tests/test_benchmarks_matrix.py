@@ -10,7 +10,7 @@ def test_matrix_on_digits_vit(tmp_path, capsys):
     from benchmarks.__main__ import main
     out = tmp_path / "bench"
     assert main(["digits_vit", "--targets", "onnxruntime,openvino,tensorrt", "--precisions", "fp32,int8",
-                 "--runs", "10", "--throughput", "--out", str(out)]) == 0
+                 "--runs", "3", "--throughput", "--out", str(out)]) == 0
     data = json.loads((out / "report.json").read_text())
     rows = {(r["target"], r["precision"]): r for r in data["reports"][0]["results"]}
     assert {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
