@@ -153,6 +153,8 @@ def test_dense_api_refuses_what_it_cannot_do_in_one_line(tmp_path):
          "task='segmentation': --max-drop is a drop of top-1 on labelled images, which output maps do not have"),
         (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", img_size=64),
          "takes its size from input_shape"),
+        (dict(model_or_name=torch.nn.Conv2d(3, 4, 1), task="segmentation", features=0),  # 0 is a stage, not False
+         "takes its size from input_shape"),
         (dict(model_or_name="digits_swin", precision=["int8", "int4"]), "precision takes fp32, fp16, int8 or auto"),
     ]
     for kwargs, match in cases:
