@@ -99,8 +99,7 @@ def choose_golden(job, logits_by_row: dict) -> np.ndarray:
     flips first, then the lowest cosine), up to half the set, then an even spread over the rest."""
     n_all = len(job.data)
     h, w = job.spec.input_shape[1:]
-    maps = [tuple(shape) for _, shape in job.spec.outputs] if job.spec.outputs and all(
-        len(shape) == 3 for _, shape in job.spec.outputs) else None
+    maps = output_maps(job.spec)
     dense = math.prod(job.spec.outputs[0][1][1:]) if job.spec.task == "segmentation" else 0
     n = golden_count(n_all, sample_bytes(h * w * 3, maps, job.ref_logits.shape[1], dense))
     chosen: list[int] = []
@@ -156,12 +155,18 @@ def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
     return golden
 
 
+def output_maps(spec) -> list[tuple[int, int, int]] | None:
+    """Each output map's ``(C, h, w)`` (a backbone's, a segmentation model's); None for logits and embeddings."""
+    if spec.outputs and all(len(shape) == 3 for _, shape in spec.outputs):
+        return [tuple(shape) for _, shape in spec.outputs]
+    return None
+
+
 def reference_golden(job, pixels: np.ndarray, reference: np.ndarray) -> Golden:
     """The golden set of ``pixels`` and the reference outputs on them: whole, or, for output maps above
     ``runtime.golden.REDUCE_ABOVE`` bytes a sample, reduced (with a segmentation model's reference classes)."""
     from exporters.outputs import dense_classes
-    maps = [tuple(shape) for _, shape in job.spec.outputs] if job.spec.outputs and all(
-        len(shape) == 3 for _, shape in job.spec.outputs) else None
+    maps = output_maps(job.spec)
     if golden_form(maps) == "full":
         return Golden(pixels=pixels, reference=reference)
     classes = dense_classes(job.spec)

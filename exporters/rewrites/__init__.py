@@ -131,6 +131,18 @@ def apply_rewrites(model: nn.Module, input_shape: tuple[int, ...],
     return model.eval(), report
 
 
+def folded_qkv(attn: nn.Module) -> nn.Linear:
+    """``attn.qkv`` with separate query and value biases (BEiT's, SwinV2's: the key's is zero) folded into one
+    Linear; ``attn.qkv`` itself when it has none."""
+    if getattr(attn, "q_bias", None) is None:
+        return attn.qkv
+    qkv = nn.Linear(attn.qkv.in_features, attn.qkv.out_features, bias=True)
+    with torch.no_grad():
+        qkv.weight.copy_(attn.qkv.weight)
+        qkv.bias.copy_(torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias)))
+    return qkv
+
+
 def scaled_qkv(qkv: nn.Linear, attn_dim: int, scale: float) -> nn.Linear:
     """A copy of ``qkv`` whose query rows are pre-multiplied by ``scale`` (removes one Mul per block)."""
     new = nn.Linear(qkv.in_features, qkv.out_features, bias=qkv.bias is not None)

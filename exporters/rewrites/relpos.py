@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporters.rewrites import Rule, Shapes, register, scaled_qkv
+from exporters.rewrites import Rule, Shapes, folded_qkv, register, scaled_qkv
 
 
 class StaticBiasAttention(nn.Module):
@@ -75,17 +75,6 @@ def _attention_types() -> tuple[type, type]:
     return BeitAttention, RelPosAttention
 
 
-def _qkv(attn: nn.Module) -> nn.Linear:
-    """The qkv Linear with BEiT's separate query and value biases folded in (the key's is zero)."""
-    if getattr(attn, "q_bias", None) is None:
-        return attn.qkv
-    qkv = nn.Linear(attn.qkv.in_features, attn.qkv.out_features, bias=True)
-    with torch.no_grad():
-        qkv.weight.copy_(attn.qkv.weight)
-        qkv.bias.copy_(torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias)))
-    return qkv
-
-
 def _own_bias(attn: nn.Module) -> torch.Tensor | None:
     if isinstance(attn, _attention_types()[0]):
         return attn._get_rel_pos_bias() if attn.relative_position_bias_table is not None else None
@@ -98,7 +87,7 @@ def _attention_check(name: str, attn: nn.Module, shapes: Shapes) -> bool:
 
 def _attention_replace(name: str, attn: nn.Module, shapes: Shapes) -> nn.Module:
     n = shapes[name][1]
-    qkv = _qkv(attn)
+    qkv = folded_qkv(attn)
     a = qkv.out_features // 3
     norms = [getattr(attn, k, None) or nn.Identity() for k in ("q_norm", "k_norm")]
     plain = all(isinstance(m, nn.Identity) for m in norms)

@@ -133,12 +133,13 @@ class StaticSwinBlock(nn.Module):
 class StaticPatchMerging(nn.Module):
     """2x2 patch merging ``[B, H, W, C]`` -> ``[B, H/2, W/2, out]`` as one reshape/permute.
 
-    The channel order (w-offset major) matches both timm's and torchvision's implementations.
+    The channel order (w-offset major) matches both timm's and torchvision's implementations. ``norm_last``: SwinV2's
+    order, the reduction before the norm.
     """
 
-    def __init__(self, norm: nn.Module, reduction: nn.Linear, size: tuple[int, int]):
+    def __init__(self, norm: nn.Module, reduction: nn.Linear, size: tuple[int, int], norm_last: bool = False):
         super().__init__()
-        self.norm, self.reduction, self.size = norm, reduction, size
+        self.norm, self.reduction, self.size, self.norm_last = norm, reduction, size, norm_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.size
@@ -147,7 +148,7 @@ class StaticPatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
             h, w = h + h % 2, w + w % 2
         x = x.reshape(-1, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(-1, h // 2, w // 2, 4 * c)
-        return self.reduction(self.norm(x))
+        return self.norm(self.reduction(x)) if self.norm_last else self.reduction(self.norm(x))
 
 
 def _bias(rel_bias: torch.Tensor, heads: int, n: int, hp: int, wp: int, window, shift) -> torch.Tensor:

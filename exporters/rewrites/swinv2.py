@@ -17,11 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from exporters.rewrites import Rule, Shapes, register
-from exporters.rewrites.swin import StaticWindowAttention
+from exporters.rewrites import Rule, Shapes, folded_qkv, register
+from exporters.rewrites.swin import StaticPatchMerging, StaticWindowAttention
 
 MAX_LOGIT = math.log(1.0 / 0.01)  # reason: both timm SwinV2 implementations clamp the logit scale at log(100)
 
@@ -40,34 +39,6 @@ class StaticSwinV2Block(nn.Module):
         x = x + self.drop_path1(self.norm1(self.attn(x)))
         x = x + self.drop_path2(self.norm2(self.mlp(x)))  # the MLP acts on the last dim: no flattening needed
         return self.norm3(x)
-
-
-class StaticPatchMergingV2(nn.Module):
-    """SwinV2's 2x2 patch merging, reduction before norm: ``[B, H, W, C]`` -> ``[B, H/2, W/2, out]``."""
-
-    def __init__(self, reduction: nn.Linear, norm: nn.Module, size: tuple[int, int]):
-        super().__init__()
-        self.reduction, self.norm, self.size = reduction, norm, size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.size
-        c = self.reduction.in_features // 4
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-            h, w = h + h % 2, w + w % 2
-        x = x.reshape(-1, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(-1, h // 2, w // 2, 4 * c)
-        return self.norm(self.reduction(x))
-
-
-def _qkv_with_bias(attn: nn.Module) -> nn.Linear:
-    """``attn.qkv`` with SwinV2's separate query and value biases (the key's is zero) folded into one Linear."""
-    if getattr(attn, "q_bias", None) is None:
-        return attn.qkv
-    qkv = nn.Linear(attn.qkv.in_features, attn.qkv.out_features, bias=True)
-    with torch.no_grad():
-        qkv.weight.copy_(attn.qkv.weight)
-        qkv.bias.copy_(torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias)))
-    return qkv
 
 
 def _v2_bias(attn: nn.Module) -> torch.Tensor:
@@ -99,7 +70,7 @@ def _block_replace(name: str, block: nn.Module, shapes: Shapes) -> nn.Module:
         mask = block.get_attn_mask() if any(shift) else None  # [nW, N, N] over the padded map, as the block uses
         bias = rel if mask is None else rel + mask.float()[:, None]
         scale = torch.clamp(attn.logit_scale.reshape(-1), max=MAX_LOGIT).exp()
-    static = StaticWindowAttention(_qkv_with_bias(attn), attn.proj, attn.num_heads, (h, w), window, shift, bias,
+    static = StaticWindowAttention(folded_qkv(attn), attn.proj, attn.num_heads, (h, w), window, shift, bias,
                                    shift_first=True, logit_scale=scale)
     return StaticSwinV2Block(block, static)
 
@@ -121,10 +92,10 @@ def _merging_type() -> type:
 
 def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
     _, h, w, _ = shapes[name]
-    return StaticPatchMergingV2(mod.reduction, mod.norm, (h, w))
+    return StaticPatchMerging(mod.norm, mod.reduction, (h, w), norm_last=True)
 
 
-# timm SwinV2 ``PatchMerging`` (reduction, then norm) -> ``StaticPatchMergingV2``; SwinV2-CR's merges as Swin V1 does
-# and is rewritten by ``swin_patch_merging``.
+# timm SwinV2 ``PatchMerging`` (reduction, then norm) -> ``StaticPatchMerging(norm_last=True)``; SwinV2-CR's merges as
+# Swin V1 does and is rewritten by ``swin_patch_merging``.
 SWINV2_PATCH_MERGING = register(Rule(name="swinv2_patch_merging", match=lambda m: type(m) is _merging_type(),
                                      replace=_merging_replace))

@@ -1,7 +1,7 @@
 """swinv2_patch_merging: SwinV2's merging (reduction, then norm) as one reshape/permute."""
 import timm
 
-from exporters.rewrites.swinv2 import StaticPatchMergingV2
+from exporters.rewrites.swin import StaticPatchMerging
 from exporters.zoo import build_digits
 from tests.rewrites.helpers import lively, max_err
 
@@ -14,7 +14,7 @@ def test_swinv2_merging_is_equivalent_and_pads_only_odd_maps():
     model = lively(timm.create_model("swinv2_tiny_window8_256", img_size=56, **TINY))
     err, report, rewritten = max_err(model, (3, 56, 56), PASS)
     assert err <= 1e-5 and report.replaced["swinv2_patch_merging"] == 2
-    assert [m.size for m in rewritten.modules() if isinstance(m, StaticPatchMergingV2)] == [(28, 28), (14, 14)]
+    assert [m.size for m in rewritten.modules() if isinstance(m, StaticPatchMerging) and m.norm_last] == [(28, 28), (14, 14)]
 
 
 def test_odd_map_keeps_its_pad():
