@@ -84,12 +84,20 @@ def first_last_compute_nodes(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys([comp[0], comp[-1]])) if comp else []
 
 
+# Constants onnxslim may fold into the file, in bytes. torch.onnx's own optimizer has already folded the weights
+# (transposes included); what is left above this is a large constant computed from small ones, such as the Swin
+# attention bias built from [heads, N, N] and [nW, N] (44 MB a stage-0 block at 800x1344), which every backend folds
+# in memory when it loads the model. reason: onnxslim folds everything by default.
+FOLD_LIMIT = 1 << 20
+
+
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxslim constant folding and dead-node removal; the original is kept if slim fails."""
+    """onnxslim constant folding (up to ``FOLD_LIMIT`` bytes a constant) and dead-node removal; the original is kept
+    if slim fails."""
     try:
         import onnxslim
         with contextlib.redirect_stdout(io.StringIO()):
-            slim = onnxslim.slim(model)
+            slim = onnxslim.slim(model, size_threshold=FOLD_LIMIT)
         if slim is not None and len(slim.graph.node) <= len(model.graph.node):
             return slim
     except Exception as exc:  # reason: onnxslim is an optimisation; a failure there must not stop the export

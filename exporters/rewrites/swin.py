@@ -1,8 +1,11 @@
 """Swin rewrites for timm ``SwinTransformer`` and torchvision ``swin_t/s/b``.
 
 - ``torch.roll`` becomes a static slice + concat;
-- the relative position bias is gathered once and baked, with the shifted-window mask
-  pre-added, into one constant ``[1, nW*heads, N, N]``: one Add per block;
+- the relative position bias is gathered once and stored as ``[heads, N, N]``, shared over windows; the
+  shifted-window mask is stored as its window-region labels ``[nW, N]`` (shared over heads; none for unshifted
+  blocks). The graph builds the ``[1, nW*heads, N, N]`` bias from them with constant-only ops (compare, scale, add by
+  broadcast, reshape) that every backend folds when it loads the model, so attention keeps one Add per block while
+  the file carries kilobytes instead of ``nW*heads*N*N`` floats (44 MB a stage-0 block at 800x1344);
 - attention runs on 4-D ``[B, nW*heads, N, hd]`` tensors (windows folded into heads), the form
   OpenVINO's CPU plugin fuses into one MHA kernel (5-D attention, or a reshape between the
   matmul and the softmax as in timm's shifted blocks, is left as separate ops);
@@ -33,8 +36,12 @@ def static_roll(x: torch.Tensor, shift_h: int, shift_w: int, h: int, w: int) -> 
     return x
 
 
-def shifted_window_mask(hp: int, wp: int, window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
-    """Swin's SW-MSA mask over a padded ``hp x wp`` map: ``[nW, N, N]`` of 0 / -100."""
+MASKED = -100.0  # reason: Swin (timm, torchvision, SwinV2) masks cross-region pairs with -100, not -inf
+
+
+def window_labels(hp: int, wp: int, window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """The region (0..8) of every token of every window of a padded ``hp x wp`` map after the cyclic shift:
+    ``[nW, N]``. Two tokens of one window attend to each other only when their regions match."""
     img = np.zeros((hp, wp), np.float32)
     cnt = 0
     for hs in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
@@ -42,24 +49,34 @@ def shifted_window_mask(hp: int, wp: int, window: tuple[int, int], shift: tuple[
             img[hs[0]:hs[1], ws[0]:ws[1]] = cnt
             cnt += 1
     win = img.reshape(hp // window[0], window[0], wp // window[1], window[1]).transpose(0, 2, 1, 3)
-    win = win.reshape(-1, window[0] * window[1])
-    diff = win[:, None, :] - win[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+    return win.reshape(-1, window[0] * window[1])
+
+
+def mask_from_labels(labels):
+    """``[nW, N]`` region labels -> Swin's SW-MSA mask ``[nW, N, N]`` of 0 / -100 (numpy or torch alike)."""
+    return (labels[:, None, :] != labels[:, :, None]) * MASKED
+
+
+def shifted_window_mask(hp: int, wp: int, window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """Swin's SW-MSA mask over a padded ``hp x wp`` map: ``[nW, N, N]`` of 0 / -100."""
+    return mask_from_labels(window_labels(hp, wp, window, shift)).astype(np.float32)
 
 
 class StaticWindowAttention(nn.Module):
     """(Shifted-)window attention on ``[B, H, W, C]`` with every shape and constant fixed.
 
-    ``bias`` is ``[nW or 1, heads, N, N]``: relative position bias plus the shift mask; it is stored
-    as ``[1, nW*heads, N, N]`` so the attention stays 4-D and the batch broadcasts.
+    ``rel_bias`` is the relative position bias ``[heads, N, N]`` (any leading 1s), ``labels`` the shifted blocks'
+    window-region labels ``[nW, N]`` (``window_labels``; ``None`` for an unshifted block). Both are stored as they
+    are; ``attn_bias()`` builds the ``[1, nW*heads, N, N]`` sum in the graph from constants alone, so attention
+    stays 4-D (the form OpenVINO fuses), the batch broadcasts, and backends fold the sum when they load the model.
     ``shift_first`` selects timm's order (roll, then pad) or torchvision's (pad, then roll).
     ``logit_scale`` (``[heads]``, already clamped and exponentiated) makes it SwinV2's cosine attention; its qkv
     then carries no query scale.
     """
 
     def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, size: tuple[int, int],
-                 window: tuple[int, int], shift: tuple[int, int], bias: torch.Tensor, shift_first: bool,
-                 logit_scale: torch.Tensor | None = None):
+                 window: tuple[int, int], shift: tuple[int, int], rel_bias: torch.Tensor,
+                 labels: torch.Tensor | np.ndarray | None, shift_first: bool, logit_scale: torch.Tensor | None = None):
         super().__init__()
         self.qkv, self.proj = qkv, proj
         self.dim = proj.out_features  # C, static
@@ -71,13 +88,24 @@ class StaticWindowAttention(nn.Module):
         self.padded = (h + self.pad[0], w + self.pad[1])
         self.num_windows = (self.padded[0] // window[0]) * (self.padded[1] // window[1])
         n = window[0] * window[1]
-        bias = bias.detach().float().expand(self.num_windows, num_heads, n, n)
-        self.register_buffer("bias", bias.reshape(1, self.num_windows * num_heads, n, n).clone().contiguous())
+        self.register_buffer("rel_bias", rel_bias.detach().float().reshape(1, num_heads, n, n).clone())
+        self.register_buffer("labels", None if labels is None else
+                             torch.as_tensor(labels, dtype=torch.float32).reshape(self.num_windows, n).clone())
         # SwinV2's cosine attention: q and k L2-normalised, q times the per-head scale (clamped, exponentiated once)
         self.cosine = logit_scale is not None
         if self.cosine:
             scale = logit_scale.detach().float().reshape(1, 1, num_heads).expand(1, self.num_windows, num_heads)
             self.register_buffer("logit_scale", scale.reshape(1, self.num_windows * num_heads, 1, 1).clone())
+
+    def attn_bias(self) -> torch.Tensor:
+        """Relative bias plus shift mask, ``[1, nW*heads, N, N]``, from the ``[1, heads, N, N]`` and ``[nW, N]``
+        constants (a broadcast add, then a reshape)."""
+        nw, heads, n = self.num_windows, self.num_heads, self.window[0] * self.window[1]
+        if self.labels is None:
+            bias = self.rel_bias.expand(nw, heads, n, n)
+        else:
+            bias = self.rel_bias + mask_from_labels(self.labels).to(self.rel_bias.dtype).unsqueeze(1)  # [nW, h, N, N]
+        return bias.reshape(1, nw * heads, n, n)
 
     def _pad(self, x):
         if any(self.pad):
@@ -107,7 +135,7 @@ class StaticWindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         if self.cosine:
             q, k = F.normalize(q, dim=-1) * self.logit_scale, F.normalize(k, dim=-1)
-        attn = torch.softmax(q @ k.transpose(-2, -1) + self.bias, dim=-1)  # [B, nW*h, N, N]
+        attn = torch.softmax(q @ k.transpose(-2, -1) + self.attn_bias(), dim=-1)  # [B, nW*h, N, N]
         x = (attn @ v).reshape(-1, nw, heads, n, hd).transpose(2, 3).reshape(-1, nw, n, a)
         x = self.proj(x)  # [B, nW, N, C]
         # reverse: [B, nW, N, C] -> [B, Hp, Wp, C]
@@ -151,25 +179,19 @@ class StaticPatchMerging(nn.Module):
         return self.norm(self.reduction(x)) if self.norm_last else self.reduction(self.norm(x))
 
 
-def _bias(rel_bias: torch.Tensor, heads: int, n: int, hp: int, wp: int, window, shift) -> torch.Tensor:
-    """Relative bias ``[1, heads, N, N]`` plus the shift mask -> ``[nW or 1, heads, N, N]``."""
-    rel = rel_bias.detach().float().reshape(1, heads, n, n)
-    if any(shift):
-        mask = torch.from_numpy(shifted_window_mask(hp, wp, window, shift))  # [nW, N, N]
-        return rel + mask[:, None]
-    return rel
+def padded_labels(size: tuple[int, int], window, shift) -> np.ndarray | None:
+    """``window_labels`` over ``size`` padded to whole windows; ``None`` without a shift."""
+    hp, wp = (-(-size[i] // window[i]) * window[i] for i in range(2))
+    return window_labels(hp, wp, window, shift) if any(shift) else None
 
 
 def _timm_block(block: nn.Module, shape: tuple[int, ...]) -> StaticSwinBlock:
     _, h, w, _ = shape
     window, shift = tuple(block.window_size), tuple(block.shift_size)
     attn = block.attn
-    hp = h + (window[0] - h % window[0]) % window[0]
-    wp = w + (window[1] - w % window[1]) % window[1]
-    n = window[0] * window[1]
-    bias = _bias(attn._get_rel_pos_bias(), attn.num_heads, n, hp, wp, window, shift)
     qkv = scaled_qkv(attn.qkv, attn.qkv.out_features // 3, attn.scale)
-    static = StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift, bias, shift_first=True)
+    static = StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift, attn._get_rel_pos_bias(),
+                                   padded_labels((h, w), window, shift), shift_first=True)
     return StaticSwinBlock(block, static)
 
 
@@ -180,11 +202,11 @@ def _tv_attention(attn: nn.Module, shape: tuple[int, ...]) -> StaticWindowAttent
     wp = w + (window[1] - w % window[1]) % window[1]
     # reason: torchvision drops the shift when the window covers the padded map
     shift = tuple(0 if window[i] >= (hp, wp)[i] else attn.shift_size[i] for i in range(2))
-    n = window[0] * window[1]
-    bias = _bias(attn.get_relative_position_bias(), attn.num_heads, n, hp, wp, window, shift)
     attn_dim = attn.qkv.out_features // 3
     qkv = scaled_qkv(attn.qkv, attn_dim, (c // attn.num_heads) ** -0.5)
-    return StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift, bias, shift_first=False)
+    return StaticWindowAttention(qkv, attn.proj, attn.num_heads, (h, w), window, shift,
+                                 attn.get_relative_position_bias(), padded_labels((h, w), window, shift),
+                                 shift_first=False)
 
 
 def _attention_types() -> tuple[type, type]:

@@ -5,8 +5,8 @@ log-spaced coordinate table, gathered per window pair; ``16 * sigmoid`` of it in
 clamped and exponentiated per-head logit scale for its cosine attention, ``torch.roll`` and the shifted-window
 mask. Each of them depends only on the weights and the input size, so:
 
-- the bias is computed once by its MLP and baked, with the shift mask pre-added, into one ``[1, nW*heads, N, N]``
-  constant (``StaticWindowAttention``, shared with Swin V1);
+- the bias is computed once by its MLP and stored as ``[heads, N, N]``, and the shift mask as its window-region
+  labels ``[nW, N]`` (``StaticWindowAttention``, shared with Swin V1, sums them in the graph from constants);
 - the logit scale is clamped and exponentiated once into a constant that multiplies the normalised queries;
 - the roll becomes static slices and concatenation, the window partition static reshapes;
 - the blocks keep SwinV2's post-norm residuals (``x + norm(attn(x))``), and V2's patch merging (reduction, then
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from exporters.rewrites import Rule, Shapes, folded_qkv, register
-from exporters.rewrites.swin import StaticPatchMerging, StaticWindowAttention
+from exporters.rewrites.swin import StaticPatchMerging, StaticWindowAttention, mask_from_labels, padded_labels
 
 MAX_LOGIT = math.log(1.0 / 0.01)  # reason: both timm SwinV2 implementations clamp the logit scale at log(100)
 
@@ -67,20 +67,33 @@ def _block_replace(name: str, block: nn.Module, shapes: Shapes) -> nn.Module:
     v2 = type(block) is _block_types()[0]
     with torch.no_grad():
         rel = (_v2_bias if v2 else _cr_bias)(attn).float()
-        mask = block.get_attn_mask() if any(shift) else None  # [nW, N, N] over the padded map, as the block uses
-        bias = rel if mask is None else rel + mask.float()[:, None]
         scale = torch.clamp(attn.logit_scale.reshape(-1), max=MAX_LOGIT).exp()
-    static = StaticWindowAttention(folded_qkv(attn), attn.proj, attn.num_heads, (h, w), window, shift, bias,
-                                   shift_first=True, logit_scale=scale)
+    static = StaticWindowAttention(folded_qkv(attn), attn.proj, attn.num_heads, (h, w), window, shift, rel,
+                                   padded_labels((h, w), window, shift), shift_first=True, logit_scale=scale)
     return StaticSwinV2Block(block, static)
 
 
 def _block_check(name: str, block: nn.Module, shapes: Shapes) -> bool:
     shape = shapes[name]
-    return len(shape) == 4 and not getattr(block.attn, "sequential_attn", False)
+    if len(shape) != 4 or getattr(block.attn, "sequential_attn", False):
+        return False
+    return _same_mask(block, (shape[1], shape[2]))
 
 
-# timm SwinV2 and SwinV2-CR blocks -> ``StaticSwinV2Block`` (cosine ``StaticWindowAttention``, bias and mask baked).
+def _same_mask(block: nn.Module, size: tuple[int, int]) -> bool:
+    """Whether the block's own shift mask (over the padded map) is the one its region labels give: the rewrite
+    stores labels, so a block masking otherwise is left as timm wrote it."""
+    window, shift = tuple(block.window_size), tuple(block.shift_size)
+    labels = padded_labels(size, window, shift)
+    with torch.no_grad():
+        mask = block.get_attn_mask() if any(shift) else None
+    if mask is None or labels is None:
+        return mask is None and labels is None
+    mine = mask_from_labels(torch.from_numpy(labels))
+    return mine.shape == mask.shape and bool(torch.equal(mine.float(), mask.float()))
+
+
+# timm SwinV2 and SwinV2-CR blocks -> ``StaticSwinV2Block`` (cosine ``StaticWindowAttention``, bias and mask labels stored).
 SWINV2_WINDOW_ATTENTION = register(Rule(name="swinv2_window_attention", match=lambda m: type(m) in _block_types(),
                                         check=_block_check, replace=_block_replace))
 

@@ -16,8 +16,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from exporters.onnx import FOLD_LIMIT
 from exporters.recipes import recipe_field, recipe_of
 from exporters.targets import Artifact, BuildContext, Target
+from exporters.targets._ov_constants import factor_attention_bias
 from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
 from runtime.environment import int8_may_saturate
@@ -132,6 +134,10 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
     elif precision == "fp16":
         hint = half_hint(device)
         notes.append(f"FP16 weights; inference precision hint {hint} on {device}")
+    factored = factor_attention_bias(model, FOLD_LIMIT)
+    if factored:
+        notes.append(f"{factored} attention bias constants stored factored ([heads, N, N] bias, [nW, N] window "
+                     "regions); OpenVINO folds them when it compiles the model")
     xml = ctx.workdir / f"openvino-{precision}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
     files = [xml, xml.with_suffix(".bin")]

@@ -100,9 +100,70 @@ def test_attention_is_four_d_with_no_reshape_before_softmax(tmp_path):
 
 
 
-def test_bias_is_stored_once_per_window_and_head_and_broadcasts_over_batch():
+def _narrow_swin(hw, window):
+    """swin_t's grid (patch 4, four stages) at a tenth of its width: every window count, pad and shift of swin_t
+    at ``hw``, cheap enough for 800x1344."""
+    from timm.models.swin_transformer import SwinTransformer
+    return SwinTransformer(img_size=hw, window_size=window, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+                           num_classes=10).eval()
+
+
+def test_constants_are_stored_small_and_sum_to_the_baked_bias():
     from exporters.rewrites import apply_rewrites
     rewritten, _ = apply_rewrites(_digits_swin(32), (1, 3, 32, 32))
-    for attn in (m for m in rewritten.modules() if isinstance(m, StaticWindowAttention)):
-        n = attn.window[0] * attn.window[1]
-        assert tuple(attn.bias.shape) == (1, attn.num_windows * attn.num_heads, n, n)
+    attns = [m for m in rewritten.modules() if isinstance(m, StaticWindowAttention)]
+    assert {a.labels is None for a in attns} == {True, False}  # unshifted and shifted blocks both present
+    for attn in attns:
+        n, nw, heads = attn.window[0] * attn.window[1], attn.num_windows, attn.num_heads
+        assert tuple(attn.rel_bias.shape) == (1, heads, n, n)
+        mask = torch.zeros(1, 1, n, n)
+        if attn.labels is not None:
+            assert tuple(attn.labels.shape) == (nw, n)
+            mask = torch.from_numpy(shifted_window_mask(*attn.padded, attn.window, attn.shift))[:, None]
+        baked = (attn.rel_bias + mask).expand(nw, heads, n, n).reshape(1, nw * heads, n, n)
+        assert torch.equal(attn.attn_bias(), baked)  # the old one-constant bias, bit for bit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hw,window", [((224, 224), 7), ((384, 384), 12), ((800, 1344), 7)])
+def test_equivalent_at_swin_t_sizes(hw, window):
+    # 384: windows scaled to 12 as exporters.sizes does; 800x1344: 200x336 tokens, padded to whole windows
+    torch.manual_seed(0)
+    err, report, rewritten = max_err(_narrow_swin(hw, window), (3, *hw), PASS, batches=(1,))
+    assert err <= 1e-4 and report.replaced["swin_window_attention"] == 8
+    assert bool([m for m in rewritten.modules() if isinstance(m, StaticWindowAttention) and any(m.pad)]) == (
+        hw == (800, 1344))
+
+
+@pytest.mark.slow
+def test_onnx_and_openvino_ir_carry_the_small_constants(tmp_path):
+    """At 800x1344 the baked bias would be 1,392 windows x heads x 49 x 49 floats a stage-0 block (13 MB here, 40 MB
+    in swin_t); the ONNX and the OpenVINO IR hold what the module stores plus at most the fold limit a block (what
+    the exporters may fold), and OpenVINO's compiled model gives the same outputs as the IR with the bias folded
+    into one constant."""
+    import numpy as np
+    import openvino as ov
+
+    from exporters.onnx import FOLD_LIMIT, export_onnx
+    from exporters.rewrites import apply_rewrites
+    from exporters.targets._ov_constants import factor_attention_bias
+    hw = (800, 1344)
+    rewritten, _ = apply_rewrites(_narrow_swin(hw, 7), (1, 3, *hw))
+    stored = sum(t.numel() * t.element_size() for t in (*rewritten.parameters(), *rewritten.buffers()))
+    bound = stored + 8 * FOLD_LIMIT  # 8 blocks
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(rewritten, (1, 3, *hw), onnx_path)
+    assert onnx_path.stat().st_size <= bound
+    folded = ov.convert_model(str(onnx_path))  # reason: convert_model folds the bias expression
+    big = 1392 * 49 * 49 * 4
+    assert any(op.get_byte_size() >= big for op in folded.get_ops() if op.get_type_name() == "Constant")
+    model = ov.convert_model(str(onnx_path))
+    assert factor_attention_bias(model, FOLD_LIMIT) >= 2
+    ov.save_model(model, str(tmp_path / "f.xml"), compress_to_fp16=False)
+    ov.save_model(folded, str(tmp_path / "b.xml"), compress_to_fp16=False)
+    assert (tmp_path / "f.bin").stat().st_size <= bound < (tmp_path / "b.bin").stat().st_size
+    x = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
+    core = ov.Core()
+    outs = [core.compile_model(str(tmp_path / f"{k}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x})[0]
+            for k in ("f", "b")]
+    assert np.array_equal(outs[0], outs[1])
