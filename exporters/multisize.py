@@ -2,10 +2,11 @@
 
 ``run_sizes(opts, sizes)`` builds the model once (so random weights are the same network at every size), re-lays
 it for each size (exporters/sizes.py: a size that needs padding is refused before any work), and runs the single-
-size pipeline into ``BUNDLE/<h>x<w>/``: rewrites with the Swin bias and masks baked for that size, ONNX, every
-target and precision, gates, latency, golden set. The calibration and evaluation sets are the same source,
-preprocessed per size. ``sizes.json`` names the sizes with each manifest's sha256; the top report compares them
-(a table per size and the latency-against-resolution plot); the signature, when asked for, covers everything.
+size pipeline into ``BUNDLE/<h>x<w>/``: rewrites with the Swin bias and masks for that size, ONNX, every target
+and precision, gates, latency, golden set. The calibration and evaluation sets are the same source, preprocessed
+per size. Then every weight is stored once for all sizes, in ``shared/`` (exporters/shared_weights.py).
+``sizes.json`` names the sizes with each manifest's sha256; the top report compares them (a table per size and the
+latency-against-resolution plot); the signature, when asked for, covers everything.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 from exporters.memory import check_scaled
+from exporters.shared_weights import share_weights
 from exporters.sizes import check_size, model_at_size, size_label, spelled
 from runtime import signing
 from runtime.manifest import MANIFEST, sha256_file
@@ -74,11 +76,14 @@ def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
             run_into(job, folder)
             job.report["bundle"] = str(out / slug / size_label(hw))
             reports.append(job.report)
+        shared = share_weights(work, [size_label(hw) for hw, _ in models])
         size_set = SizeSet(model=reports[0]["model"], created=reports[0]["created"], sizes=[
             SizeEntry(input_size=hw, bundle=size_label(hw), manifest_sha256=sha256_file(work / size_label(hw) / MANIFEST))
             for hw, _ in models])
         command = command_of(opts, sizes)
         combined = combine(reports, command)
+        if shared["before"]:
+            combined["shared_weights"] = {**shared, "folder": "shared"}
         if opts.sign_key is not None:
             size_set.signed_by = combined["signed_by"] = signing.key_id(signing.signing_key(opts.sign_key).public_key())
         size_set.write(work)

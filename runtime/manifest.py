@@ -21,8 +21,12 @@ FORMAT = "vitdeploy-bundle/1"
 Precision = Literal["fp32", "fp16", "int8"]
 
 
+SIZES = "sizes.json"  # a bundle of several sizes: one sub-bundle a size (runtime/sizes.py)
+SHARED = "../shared/"  # the one path out of a size's sub-bundle: weights every size shares (exporters/shared_weights.py)
+
+
 def _relative(p: str) -> str:
-    pp = PurePosixPath(p)
+    pp = PurePosixPath(p.removeprefix(SHARED))
     if not p or "\\" in p or pp.is_absolute() or ".." in pp.parts or p.startswith("~"):
         raise ValueError(f"'{p}' must be a relative path inside the bundle (no '..', no absolute path)")
     return p
@@ -86,6 +90,7 @@ class ArtifactEntry(_Model):
     primary: RelPath | None
     files: list[RelPath]
     runtime_config: dict = Field(default_factory=dict)
+    weights_file: RelPath | None = None  # an IR's weights when they are not beside it (shared by a bundle's sizes)
     engine: dict | None = None  # set by `python -m runtime build`
     verification: Verification | None = None  # None: never proven (an older bundle, an engine built on the device)
 
@@ -203,8 +208,16 @@ class Manifest(_Model):
 
 
 def resolve_inside(bundle: Path, rel: str) -> Path:
-    """``bundle / rel``, refusing a path (or a symlink on it) that leaves the bundle."""
+    """``bundle / rel``, refusing a path (or a symlink on it) that leaves the bundle. ``../shared/NAME`` names the
+    weights a size's sub-bundle shares with the other sizes: it resolves in the bundle of several sizes above it,
+    and only there."""
     _relative(rel)
+    if rel.startswith(SHARED):
+        top = Path(os.path.realpath(bundle)).parent
+        if not (top / SIZES).is_file():
+            raise UserError(f"{rel}: this bundle shares its weights with the other sizes of the bundle it came from; "
+                            "open that bundle, not one size's folder")
+        return resolve_inside(top, rel.removeprefix("../"))
     root = Path(os.path.realpath(bundle))
     path = Path(os.path.realpath(root / rel))
     if path != root and root not in path.parents:

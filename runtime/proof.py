@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime import verdicts
-from runtime.backends import backend, open_with
+from runtime.backends import backend, open_with, weights_of
 from runtime.backends.base import batched_logits, runner_batch
 from runtime.environment import fingerprint_diff
 from runtime.golden import Golden, dense_shape, output_widths
@@ -82,10 +82,10 @@ def prove(bundle: Path, manifest: Manifest, art: ArtifactEntry, golden: Golden, 
     config = dict(art.runtime_config if config is None else config)
     gates = gates_of(manifest, art, len(golden.pixels))
     x = golden.inputs(Preprocessing.from_dict(manifest.preprocessing.model_dump()))
-    path = resolve_inside(Path(bundle), art.primary)
+    path, weights = resolve_inside(Path(bundle), art.primary), weights_of(bundle, art)
 
     def open_runner(cfg: dict):
-        return open_with(art.target, path, cfg, device, threads)
+        return open_with(art.target, path, cfg, device, threads, weights=weights)
 
     def judge(runner):
         return golden.judge(batched_logits(runner, x, runner_batch(runner)), gates, output_widths(manifest))

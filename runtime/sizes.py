@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, model_validator
 from runtime.errors import UserError
 from runtime.manifest import (
     MANIFEST,
+    SIZES,
     RelPath,
     Sha256,
     _Model,
@@ -30,7 +31,6 @@ from runtime.manifest import (
 )
 from runtime.session import as_images
 
-SIZES = "sizes.json"
 SIZES_FORMAT = "vitdeploy-sizes/1"
 
 

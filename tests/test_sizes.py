@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -290,3 +291,35 @@ def test_a_pack_of_one_size_keeps_its_hash_chain_and_serves_it(sized, tmp_path, 
     assert code == 0 and "input 48x48" in out and "32x32" not in out, err
     with runtime.open(tmp_path / "p") as s:
         assert s.logits(np.zeros((1, 3, 48, 48), np.float32)).shape == (1, 10)
+
+
+def test_the_sizes_share_one_copy_of_their_weights(sized, tmp_path):
+    bundle, _ = sized
+    import onnx
+    shared = json.loads((bundle / "report.json").read_text())["shared_weights"]
+    assert shared["after"] < 0.8 * shared["before"]
+    assert sorted(p.name for p in (bundle / "shared").iterdir()) == [
+        "model-32x32.onnx", "model-48x48.onnx", "onnx.data", "openvino-int8.bin"]
+    for size in ("32x32", "48x48"):
+        assert not list((bundle / size).glob("*.bin")) and not list((bundle / size).glob("*.onnx"))
+        manifest = json.loads((bundle / size / "manifest.json").read_text())
+        art = next(a for a in manifest["artifacts"] if a["target"] == "openvino")
+        assert art["weights_file"] == "../shared/openvino-int8.bin" and manifest["onnx"] == f"../shared/model-{size}.onnx"
+    # the ONNX weights once; each size adds only its own attention bias (in this tiny model, folded whole below
+    # onnxslim's limit, 0.33 MB at 48 px against 0.98 MB of weights)
+    one = onnx.load(str(bundle / "shared" / "model-32x32.onnx"), load_external_data=True)
+    own = sum(len(t.raw_data) for t in one.graph.initializer)
+    assert (bundle / "shared" / "onnx.data").stat().st_size < 1.4 * own
+    # the INT8 IRs share what NNCF leaves alike (SmoothQuant scales weights by each size's activations)
+    offsets = [{d.get("offset") for d in ET.parse(bundle / size / "openvino-int8.xml").iter("data") if d.get("offset")}
+               for size in ("32x32", "48x48")]
+    assert len(offsets[0] & offsets[1]) >= 10
+    import onnxruntime as ort
+    x = np.random.default_rng(0).random((1, 3, 48, 48), dtype=np.float32)
+    ran = ort.InferenceSession(str(bundle / "shared" / "model-48x48.onnx"), providers=["CPUExecutionProvider"])
+    with runtime.open(bundle / "48x48") as s:  # one size's folder, opened inside its bundle
+        assert _cosines(ran.run(None, {ran.get_inputs()[0].name: x})[0], s.logits(x)).min() > 0.99
+    alone = tmp_path / "alone"
+    shutil.copytree(bundle / "32x32", alone)  # one size's folder without the bundle it shares weights with
+    with pytest.raises(UserError, match="shares its weights with the other sizes"):
+        runtime.open(alone)

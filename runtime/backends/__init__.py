@@ -109,18 +109,26 @@ def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: 
     from runtime.manifest import resolve_inside
     if not art.primary:
         raise UserError(f"the {art.target} {art.precision} artefact has no file to open (status {art.status})")
-    return open_with(art.target, resolve_inside(Path(bundle), art.primary), art.runtime_config, device, threads, mode)
+    return open_with(art.target, resolve_inside(Path(bundle), art.primary), art.runtime_config, device, threads, mode,
+                     weights=weights_of(bundle, art))
+
+
+def weights_of(bundle: Path, art) -> Path | None:
+    """The artefact's weights file when it is not beside its primary (a bundle of several sizes shares them)."""
+    from runtime.manifest import resolve_inside
+    return resolve_inside(Path(bundle), art.weights_file) if getattr(art, "weights_file", None) else None
 
 
 def open_with(name: str, path: Path, config: dict, device: str | None = None, threads: int | None = None,
-              mode: str = "latency") -> Runner:
+              mode: str = "latency", weights: Path | None = None) -> Runner:
     """Open ``path`` with backend ``name`` under ``config`` (a runtime configuration): the one place runners are
-    made, so the test-only fault injection (``runtime.backends.base.FAULT_ENV``) sees every one."""
+    made, so the test-only fault injection (``runtime.backends.base.FAULT_ENV``) sees every one. ``weights``: the
+    weights file when it is not the one the backend finds beside ``path`` (OpenVINO's IR only)."""
     from runtime.backends.base import injected_fault
     b = backend(name)
     why = b.available()
     if why:
         raise UserError(why)
-    runner = b.open(path, dict(config), device, threads, mode)
+    runner = b.open(path, dict(config), device, threads, mode, **({"weights": weights} if weights else {}))
     runner.fault = injected_fault(name, config)
     return runner

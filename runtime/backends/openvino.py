@@ -116,9 +116,14 @@ PLUGIN_KEYS = {"snippets_mode": "SNIPPETS_MODE", "execution_mode": "EXECUTION_MO
 
 
 def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
-                  mode: str = "latency") -> OpenVinoRunner:
+                  mode: str = "latency", weights: Path | None = None) -> OpenVinoRunner:
+    """``weights``: the IR's ``.bin`` when it is not beside the ``.xml`` (a bundle of several sizes shares one)."""
     plugin = {prop: str(config[key]) for key, prop in PLUGIN_KEYS.items() if config.get(key)}
-    return OpenVinoRunner(path, device=device or config.get("device", "CPU"), threads=threads,
+    model = path
+    if weights is not None:
+        ov = require("openvino", INSTALL)
+        model = ov.Core().read_model(str(path), str(weights))
+    return OpenVinoRunner(model, device=device or config.get("device", "CPU"), threads=threads,
                           inference_precision=config.get("inference_precision", "f32"), mode=mode, plugin=plugin)
 
 
