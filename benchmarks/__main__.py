@@ -246,6 +246,30 @@ def _op_profile(argv) -> int:
     return OK
 
 
+def _device_cost(argv) -> int:
+    p = values.Parser(prog="python -m benchmarks device-cost",
+                      description="What a bundle costs on the device: bytes per artefact, and the cold start (a new "
+                                  "`python -m runtime` process to its first prediction) with its peak resident memory.")
+    p.add_argument("bundle")
+    p.add_argument("--runs", type=values.integer(1, 100, "runs"), default=4, help="new processes (default 4)")
+    p.add_argument("--threads", type=values.threads, default=None)
+    p.add_argument("--out", default="out/device-cost")
+    a = p.parse_args(argv)
+    from benchmarks.device_cost import artefact_bytes, cold_starts, render
+    from runtime.environment import environment, one_line
+    bundle = Path(a.bundle)
+    if not bundle.is_dir():
+        raise UserError(f"bundle not found: {bundle}")
+    from runtime.values import usable_cores
+    rows = artefact_bytes(bundle)
+    starts = cold_starts(bundle, a.runs, ["--threads", str(a.threads)] if a.threads else [])
+    env = environment(a.threads or usable_cores())
+    command = "python -m benchmarks device-cost " + " ".join(argv)
+    _emit(Path(a.out), "device_cost", render(bundle, rows, starts, command, one_line(env)),
+          {"environment": env, "artefacts": rows, "cold_starts": starts})
+    return OK
+
+
 def _eval(argv) -> int:
     p = values.Parser(prog="python -m benchmarks eval",
                                 description="Evaluate a bundle's artefacts and its PyTorch reference on a whole labelled "
@@ -354,7 +378,7 @@ def _families(argv) -> int:
 
 SUBCOMMANDS = {"rewrites": _rewrites, "families": _families, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
                "coreml": _coreml, "contract": _contract,
-               "vs-naive": _vs_naive, "op-profile": _op_profile, "eval": _eval, "drift": _drift}
+               "vs-naive": _vs_naive, "op-profile": _op_profile, "device-cost": _device_cost, "eval": _eval, "drift": _drift}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,3 +84,21 @@ def test_keep_selected_at_export_leaves_only_what_runs(tmp_path):
         assert (s.target, s.precision) == (art["target"], art["precision"]) and s.predict(_images(2))
     with pytest.raises(UserError, match="keep must be one of all, selected"):
         exporters.export("digits_vit", out=tmp_path, keep="some")
+
+
+def test_device_cost_measures_a_new_process_and_its_memory(digits_bundles, tmp_path, capsys):
+    out, _ = digits_bundles
+    code, _, err = cli_in_process(capsys, "runtime", "pack", out / "digits_vit", "--out", tmp_path / "p")
+    assert code == 0, err
+    code = cli_in_process(capsys, "benchmarks", "device-cost", tmp_path / "p", "--runs", "1", "--out", tmp_path / "c")[0]
+    data = json.loads((tmp_path / "c" / "device_cost.json").read_text())
+    assert code == 0 and len(data["cold_starts"]) == 1
+    [row] = data["artefacts"]
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert row["bytes"] == sum((tmp_path / "p" / f).stat().st_size for f in manifest["artifacts"][0]["files"])
+    start = data["cold_starts"][0]
+    assert 0.05 < start["seconds"] < 120 and 20 < start["peak_rss_mb"] < 4000  # a real process, not this one
+    (tmp_path / "p" / "manifest.json").write_text("{}")
+    code, _, err = cli_in_process(capsys, "benchmarks", "device-cost", tmp_path / "p", "--runs", "1",
+                                  "--out", tmp_path / "c2")
+    assert code == 2 and len(err.strip().splitlines()) == 1

@@ -1,0 +1,82 @@
+"""What a bundle costs on the device: bytes per artefact, cold start and peak memory.
+
+``python -m benchmarks device-cost BUNDLE``: each run is a new process, ``python -m runtime BUNDLE IMAGE`` (the
+device's own command), timed from its start to its exit after the first prediction, with its peak resident memory
+from the kernel (``wait4``'s ``ru_maxrss``). The first run may read the bundle from disk; the page cache serves the
+later ones, so both are shown. The image is a uniform grey picture at the bundle's input size: the cost does not
+depend on what the picture shows.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runtime.errors import UserError
+
+
+def artefact_bytes(bundle: Path) -> list[dict]:
+    """Each artefact of each size: its files' bytes, the weights a bundle of sizes shares counted with it."""
+    from runtime.manifest import read_manifest, resolve_inside
+    from runtime.sizes import read_sizes
+    sizes = read_sizes(bundle)
+    folders = [(e.bundle, sizes.folder(bundle, e.input_size)) for e in sizes.sizes] if sizes else [("", bundle)]
+    rows = []
+    for name, folder in folders:
+        m = read_manifest(folder)
+        for a in m.artifacts:
+            size = sum(resolve_inside(folder, f).stat().st_size for f in a.files if resolve_inside(folder, f).is_file())
+            rows.append({"size": name, "target": a.target, "precision": a.precision, "status": a.status, "bytes": size})
+    return rows
+
+
+def cold_starts(bundle: Path, runs: int, extra: list[str]) -> list[dict]:
+    """``runs`` new processes, each serving one image; seconds and peak RSS of each."""
+    from PIL import Image
+
+    from runtime.manifest import read_manifest
+    from runtime.sizes import read_sizes
+    sizes = read_sizes(bundle)
+    folder = sizes.folder(bundle, sizes.sizes[0].input_size) if sizes else bundle
+    h, w = read_manifest(folder).input.shape[-2:]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "grey.png"
+        Image.new("RGB", (w, h), (128, 128, 128)).save(image)
+        cmd = [sys.executable, "-m", "runtime", str(bundle), str(image), *extra]
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - t0
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            proc.stdout.close()
+            proc.stderr.close()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise UserError(f"python -m runtime exited {proc.returncode}: {err[-1] if err else 'no message'}")
+            results.append({"seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)})
+    return results
+
+
+def render(bundle: Path, rows: list[dict], starts: list[dict], command: str, machine: str) -> str:
+    mb = 1e6
+    lines = [f"## Device cost: {bundle.name}", "", f"Command: `{command}`", "", f"Machine: {machine}", "",
+             "| size | target | precision | status | MB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['size'] or '–'} | {r['target']} | {r['precision']} | {r['status']} | {r['bytes'] / mb:.1f} |"
+              for r in rows]
+    lines += ["", "| run | cold start s | peak RSS MB |", "|---|---|---|"]
+    lines += [f"| {i + 1}{' (first)' if i == 0 else ''} | {s['seconds']:.2f} | {s['peak_rss_mb']:.0f} |"
+              for i, s in enumerate(starts)]
+    if len(starts) > 1:
+        later = starts[1:]
+        lines += ["", f"Later runs (page cache warm): median {statistics.median(s['seconds'] for s in later):.2f} s, "
+                      f"peak RSS {max(s['peak_rss_mb'] for s in later):.0f} MB."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["artefact_bytes", "cold_starts", "render"]
