@@ -119,6 +119,11 @@ def test_recipe_auto_keeps_the_fastest_that_passes(tmp_path, capsys):
     kept = next(a for a in rec["attempts"] if a["kept"])
     assert kept["p50_ms"] == min(a["p50_ms"] for a in passing) and rec["kept"] == kept["name"]
     assert "fastest of" in rec["why"] and rec["tuned_on"]
+    # fidelity first: every kept candidate is within FIDELITY_EPS of the default recipe's worst-sample cosine
+    from exporters.recipes import FIDELITY_EPS
+    floor = rec["fidelity_floor"]
+    assert floor is not None and rec["fidelity_eps"] == FIDELITY_EPS
+    assert all(a["values"]["cosine_min"] >= floor - FIDELITY_EPS for a in passing)
     art = next(a for a in json.loads((bundle / "manifest.json").read_text())["artifacts"] if a["target"] == "openvino")
     assert art["runtime_config"]["recipe"] == kept["config"]["recipe"]
     assert art["runtime_config"]["inference_precision"] == kept["config"]["inference_precision"]
@@ -197,3 +202,15 @@ def test_onnxruntime_recipes_share_one_calibration(tmp_path):
     widened = build("symmetric", "symmetric-widened", True)
     assert widened.keys() == alone["symmetric"].keys()
     assert any(not np.array_equal(widened[k], alone["symmetric"][k]) for k in widened)
+
+
+def test_auto_refuses_a_faster_recipe_that_gives_up_fidelity():
+    from exporters.recipes import FIDELITY_EPS, fidelity_judge
+
+    def judge(runner):  # the gate passes both; one of them is less faithful than the default
+        return True, {"cosine_min": runner}, []
+    strict = fidelity_judge(judge, floor=0.999)
+    assert strict(0.999 - FIDELITY_EPS / 2) == (True, {"cosine_min": 0.999 - FIDELITY_EPS / 2}, [])
+    passed, _, failures = strict(0.956)
+    assert not passed and "below the default recipe's 0.999000" in failures[0]
+    assert fidelity_judge(judge, None) is judge  # no floor (the default failed its gate): the gate alone decides
