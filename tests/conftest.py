@@ -34,7 +34,7 @@ FILE_SECONDS = {
     "test_contract.py": 110, "test_dense.py": 100, "test_features.py": 95, "test_proof.py": 90,
     "test_values.py": 80, "test_sizes.py": 75, "test_drift.py": 75, "test_bundle_safety.py": 75,
     "test_tensorrt.py": 70, "test_benchmarks_matrix.py": 60, "test_embedding.py": 55, "test_proof_holes.py": 45,
-    "test_pack.py": 40, "test_golden_reduced.py": 35,
+    "test_pack.py": 45, "test_swin_window_attention.py": 45, "test_golden_reduced.py": 35,
 }
 
 
