@@ -1,10 +1,11 @@
 """What a bundle costs on the device: bytes per artefact, cold start and peak memory.
 
 ``python -m benchmarks device-cost BUNDLE``: each run is a new process, ``python -m runtime BUNDLE IMAGE`` (the
-device's own command), timed from its start to its exit after the first prediction, with its peak resident memory
-from the kernel (``wait4``'s ``ru_maxrss``). The first run may read the bundle from disk; the page cache serves the
-later ones, so both are shown. The image is a uniform grey picture at the bundle's input size: the cost does not
-depend on what the picture shows.
+device's own command; for a backbone, segmentation or embedding bundle, which that command does not print, a new
+interpreter that opens the bundle with ``runtime.open`` and runs one input), timed from its start to its exit
+after the first prediction, with its peak resident memory from the kernel (``wait4``'s ``ru_maxrss``). The first
+run may read the bundle from disk; the page cache serves the later ones, so both are shown. The image is a uniform
+grey picture at the bundle's input size: the cost does not depend on what the picture shows.
 """
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def artefact_bytes(bundle: Path) -> list[dict]:
     return rows
 
 
+# One input through a bundle the runtime CLI does not print (features, segmentation, embedding): the API's path.
+ONE_INPUT = """import sys, numpy as np, runtime
+with runtime.open(sys.argv[1], size=sys.argv[2] or None) as s:
+    shape = [max(d, 1) for d in s.manifest.input.shape]
+    out = s.infer({s.runner.input_name: np.zeros(shape, np.float32)})
+    assert all(np.isfinite(v).all() for v in out.values())
+"""
+
+
 def cold_starts(bundle: Path, runs: int, extra: list[str]) -> list[dict]:
     """``runs`` new processes, each serving one image; seconds and peak RSS of each."""
     from PIL import Image
@@ -42,12 +52,15 @@ def cold_starts(bundle: Path, runs: int, extra: list[str]) -> list[dict]:
     from runtime.sizes import read_sizes
     sizes = read_sizes(bundle)
     folder = sizes.folder(bundle, sizes.sizes[0].input_size) if sizes else bundle
-    h, w = read_manifest(folder).input.shape[-2:]
+    manifest = read_manifest(folder)
+    h, w = manifest.input.shape[-2:]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "grey.png"
         Image.new("RGB", (w, h), (128, 128, 128)).save(image)
         cmd = [sys.executable, "-m", "runtime", str(bundle), str(image), *extra]
+        if manifest.task != "classification":
+            cmd = [sys.executable, "-c", ONE_INPUT, str(bundle), f"{h}x{w}" if sizes else ""]
         for _ in range(runs):
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
