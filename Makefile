@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench fixtures clean
+.PHONY: install demo test lint docs bench fixtures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ demo: install
 	$(PY) -m exporters swin_t
 	@echo "report: out/swin_t/report.md"
 
-test: install lint
+test: install lint docs
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# the documentation site, strict: a broken link, a stale API reference or a CLI whose --help fails stops make test
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
 
 # the layer contract (import-linter, pyproject.toml) and the linter; both run in `make test`, so in CI
 lint: install

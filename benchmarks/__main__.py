@@ -154,8 +154,13 @@ def _render(argv) -> int:
 
 
 def _coreml(argv) -> int:
+    p = values.Parser(prog="python -m benchmarks coreml",
+                      description="Convert each model to Core ML with and without the rewrites (coremltools, ML "
+                                  "Program, FP16) and report which converts; the table goes to out/bench/coreml.md.")
+    p.add_argument("models", nargs="+", help="zoo names, e.g. swin_t vit_s")
+    a = p.parse_args(argv)
     from benchmarks.rewrites import coreml_proof, render_coreml
-    res = [coreml_proof(m) for m in argv]
+    res = [coreml_proof(m) for m in a.models]
     _emit(Path("out/bench"), "coreml", render_coreml(res, "python -m benchmarks coreml " + " ".join(argv)))
     return 0
 

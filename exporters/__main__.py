@@ -78,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="?", const=True, default=None, type=values.indices, metavar="INDICES",
                    help="export the backbone's feature maps instead of logits (detection/segmentation): a Swin's "
                         "stages or a ViT's blocks (default: every Swin stage; four ViT blocks, the last included), "
-                        "e.g. 0,1,2,3; any --img-size, padded to the window grid (ONNX Runtime and OpenVINO)")
+                        "e.g. 0,1,2,3; any --img-size, padded to the window grid (every target)")
     p.add_argument("--labels", default=None, help="label names: a file with one per line, or a JSON list")
     p.add_argument("--out", default="out", help="output folder; the bundle is OUT/<model>/ (default out)")
     p.add_argument("--batch", type=values.BATCH, default=1, help="batch size for export, verification and timing "

@@ -135,7 +135,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
     ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
     ``features`` (``True`` or a list of indices) exports a timm Swin's stages or ViT's blocks as feature maps, for
-    detection and segmentation heads (ONNX Runtime and OpenVINO; exporters/features.py);
+    detection and segmentation heads (every target; TensorRT and Core ML with proxy accuracy off their devices;
+    exporters/features.py);
     ``img_size`` pixels, ``(h, w)`` or a list of them (several: one bundle with an artefact set per size, and
     ``Report.results`` rows naming their ``input_size``);
     ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
@@ -148,7 +149,8 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     whatever ``task`` says): gated on the worst sample's cosine;
     ``task="segmentation"`` for a module returning a logits map ``[B, classes, H, W]`` (a backbone and a dense head):
     gated on the map's cosine, pixel agreement and mean IoU against the module, with a drift table by module name
-    for each reduced-precision artefact (ONNX Runtime and OpenVINO; exporters/outputs.py, exporters/dense.py).
+    for each reduced-precision artefact (the drift table for ONNX Runtime and OpenVINO, which run here;
+    exporters/outputs.py, exporters/dense.py).
     """
     from torch import nn
 

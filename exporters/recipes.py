@@ -39,8 +39,9 @@ def recipe_field(docs: dict[str, str]):
     assert tuple(docs) == RECIPE_NAMES
     return dataclasses.field(default=DEFAULT_RECIPE, metadata={
         "choices": (*RECIPE_NAMES, "auto"),
-        "help": f"INT8 recipe: {', '.join(RECIPE_NAMES)} (default {DEFAULT_RECIPE}; see the README) or auto: build "
-                "each, gate each, keep the fastest that passes on this machine (also under --precision auto)"})
+        "help": f"INT8 recipe: {', '.join(RECIPE_NAMES)} (default {DEFAULT_RECIPE}; see docs/guide/export.md) or auto: "
+                "build each, gate each, keep the fastest that passes on this machine and keeps the default's fidelity "
+                "(also under --precision auto)"})
 
 
 def wants_auto(job, t, precision: str) -> bool:

@@ -247,11 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("python -m runtime", _dispatch, argv)
 
 
-def _dispatch(argv: list[str]) -> int:
+def _verify(argv) -> int:
     from runtime.verify import verify_main
-    cmds = {"bench": _bench, "build": _build, "verify": verify_main, "pack": _pack}
-    if argv and argv[0] in cmds:
-        return cmds[argv[0]](argv[1:])
+    return verify_main(argv)
+
+
+SUBCOMMANDS = {"bench": _bench, "build": _build, "verify": _verify, "pack": _pack}
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     return _predict(argv)
 
 

@@ -6,7 +6,7 @@ and `python -m runtime pack` write through here).
 - The commit swaps the staged folder and the old bundle in one ``renameat2(RENAME_EXCHANGE)`` on
   Linux, so a reader sees the old bundle or the new one, never neither and never half of one.
   Where the exchange is not available (other systems, some file systems) it falls back to two
-  renames, and there is a moment without ``OUT/<model>``; the README says so.
+  renames, and there is a moment without ``OUT/<model>``; docs/guide/bundles.md says so.
 - Each staging folder has an owner file beside it (``.<slug>.tmp-XXXX.owner``: host and pid), outside the
   bundle, so nothing that is not the bundle's is ever inside it (or under its signature); a later run removes
   staging folders whose process is gone (a run killed by SIGKILL), and never those of a live run.
