@@ -1,6 +1,6 @@
 """One bundle, several input sizes: the whole export once per size, from one model and one calibration source.
 
-``run_sizes(opts, sizes)`` builds the model once (so random weights are the same network at every size), re-lays
+``run_sizes(opts, sizes, single)`` builds the model once (so random weights are the same network at every size), re-lays
 it for each size (exporters/sizes.py: a size that needs padding is refused before any work), and runs the single-
 size pipeline into ``BUNDLE/<h>x<w>/``: rewrites with the Swin bias and masks for that size, ONNX, every target
 and precision, gates, latency, golden set. The calibration and evaluation sets are the same source, preprocessed
@@ -14,6 +14,7 @@ import dataclasses
 import datetime as _dt
 import json
 from pathlib import Path
+from typing import Callable
 
 from exporters.memory import check_scaled
 from exporters.shared_weights import share_weights
@@ -53,12 +54,20 @@ def command_of(opts, sizes) -> str:
             f"--target {','.join(opts.targets)}" + (f" --precision {opts.precision}" if opts.precision else ""))
 
 
-def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SingleSize:
+    """The single-size pipeline's stages a bundle of sizes runs once per size (exporters/pipeline.py passes its
+    own, so this module never imports the pipeline that calls it)."""
+    validate: Callable  # (opts) -> target options: every check that needs no model, before any is built
+    prepare: Callable  # (opts) -> job
+    run_into: Callable  # (job, folder) -> None
+
+
+def run_sizes(opts, sizes: list[tuple[int, int]], single: SingleSize) -> dict:
     """Every requested target and precision at every size, in one bundle; returns the combined report
     (``results``: every row, each with its ``input_size``; ``reports``: each size's whole report)."""
-    from exporters.pipeline import _validate, prepare, run_into
     from exporters.report import write_matrix
-    _validate(opts)  # every flag, before the model is built
+    single.validate(opts)  # every flag, before the model is built
     out = Path(opts.out)
     check_writable(out)
     slug, models = _models(opts, sizes)  # a size the model can't take is one line here, before any build
@@ -69,11 +78,11 @@ def run_sizes(opts, sizes: list[tuple[int, int]]) -> dict:
         for hw, relaid in models:
             console.print(f"[bold]input {size_label(hw)}[/]")
             model, spec = relaid()
-            job = prepare(dataclasses.replace(opts, img_size=hw if opts.backbone else None,
+            job = single.prepare(dataclasses.replace(opts, img_size=hw if opts.backbone else None,
                                               module=model, spec=spec, sign_key=None))
             folder = work / size_label(hw)
             folder.mkdir()
-            run_into(job, folder)
+            single.run_into(job, folder)
             job.report["bundle"] = str(out / slug / size_label(hw))
             reports.append(job.report)
         shared = share_weights(work, [size_label(hw) for hw, _ in models])
@@ -103,4 +112,4 @@ def combine(reports: list[dict], command: str) -> dict:
             "environment": reports[0]["environment"], "results": rows, "reports": reports}
 
 
-__all__ = ["run_sizes", "combine"]
+__all__ = ["run_sizes", "combine", "SingleSize"]

@@ -46,7 +46,7 @@ def compare_outputs(spec, ref, out, labels):
     out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0) if nonfinite else out  # counted; the gate fails
     acc = compare(ref, out, labels)
     acc.nonfinite = nonfinite
-    checks: dict = {}
+    checks: dict = {} if spec.task == "classification" else {"task": spec.task}  # the report's columns follow it
     if spec.task == "features":
         maps = {name: round(float(c.min()), 6)
                 for (name, _), c in zip(spec.outputs, cosine_per_output(ref, out, widths(spec)))}

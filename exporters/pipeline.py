@@ -17,11 +17,12 @@ import numpy as np
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
 from exporters import budget
 from exporters.memory import check_batch
+from exporters.multisize import SingleSize, run_sizes
 from exporters.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
-from exporters.recipes import check_recipe_flag, recipe_stage, wants_auto
+from exporters.recipes import recipe_stage, wants_auto
 from exporters.report import write_report
 from exporters.result import Result
-from exporters.targets import Artifact, BuildContext, resolve_options, target
+from exporters.targets import Artifact, BuildContext, check_recipe_flag, resolve_options, target
 from runtime import signing, values
 from runtime.backends import Runner
 from runtime.environment import environment
@@ -202,7 +203,8 @@ def evaluate(job: Job, runner: Runner) -> np.ndarray:
     return run_outputs(runner, job.data, batch)
 
 
-def _validate(opts: RunOptions) -> None:
+def _validate(opts: RunOptions) -> dict:
+    """Every check that needs no model, before anything is built or read; returns each target's options."""
     for name in opts.targets:
         target(name)  # an unknown target fails here, before any work
     if len(opts.targets) == 1 and opts.precision and opts.precision != "auto":
@@ -223,6 +225,9 @@ def _validate(opts: RunOptions) -> None:
         raise UserError(f"keep must be one of {', '.join(KEEP)} (got {opts.keep!r})")
     if opts.sign_key is not None:
         signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
+    target_options = resolve_options(opts.targets, opts.options)  # a flag no named target takes
+    check_recipe_flag(opts.options, plan(opts.targets, opts.precision, opts.precisions))
+    return target_options
 
 
 def prepare(opts: RunOptions) -> Job:
@@ -232,9 +237,7 @@ def prepare(opts: RunOptions) -> Job:
     from exporters.roofline import gemm_peak_gflops, model_flops
     from exporters.zoo import create_model
 
-    _validate(opts)
-    target_options = resolve_options(opts.targets, opts.options)
-    check_recipe_flag(opts.options, plan(opts.targets, opts.precision, opts.precisions))
+    target_options = _validate(opts)
     threads = opts.threads or values.usable_cores()
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
@@ -575,8 +578,7 @@ def run(opts: RunOptions) -> dict:
     Several ``img_size`` values make one bundle with a single-size bundle per size (exporters/multisize.py)."""
     sizes = values.check("img_size", opts.img_size, values.img_sizes)
     if sizes is not None and len(sizes) > 1:
-        from exporters.multisize import run_sizes
-        return run_sizes(opts, sizes)
+        return run_sizes(opts, sizes, SingleSize(validate=_validate, prepare=prepare, run_into=run_into))
     job = prepare(opts)
     with staged_bundle(Path(opts.out), job.spec.slug) as work:
         run_into(job, work)

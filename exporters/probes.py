@@ -19,11 +19,14 @@ from typing import Callable
 
 import numpy as np
 
+from exporters.rewrites import display_name
+from exporters.targets import target
+from runtime.errors import UserError
+
 # module names (after the vit_embed wrapper's "inner." is dropped) whose outputs are compared
 PROBE = re.compile(r"^(patch_embed(\.proj)?|(layers\.\d+\.)?blocks\.\d+(\.(attn|mlp))?|layers\.\d+\.downsample|"
                    r"features\.\d+(\.\d+(\.(attn|mlp))?)?|encoder\.layers\.encoder_layer_\d+(\.(self_attention|mlp))?|"
                    r"norm|head|head\.fc|fc_norm)$")
-WRAPPER = "inner."  # exporters/rewrites/vit.py StaticTimmViT keeps the original model under .inner
 # the same blocks inside a user's module (a backbone under "backbone." or any other attribute)
 NESTED = re.compile(r"^[\w.]+?\.(patch_embed|(layers\.\d+\.)?blocks\.\d+(\.(attn|mlp))?|layers\.\d+\.downsample)$")
 
@@ -39,8 +42,7 @@ def dense_probe(model) -> Callable[[str], bool]:
     return chosen
 
 
-def display(name: str) -> str:
-    return name[len(WRAPPER):] if name.startswith(WRAPPER) else name
+display = display_name  # the original model's name of a rewritten module
 
 
 @dataclass
@@ -150,30 +152,27 @@ def artefact_outputs(art, bundle: Path, model, probes: list[Probe], x: np.ndarra
                      threads: int | None) -> dict[str, np.ndarray]:
     """The probe tensors of one artefact (a manifest ``ArtifactEntry``: paths relative to ``bundle``).
 
-    ONNX Runtime and OpenVINO read the artefact itself; TensorRT and TensorRT-RTX the ONNX their engine
-    is built from, in ONNX Runtime (the proxy the export pipeline verifies; engines need a GPU); Core ML
-    its proxy, ``model`` with the package's compression (Core ML runs on macOS only).
+    Where they are read from is the target's to say (``Target.block_source``): ONNX Runtime and OpenVINO the
+    artefact itself; TensorRT and TensorRT-RTX the ONNX their engine is built from, in ONNX Runtime (the proxy the
+    export pipeline verifies; engines need a GPU); Core ML its proxy, ``model`` with the package's compression
+    (Core ML runs on macOS only).
     """
     from runtime.manifest import resolve_inside
     tensors = [p.tensor for p in probes]
-    if art.target in ("onnxruntime", "openvino"):
-        return outputs_of(art.target, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads)
-    if art.target in ("tensorrt", "tensorrt_rtx"):
+    t = target(art.target)
+    if t.block_source == "proxy":
+        out = reference_outputs(t.block_proxy(model, art), probes, x)
+        return {p.tensor: out[p.module] for p in probes if p.module in out}
+    if t.block_source == "onnx":
         return outputs_of("onnxruntime", resolve_inside(bundle, art.runtime_config["onnx"]), {}, tensors, x, threads)
-    if art.target == "coreml":
-        from exporters.targets.coreml import proxy_block_outputs
-        return proxy_block_outputs(model, art, probes, x)
-    from runtime.errors import UserError
+    if t.backend in ("onnxruntime", "openvino"):
+        return outputs_of(t.backend, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads)
     raise UserError(f"block outputs of {art.target} artefacts cannot be read here")
 
 
-def probe_label(target: str) -> str:
-    """What an artefact's block outputs are read from, in words (for drift.json and checks.budget)."""
-    if target in ("tensorrt", "tensorrt_rtx"):
-        return "the TensorRT ONNX in ONNX Runtime (the engine needs a GPU)"
-    if target == "coreml":
-        return "the Core ML proxy: PyTorch with the package's compression (Core ML runs on macOS only)"
-    return "the artefact itself"
+def probe_label(name: str) -> str:
+    """What a target's block outputs are read from, in words (for drift.json and checks.budget)."""
+    return target(name).block_label
 
 
 def outputs_of(target: str, path: Path, runtime_config: dict, tensors: list[str], x: np.ndarray,

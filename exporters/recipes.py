@@ -59,15 +59,6 @@ def recipe_of(options) -> str:
     return recipe if recipe in RECIPE_NAMES else DEFAULT_RECIPE
 
 
-def check_recipe_flag(given: dict, planned: list[tuple[str, str]]) -> None:
-    """``--recipe`` is refused (one line) when nothing planned has recipes: it would be silently ignored."""
-    from exporters.targets import target, targets
-    if "recipe" in given and not any(p in target(n).recipes for n, p in planned):
-        takes = " and ".join(f"{t.name} {p}" for t in targets().values() for p in t.recipes)
-        raise UserError(f"--recipe applies to {takes} builds (add --int8 or --precision auto); this run builds "
-                        + ", ".join(f"{n} {p}" for n, p in planned))
-
-
 def why_won(attempts, best, floor: float | None = None) -> str:
     ok = sorted((a for a in attempts if a.passed and a.p50_ms is not None), key=lambda a: a.p50_ms)
     failed = [a.name for a in attempts if not a.passed]

@@ -30,9 +30,14 @@ def _throughput_cell(r: dict) -> list[str]:
 DENSE_HEAD = "pixel agree | mean IoU"  # a segmentation model's columns where a classifier has top-1 agree | top-1
 
 
-def _agreement_cells(values: dict, dense: bool) -> list[str]:
+NO_CLASSES = ("features", "embedding")  # tasks whose outputs have no classes: no top-1 to agree on
+
+
+def _agreement_cells(values: dict, dense: bool, task: str | None = None) -> list[str]:
     """A classifier's top-1 agreement and top-1, or a segmentation model's pixel agreement and mean IoU (both
-    against the reference's class maps)."""
+    against the reference's class maps); "–" for a backbone or an embedding, whose outputs have no classes."""
+    if task in NO_CLASSES:
+        return ["–", "–"]
     if dense:
         return [_fmt(values.get("pixel_agreement"), 2, pct=True), _fmt(values.get("mean_iou"), 4)]
     return [_fmt(values.get("top1_agreement"), 2, pct=True), _fmt(values.get("top1"), 2, pct=True)]
@@ -56,7 +61,8 @@ def results_table(results: list[dict]) -> str:
             *(_throughput_cell(r) if tp else []),
             _fmt(r.get("speedup_vs_reference")) + ("×" if r.get("speedup_vs_reference") else ""),
             _fmt(r.get("gflops"), 1), _fmt(acc.get("cosine_min"), 6),
-            *_agreement_cells(((r.get("checks") or {}).get("dense") or {}) if dense else acc, dense),
+            *_agreement_cells(((r.get("checks") or {}).get("dense") or {}) if dense else acc, dense,
+                              (r.get("checks") or {}).get("task")),
             _fmt(r.get("size_mb"), 1),
             {True: "yes", False: "**NO**", None: "–"}[r.get("passed")],
         ]) + " |")

@@ -98,3 +98,14 @@ def test_a_failed_row_names_each_tolerance_missed_and_by_how_much(tmp_path):
     write_matrix([rep], tmp_path, "cmd")
     for text in (render_markdown(rep), (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()):
         assert "onnxruntime int8: cosine_min" in text and "short by 24.00 points" in text and "over by 24.50" in text
+
+
+def test_backbone_and_embedding_rows_show_no_top1_columns():
+    from exporters.report import results_table
+    row = {"target": "openvino", "precision": "int8", "accuracy": {"cosine_min": 0.999, "top1_agreement": 0.72,
+           "top1": None}, "passed": True}
+    classifier = results_table([row])
+    assert "72.00%" in classifier
+    for task in ("features", "embedding"):
+        table = results_table([{**row, "checks": {"task": task}}])
+        assert "72.00%" not in table and "| 0.999000 | – | – |" in table

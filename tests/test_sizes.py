@@ -323,3 +323,17 @@ def test_the_sizes_share_one_copy_of_their_weights(sized, tmp_path):
     shutil.copytree(bundle / "32x32", alone)  # one size's folder without the bundle it shares weights with
     with pytest.raises(UserError, match="shares its weights with the other sizes"):
         runtime.open(alone)
+
+
+def test_an_options_error_in_a_multi_size_run_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
+    import exporters.zoo
+    from exporters import export
+
+    def built(*a, **k):
+        raise AssertionError("a model was built before the options were checked")
+    monkeypatch.setattr(exporters.zoo, "create_model", built)
+    with pytest.raises(UserError, match="--recipe applies to"):  # a recipe for an FP32-only run
+        export("digits_swin", targets="openvino", precision="fp32", img_size=SIZES, out=tmp_path, recipe="auto")
+    with pytest.raises(UserError, match="io-fp16|io_fp16"):  # a TensorRT flag, no TensorRT target
+        export("digits_swin", targets="openvino", img_size=SIZES, out=tmp_path, io_fp16=True)
+    assert not any(tmp_path.iterdir())

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
-Shapes = dict[str, tuple[int, ...]]
+from exporters.rewrites import common, relpos, swin, swinv2, vit  # noqa: F401  (each registers its rules)
+from exporters.rewrites._rules import (  # noqa: F401  (the package's API)
+    RULES,
+    WRAPPER,
+    Rule,
+    Shapes,
+    display_name,
+    folded_qkv,
+    register,
+    scaled_qkv,
+)
 
 # The order rules run in, and why it matters: vit_embed wraps the root model, which moves every
 # submodule under "inner." so the dry-run shapes (keyed by the original names) no longer find them;
@@ -26,29 +35,8 @@ ORDER = ("gelu_fusable", "std_conv_folded", "swin_window_attention", "swin_patch
          "swinv2_patch_merging", "relpos_attention", "relpos_shared_bias", "vit_attention", "vit_embed")
 
 
-def _always(name: str, module: nn.Module, shapes: Shapes) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    match: Callable[[nn.Module], bool]
-    replace: Callable[[str, nn.Module, Shapes], nn.Module]
-    check: Callable[[str, nn.Module, Shapes], bool] = _always
-
-
-RULES: dict[str, Rule] = {}
-
-
-def register(rule: Rule) -> Rule:
-    RULES[rule.name] = rule
-    return rule
-
-
 def load_rules() -> dict[str, Rule]:
-    """Import the rule modules (which register themselves) and return every rule by name."""
-    from exporters.rewrites import common, relpos, swin, swinv2, vit  # noqa: F401
+    """Every rule by name (each rule module registered its rules when this package imported it)."""
     return RULES
 
 
@@ -129,29 +117,3 @@ def apply_rewrites(model: nn.Module, input_shape: tuple[int, ...],
     for name in ORDER if passes is None else [n for n in ORDER if n in passes]:
         model, report.replaced[name] = apply_rule(model, rules[name], shapes)
     return model.eval(), report
-
-
-def folded_qkv(attn: nn.Module) -> nn.Linear:
-    """``attn.qkv`` with separate query and value biases (BEiT's, SwinV2's: the key's is zero) folded into one
-    Linear; ``attn.qkv`` itself when it has none."""
-    if getattr(attn, "q_bias", None) is None:
-        return attn.qkv
-    qkv = nn.Linear(attn.qkv.in_features, attn.qkv.out_features, bias=True)
-    with torch.no_grad():
-        qkv.weight.copy_(attn.qkv.weight)
-        qkv.bias.copy_(torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias)))
-    return qkv
-
-
-def scaled_qkv(qkv: nn.Linear, attn_dim: int, scale: float) -> nn.Linear:
-    """A copy of ``qkv`` whose query rows are pre-multiplied by ``scale`` (removes one Mul per block)."""
-    new = nn.Linear(qkv.in_features, qkv.out_features, bias=qkv.bias is not None)
-    with torch.no_grad():
-        w = qkv.weight.detach().clone()
-        w[:attn_dim] *= scale
-        new.weight.copy_(w)
-        if qkv.bias is not None:
-            b = qkv.bias.detach().clone()
-            b[:attn_dim] *= scale
-            new.bias.copy_(b)
-    return new

@@ -112,6 +112,13 @@ class Target:
     # precision -> candidates(options) -> [(recipe, runtime_config)]: what `--recipe auto` builds, gates and times
     # (exporters/recipes.py); the options dataclass then has a ``recipe`` field
     recipes: dict = dataclasses.field(default_factory=dict)
+    # Where the accuracy budget and the drift table read this target's block outputs (exporters/probes.py):
+    # "artefact" (the artefact itself, in its runtime), "onnx" (the ONNX its engine is built from, in ONNX Runtime,
+    # runtime_config["onnx"]) or "proxy" (``block_proxy(model, art) -> nn.Module``, hooked like the reference);
+    # ``block_label`` says it in words for drift.json and checks.budget.
+    block_source: str = "artefact"
+    block_proxy: Callable | None = None
+    block_label: str = "the artefact itself"
 
     def available(self) -> str | None:
         return missing(self.sdk, self.install)
@@ -145,6 +152,14 @@ def target(name: str) -> Target:
     if name not in targets():
         raise UserError(f"unknown target '{name}'; choose from {', '.join(targets())} or all")
     return targets()[name]
+
+
+def check_recipe_flag(given: dict, planned: list[tuple[str, str]]) -> None:
+    """``--recipe`` is refused (one line) when nothing planned has recipes: it would be silently ignored."""
+    if "recipe" in given and not any(p in target(n).recipes for n, p in planned):
+        takes = " and ".join(f"{t.name} {p}" for t in targets().values() for p in t.recipes)
+        raise UserError(f"--recipe applies to {takes} builds (add --int8 or --precision auto); this run builds "
+                        + ", ".join(f"{n} {p}" for n, p in planned))
 
 
 def option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from exporters.outputs import output_names
+from exporters.rewrites import display_name
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import Runner, require
 from runtime.backends.coreml import INSTALL
@@ -84,8 +85,7 @@ def image_input_config(pp) -> dict:
 
 def _kept(name: str, keep) -> bool:
     """Whether the export model's module or parameter ``name`` lies in one of the kept modules (display names)."""
-    from exporters.probes import display
-    n = display(name)
+    n = display_name(name)
     return any(n == k or n.startswith(k + ".") for k in keep)
 
 
@@ -305,12 +305,10 @@ def compressed_model(model, precision: str, keep=()):
     return m.to(torch.float32 if precision == "fp32" else torch.float16)
 
 
-def proxy_block_outputs(model, art: Artifact, probes: list, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The probe tensors of a Core ML artefact, from its proxy (forward hooks on ``compressed_model``)."""
-    from exporters.probes import reference_outputs
-    proxy = compressed_model(model, art.precision, art.runtime_config.get("kept_fp16", ()))
-    out = reference_outputs(proxy, probes, x)
-    return {p.tensor: out[p.module] for p in probes if p.module in out}
+def block_proxy(model, art: Artifact):
+    """What a Core ML artefact's block outputs are read from here: ``model`` with the package's compression
+    (``compressed_model``), hooked like the reference (exporters/probes.py)."""
+    return compressed_model(model, art.precision, art.runtime_config.get("kept_fp16", ()))
 
 
 class _ProxyRunner(Runner):
@@ -390,4 +388,5 @@ def open_for_verification(ctx: BuildContext, art: Artifact) -> Runner:
 
 TARGET = Target(name="coreml", precisions=PRECISIONS, accepts=("fp16", "int8", "fp32"), build=build,
                 backend="coreml", sdk="coremltools", install=INSTALL, order=40, options=CoreMLOptions,
-                open=open_for_verification, keeps=("int8",))
+                open=open_for_verification, keeps=("int8",), block_source="proxy", block_proxy=block_proxy,
+                block_label="the Core ML proxy: PyTorch with the package's compression (Core ML runs on macOS only)")

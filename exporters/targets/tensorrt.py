@@ -80,4 +80,5 @@ def open_for_verification(ctx: BuildContext, art: Artifact):
 TARGET = Target(name="tensorrt", precisions=PRECISIONS, build=build, backend="tensorrt", sdk="onnxruntime",
                 install=ORT_INSTALL, order=30, options=TensorRTOptions, open=open_for_verification,
                 refusals=(("fp32", "tensorrt builds fp16 or int8 (got fp32); add --fp16 or --int8"),),
-                keeps=PRECISIONS, first_last=("int8",))
+                keeps=PRECISIONS, first_last=("int8",), block_source="onnx",
+                block_label="the TensorRT ONNX in ONNX Runtime (the engine needs a GPU)")

@@ -63,4 +63,5 @@ TARGET = Target(name="tensorrt_rtx", precisions=PRECISIONS, build=build, backend
                 sdk="tensorrt_rtx", install=INSTALL, order=35, options=TensorRTRTXOptions,
                 open=open_for_verification,
                 refusals=(("fp32", "tensorrt_rtx builds fp16 or int8 (got fp32); add --fp16 or --int8"),),
-                keeps=PRECISIONS, first_last=("int8",))
+                keeps=PRECISIONS, first_last=("int8",), block_source="onnx",
+                block_label="the TensorRT ONNX in ONNX Runtime (the engine needs a GPU)")
