@@ -128,29 +128,54 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
            threads: int | None = None, rewrites: bool = True, max_drop: float | None = None,
            min_cosine: float | None = None, throughput: bool = False, repair: bool = True, quiet: bool = True,
            sign_key=None, task: str = "classification", keep: str = "all", **target_options) -> Report:
-    """Export ``model_or_name`` (a zoo name, ``timm:``/``tv:``/``local-dir:``/``hf-hub:`` name, or any
-    ``nn.Module``), build ``targets`` (a name, a list, or "all") at ``precision``, verify every artefact
-    against the model on ``data``, time it, and write ``out/<name>/``. Returns the ``Report``.
+    """Export a model, build its artefacts, prove each against the model, time them, and write a bundle.
 
-    ``input_shape`` is ``(3, H, W)`` (needed for a module without a timm config); ``preprocessing`` a
-    ``runtime.preprocess.Preprocessing`` or a dict of its fields; ``labels`` a file or a list of names;
-    ``features`` (``True`` or a list of indices) exports a timm Swin's stages or ViT's blocks as feature maps, for
-    detection and segmentation heads (every target; TensorRT and Core ML with proxy accuracy off their devices;
-    exporters/features.py);
-    ``img_size`` pixels, ``(h, w)`` or a list of them (several: one bundle with an artefact set per size, and
-    ``Report.results`` rows naming their ``input_size``);
-    ``target_options`` the per-target flags by field name (``device="CPU"``, ``io_fp16=True``...);
-    ``max_drop``/``min_cosine`` the INT8/FP16 accuracy budget (exporters/budget.py); ``throughput`` also
-    measures images/s in throughput mode; ``repair=False`` keeps a failed row as it failed (no safe runtime
-    configurations tried, no blocks kept); ``sign_key`` a PEM EC private key to sign the bundle with
-    (``model.sig``, OpenSSF model-signing format; ``runtime.open(..., trust=PUBLIC_KEY)`` checks it);
-    ``keep="selected"`` leaves only the artefact the runtime serves in the bundle (``python -m runtime pack``);
-    ``task="embedding"`` for a module returning an embedding ``[B, D]`` (a timm model without a classifier is one
-    whatever ``task`` says): gated on the worst sample's cosine;
-    ``task="segmentation"`` for a module returning a logits map ``[B, classes, H, W]`` (a backbone and a dense head):
-    gated on the map's cosine, pixel agreement and mean IoU against the module, with a drift table by module name
-    for each reduced-precision artefact (the drift table for ONNX Runtime and OpenVINO, which run here;
-    exporters/outputs.py, exporters/dense.py).
+    Args:
+        model_or_name: A zoo name (``swin_t``), ``timm:<arch>``, ``tv:<arch>``, ``local-dir:PATH`` or
+            ``hf-hub:ORG/NAME`` (timm's saved-model format), or any ``nn.Module``.
+        input_shape: ``(3, H, W)``; needed for a module without a timm config.
+        targets: A target name, a list of them, or ``"all"`` (every target this machine can build).
+        precision: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"auto"`` (every precision; the fastest that passed is
+            the bundle's default); default: each target's first.
+        data: The evaluation images the gates are judged on: a folder, ``.npy``/``.npz``, or ``"digits"``.
+        calib: The INT8 calibration images (the same forms); default: ``data`` (digits: its train split).
+        labels: Label names: a file (one per line, or JSON) or a list.
+        preprocessing: A ``runtime.preprocess.Preprocessing`` or a dict of its fields; default: the model's.
+        out: The folder the bundle is written under (``out/<name>/``).
+        name: The bundle's name; default: the model's.
+        weights: A checkpoint (``.safetensors`` or a torch file) for a named model.
+        num_classes: The classifier's classes (0: an embedding model); default: read from the checkpoint.
+        img_size: Pixels, ``(h, w)`` or a list of them: several make one bundle with an artefact set per size
+            (``Report.results`` rows name their ``input_size``).
+        features: ``True`` or a list of indices: export a timm Swin's stages or ViT's blocks as feature maps for
+            detection and segmentation heads (every target; TensorRT and Core ML with proxy accuracy off their
+            devices).
+        batch: The artefacts' batch size.
+        runs: Timed runs per artefact (interleaved).
+        threads: Inference threads; default: the cores this process may use.
+        rewrites: Apply the export-friendly rewrites (``False``: the naive export, for comparison).
+        max_drop: The accuracy budget: the top-1 points an INT8/FP16 artefact may lose.
+        min_cosine: The accuracy budget: the worst-sample cosine an INT8/FP16 artefact must keep.
+        throughput: Also measure images/s in throughput mode.
+        repair: Try the backend's known-safe runtime configurations when an artefact fails its gate
+            (``False``: keep the row as it failed).
+        quiet: No progress output.
+        sign_key: A PEM EC private key: sign the bundle (``model.sig``, OpenSSF model-signing format;
+            ``runtime.open(..., trust=PUBLIC_KEY)`` checks it).
+        task: ``"classification"``; ``"embedding"`` for a module returning ``[B, D]`` (gated on the worst
+            sample's cosine); ``"segmentation"`` for one returning ``[B, classes, H, W]`` (gated on the map's
+            cosine, pixel agreement and mean IoU, with a drift table by module for ONNX Runtime and OpenVINO).
+        keep: ``"all"``, or ``"selected"``: only the artefact the runtime serves, and what proves it.
+        **target_options: Per-target flags by field name (``device="CPU"``, ``io_fp16=True``,
+            ``recipe="auto"``...).
+
+    Returns:
+        The ``Report``: ``bundle`` (its path), ``passed``, ``results`` (one row per target, precision and size)
+        and ``rewrites``.
+
+    Raises:
+        ExportError: One line for anything refused (a bad option, a size the model cannot take, a model whose
+            outputs are not finite); a failed gate is not an error: its row has ``passed`` False.
     """
     from torch import nn
 
