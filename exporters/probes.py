@@ -42,9 +42,6 @@ def dense_probe(model) -> Callable[[str], bool]:
     return chosen
 
 
-display = display_name  # the original model's name of a rewritten module
-
-
 @dataclass
 class Probe:
     module: str  # PyTorch name in the original model
@@ -59,7 +56,7 @@ def probes_from_export(model, input_shape: tuple[int, ...], select=None) -> list
     import onnx
 
     from exporters.onnx import export_onnx
-    select = select or (lambda n: bool(PROBE.match(display(n))))
+    select = select or (lambda n: bool(PROBE.match(display_name(n))))
     modules = {n for n, m in model.named_modules() if n and select(n)
                and type(m).__name__ not in ("Identity", "Dropout", "ModuleList")}
     with tempfile.TemporaryDirectory() as d:
@@ -75,7 +72,7 @@ def probes_from_export(model, input_shape: tuple[int, ...], select=None) -> list
             if scope in modules:
                 last[scope] = (i, node.output[0])
                 scopes.setdefault(scope, set()).update(node.output)
-    return sorted((Probe(display(m), t, i, frozenset(scopes[m])) for m, (i, t) in last.items()), key=lambda p: p.depth)
+    return sorted((Probe(display_name(m), t, i, frozenset(scopes[m])) for m, (i, t) in last.items()), key=lambda p: p.depth)
 
 
 def reference_outputs(model, probes: list[Probe], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -84,9 +81,9 @@ def reference_outputs(model, probes: list[Probe], x: np.ndarray) -> dict[str, np
     names = {p.module for p in probes}
     out, hooks = {}, []
     for n, m in model.named_modules():
-        if display(n) in names:
+        if display_name(n) in names:
             hooks.append(m.register_forward_hook(
-                lambda mod, args, res, key=display(n): out.__setitem__(key, res.detach().float().numpy())))
+                lambda mod, args, res, key=display_name(n): out.__setitem__(key, res.detach().float().numpy())))
     dtype = next(model.parameters()).dtype  # a half-precision proxy (Core ML's) takes half inputs
     try:
         with torch.inference_mode():

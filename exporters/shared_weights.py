@@ -21,7 +21,7 @@ import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from runtime.manifest import SHARED, Manifest, read_manifest, sha256_file
+from runtime.manifest import SHARED, SHARED_ONNX_DATA, Manifest, read_manifest, sha256_file
 
 FOLDER = "shared"
 ALIGN = 64  # each stored weight starts on a 64-byte boundary
@@ -105,7 +105,7 @@ def share_weights(work: Path, folders: list[str]) -> dict:
             _share_ir(work / f / xml, store)
             moved[f][str(Path(xml).with_suffix(".bin").as_posix())] = [SHARED + store.path.name]
         store.close()
-    store = Store(work / FOLDER / "onnx.data")
+    store = Store(work / FOLDER / SHARED_ONNX_DATA)
     for f, files in onnx_files.items():
         for rel in files:
             before += (work / f / rel).stat().st_size

@@ -21,7 +21,16 @@ from pathlib import Path
 
 from runtime.errors import UserError
 from runtime.golden import GOLDEN
-from runtime.manifest import MANIFEST, SHARED, ArtifactEntry, Manifest, read_manifest, resolve_inside, sha256_file
+from runtime.manifest import (
+    MANIFEST,
+    SHARED,
+    SHARED_ONNX_DATA,
+    ArtifactEntry,
+    Manifest,
+    read_manifest,
+    resolve_inside,
+    sha256_file,
+)
 from runtime.session import preferred, standing
 from runtime.signing import SIGNATURE, Checked, read_trusted, sign_bundle, signing_key, trusted
 from runtime.sizes import SizeEntry, SizeSet, read_sizes, size_name
@@ -56,7 +65,7 @@ def files_of(manifest: Manifest, arts: list[ArtifactEntry]) -> list[str]:
               if isinstance(a.runtime_config.get("onnx"), str) and a.runtime_config["onnx"] in manifest.sha256]
     if manifest.golden is not None:
         files.append(manifest.golden.file)
-    data = SHARED + "onnx.data"  # the external data of every shared ONNX (exporters/shared_weights.py)
+    data = SHARED + SHARED_ONNX_DATA
     if data in manifest.sha256 and any(f.startswith(SHARED) and f.endswith(".onnx") for f in files):
         files.append(data)
     return list(dict.fromkeys(files))

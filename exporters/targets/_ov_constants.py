@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-MASKED = -100.0  # Swin's cross-region value (exporters.rewrites.swin.MASKED): runtime cannot import exporters
+from exporters.rewrites.swin import MASKED, mask_from_labels
+
 MAX_HEADS = 64
 
 
@@ -52,8 +53,7 @@ def _labels(masked: np.ndarray) -> np.ndarray | None:
 
 def rebuild(rel: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """What the expression computes, ``[1, nW*heads, N, N]``, in the order the graph computes it."""
-    mask = (labels[:, :, None] != labels[:, None, :]).astype(np.float32) * np.float32(MASKED)
-    full = rel + mask[:, None]
+    full = rel + mask_from_labels(labels).astype(np.float32)[:, None]
     return full.reshape(1, -1, *full.shape[2:])
 
 
