@@ -30,7 +30,8 @@ def artefact_bytes(bundle: Path) -> list[dict]:
     for name, folder in folders:
         m = read_manifest(folder)
         for a in m.artifacts:
-            size = sum(resolve_inside(folder, f).stat().st_size for f in a.files if resolve_inside(folder, f).is_file())
+            paths = [resolve_inside(folder, f) for f in a.files]
+            size = sum(p.stat().st_size for p in paths if p.is_file())
             rows.append({"size": name, "target": a.target, "precision": a.precision, "status": a.status, "bytes": size})
     return rows
 

@@ -90,22 +90,31 @@ def fidelity_judge(judge, floor: float | None):
     return judged
 
 
-def default_fidelity(named, open_runner, judge) -> float | None:
-    """The default recipe's worst-sample cosine under its first configuration, when it passes its gate."""
+def default_first(named, open_runner, judge):
+    """Open and judge the default recipe's first candidate before the others: its worst-sample cosine is the
+    fidelity floor (``None`` when it does not open or fails its gate). Returns ``(floor, open_runner, judge)`` for
+    the ladder, which takes that runner and its verdict as they are instead of opening and judging it again."""
     cfg = next((c for _, c in named if c.get("recipe") == DEFAULT_RECIPE), None)
     if cfg is None:
-        return None
+        return None, open_runner, judge
     try:
         runner = open_runner(cfg)
     except UserError:
-        return None
+        return None, open_runner, judge
     try:
-        passed, values, _ = judge(runner)
+        verdict = judge(runner)
     except UserError:
-        return None
-    finally:
         runner.close()
-    return values.get("cosine_min") if passed else None
+        return None, open_runner, judge
+    waiting = [runner]
+
+    def reopen(c: dict):
+        return waiting.pop() if waiting and c == cfg else open_runner(c)
+
+    def rejudge(r):
+        return verdict if r is runner else judge(r)
+    passed, values, _ = verdict
+    return (values.get("cosine_min") if passed else None), reopen, rejudge
 
 
 def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[tuple, str | None]:
@@ -130,8 +139,8 @@ def recipe_stage(job, ctx, t, precision: str, judge, open_and_verify) -> tuple[t
         def open_runner(cfg):
             return open_with(t.backend, arts[cfg["recipe"]].primary, cfg, threads=job.threads)
         with job.steps(f"{t.name} {precision}: {len(arts)} recipes, {len(named)} candidates gated and timed"):
-            floor = default_fidelity(named, open_runner, judge)
-            attempts, best = run_ladder(named, open_runner, fidelity_judge(judge, floor),
+            floor, opener, judged = default_first(named, open_runner, judge)
+            attempts, best = run_ladder(named, opener, fidelity_judge(judged, floor),
                                         lambda r: {r.input_name: feeds}, runs=RECIPE_RUNS)
         chosen = best.config["recipe"] if best else DEFAULT_RECIPE
         art = arts[chosen]

@@ -17,6 +17,7 @@ sha256, so the hash chain stays whole; no artefact's bytes change, only where th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -72,8 +73,7 @@ def _share_onnx(src: Path, dst: Path, store: Store) -> None:
             t.ClearField("raw_data")
             t.data_location = onnx.TensorProto.EXTERNAL
     onnx.save_model(model, str(dst))
-    for f in {src, *src.parent.glob(src.name + ".data")}:
-        f.unlink()
+    src.unlink()
 
 
 def _onnx_files(manifest: Manifest) -> list[str]:
@@ -103,7 +103,7 @@ def share_weights(work: Path, folders: list[str]) -> dict:
         for f, xml in members:
             before += (work / f / xml).stat().st_size + (work / f / xml).with_suffix(".bin").stat().st_size
             _share_ir(work / f / xml, store)
-            moved[f][str(Path(xml).with_suffix(".bin").as_posix())] = [SHARED + store.path.name]
+            moved[f][Path(xml).with_suffix(".bin").as_posix()] = [SHARED + store.path.name]
         store.close()
     store = Store(work / FOLDER / SHARED_ONNX_DATA)
     for f, files in onnx_files.items():
@@ -113,15 +113,16 @@ def share_weights(work: Path, folders: list[str]) -> dict:
             _share_onnx(work / f / rel, work / FOLDER / name, store)
             moved[f][rel] = [SHARED + name, SHARED + store.path.name]
     store.close()
+    digest = functools.cache(sha256_file)  # each shared file is hashed once, not once per size listing it
     for f, m in manifests.items():
-        _relist(m, moved[f], work / f).write(work / f)
+        _relist(m, moved[f], work / f, digest).write(work / f)
     after = sum(p.stat().st_size for p in (work / FOLDER).iterdir())
     after += sum((work / f / xml).stat().st_size for members in irs.values() for f, xml in members)
     return {"before": before, "after": after}
 
 
-def _relist(m: Manifest, moved: dict[str, list[str]], folder: Path) -> Manifest:
-    """``m`` naming the moved files where they now are, each with its sha256."""
+def _relist(m: Manifest, moved: dict[str, list[str]], folder: Path, digest) -> Manifest:
+    """``m`` naming the moved files where they now are, each with its sha256 (``digest(path)``)."""
     def new(rel: str) -> list[str]:
         return moved.get(rel, [rel])
 
@@ -133,10 +134,10 @@ def _relist(m: Manifest, moved: dict[str, list[str]], folder: Path) -> Manifest:
         arts.append(a.model_copy(update={"files": files, "primary": new(a.primary)[0] if a.primary else None,
                                          "runtime_config": config, "weights_file": bins[0] if bins else None}))
     sha = {}
-    for rel, digest in m.sha256.items():
+    for rel, old in m.sha256.items():
         for n in new(rel):
-            sha[n] = digest if n == rel else sha256_file((folder / n).resolve())
-    sha.update({rel: sha256_file(folder / rel) for a in arts if a.target == "openvino" and a.weights_file
+            sha[n] = old if n == rel else digest((folder / n).resolve())
+    sha.update({rel: digest(folder / rel) for a in arts if a.target == "openvino" and a.weights_file
                 for rel in a.files if rel.endswith(".xml")})  # the IRs' offsets changed
     return Manifest.model_validate(m.model_copy(update={
         "artifacts": arts, "sha256": sha, "onnx": new(m.onnx)[0] if m.onnx else None}).model_dump())

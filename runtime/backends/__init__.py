@@ -116,7 +116,7 @@ def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: 
 def weights_of(bundle: Path, art) -> Path | None:
     """The artefact's weights file when it is not beside its primary (a bundle of several sizes shares them)."""
     from runtime.manifest import resolve_inside
-    return resolve_inside(Path(bundle), art.weights_file) if getattr(art, "weights_file", None) else None
+    return resolve_inside(Path(bundle), art.weights_file) if art.weights_file else None
 
 
 def open_with(name: str, path: Path, config: dict, device: str | None = None, threads: int | None = None,

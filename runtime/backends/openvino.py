@@ -49,9 +49,10 @@ class OpenVinoRunner(Runner):
 
     def __init__(self, model, device: str = "CPU", threads: int | None = None,
                  inference_precision: str = "f32", mode: str = "latency", config: dict | None = None,
-                 plugin: dict | None = None):
+                 plugin: dict | None = None, weights: Path | None = None):
         """``model``: an IR/ONNX path or an ``ov.Model``; ``config``: used verbatim instead of ours when given;
-        ``plugin``: further plugin properties on top of ours (the repair ladder's switches, ``PLUGIN_KEYS``)."""
+        ``plugin``: further plugin properties on top of ours (the repair ladder's switches, ``PLUGIN_KEYS``);
+        ``weights``: the IR's ``.bin`` when it is not beside the ``.xml`` (a bundle of several sizes shares one)."""
         super().__init__()
         ov = require("openvino", INSTALL)
         core = ov.Core()
@@ -65,10 +66,13 @@ class OpenVinoRunner(Runner):
                 if threads:
                     config["INFERENCE_NUM_THREADS"] = str(threads)
             config.update(plugin or {})
+        source = model
         try:
+            if weights is not None:
+                model = core.read_model(str(model), str(weights))
             self.compiled = core.compile_model(model if isinstance(model, ov.Model) else str(model), device, config)
         except Exception as exc:  # reason: OpenVINO raises RuntimeError with multi-line text
-            raise UserError(f"OpenVINO cannot compile {model} on {device}: {str(exc).strip().splitlines()[0][:200]}")
+            raise UserError(f"OpenVINO cannot compile {source} on {device}: {str(exc).strip().splitlines()[0][:200]}")
         self.request = self.compiled.create_infer_request()
         self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if mode == "throughput" else 1
         self.queue = None
@@ -117,14 +121,10 @@ PLUGIN_KEYS = {"snippets_mode": "SNIPPETS_MODE", "execution_mode": "EXECUTION_MO
 
 def open_artifact(path: Path, config: dict, device: str | None, threads: int | None,
                   mode: str = "latency", weights: Path | None = None) -> OpenVinoRunner:
-    """``weights``: the IR's ``.bin`` when it is not beside the ``.xml`` (a bundle of several sizes shares one)."""
     plugin = {prop: str(config[key]) for key, prop in PLUGIN_KEYS.items() if config.get(key)}
-    model = path
-    if weights is not None:
-        ov = require("openvino", INSTALL)
-        model = ov.Core().read_model(str(path), str(weights))
-    return OpenVinoRunner(model, device=device or config.get("device", "CPU"), threads=threads,
-                          inference_precision=config.get("inference_precision", "f32"), mode=mode, plugin=plugin)
+    return OpenVinoRunner(path, device=device or config.get("device", "CPU"), threads=threads,
+                          inference_precision=config.get("inference_precision", "f32"), mode=mode, plugin=plugin,
+                          weights=weights)
 
 
 def alternatives(config: dict) -> list[tuple[str, dict]]:
