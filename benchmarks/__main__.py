@@ -49,8 +49,8 @@ def _matrix(argv) -> int:
     a = p.parse_args(argv)
     import time
 
-    from exporters.pipeline import RunOptions, plan, run
-    from exporters.report import write_matrix
+    from exporters.pipeline.stages import RunOptions, plan, run
+    from exporters.report.render import write_matrix
     from exporters.targets import target
     from runtime.values import usable_cores
     targets = [t for t in a.targets.split(",") if t]
@@ -146,7 +146,7 @@ def _render(argv) -> int:
     p = values.Parser(prog="python -m benchmarks render", description="Re-render a matrix report.json.")
     p.add_argument("report")
     a = p.parse_args(argv)
-    from exporters.report import write_matrix
+    from exporters.report.render import write_matrix
     data = json.loads(Path(a.report).read_text())
     for path in write_matrix(data["reports"], Path(a.report).parent, data["command"]):
         print(f"wrote {path}")
@@ -172,7 +172,7 @@ def _contract(argv) -> int:
     p.add_argument("--dynamic-batch", action="store_true")
     a = p.parse_args(argv)
     from benchmarks.rewrites import contract_all
-    from exporters.zoo import known_names
+    from exporters.models.zoo import known_names
     rows = contract_all(a.models or known_names(), a.dynamic_batch)
     lines = [f"## Graph contract over the zoo ({'dynamic' if a.dynamic_batch else 'static'} batch)", "",
              f"Command: `{' '.join(['python -m benchmarks contract', *argv])}`", "",
@@ -207,7 +207,7 @@ def _vs_naive(argv) -> int:
     kind.add_argument("--segmentation", action="store_const", dest="kind", const="segmentation",
                       help="time each model under an FPN segmentation head (benchmarks/segmenter.py, 150 classes, "
                            "logits at 1/4 of the input), exported by vitdeploy with task='segmentation'")
-    from exporters.recipes import RECIPE_NAMES
+    from exporters.verify.recipes import RECIPE_NAMES
     p.add_argument("--recipe", choices=(*RECIPE_NAMES, "auto"), default="auto",
                    help="vitdeploy's INT8 recipe (default auto: each built, gated and timed, the fastest that passes "
                         "kept)")
@@ -238,7 +238,7 @@ def _op_profile(argv) -> int:
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     from benchmarks.op_profile import measure, render
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     from runtime.environment import environment, one_line
     from runtime.values import usable_cores
     for m in a.models:

@@ -1,7 +1,7 @@
 """``python -m benchmarks drift``: where an artefact's output drifts from PyTorch, block by block.
 
 The mechanism (block outputs as extra outputs of a debug copy, mapped to PyTorch module names) is
-``exporters/probes.py``. Supported: ONNX Runtime (FP32/INT8), OpenVINO (FP32/FP16/INT8), and TensorRT /
+``exporters/verify/probes.py``. Supported: ONNX Runtime (FP32/INT8), OpenVINO (FP32/FP16/INT8), and TensorRT /
 TensorRT-RTX through their TensorRT-ready ONNX in ONNX Runtime (the proxy the export pipeline also
 uses; engines need a GPU), and Core ML through its labelled proxy (the model with the package's
 compression, hooked like the reference; Core ML itself runs on macOS only).
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporters.probes import (
+from exporters.report.render import drift_table
+from exporters.verify.probes import (
     artefact_outputs,
     block_errors,
     first_large_step,
@@ -19,7 +20,6 @@ from exporters.probes import (
     probes_from_export,
     reference_outputs,
 )
-from exporters.report import drift_table
 from runtime.errors import UserError
 
 
@@ -43,8 +43,8 @@ def drift(bundle: Path, target: str | None, precision: str | None, data: str, si
     """Block-level errors of one artefact of ``bundle`` against PyTorch on ``size`` samples of ``data``."""
     from benchmarks.reference import model_from_manifest, rebuild_reason
     from calibration import load_set
-    from exporters.rewrites import apply_rewrites
-    from exporters.zoo import DIGITS, create_model
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import DIGITS, create_model
     from runtime.manifest import read_manifest
     from runtime.preprocess import Preprocessing
     m = read_manifest(bundle)

@@ -5,7 +5,7 @@ The families come from timm's registry: the model modules whose names say ViT, D
 smallest registered model: the first size word its names use (tiny, small, medium, base, large), then the fewest
 parameters (counted on the meta device, nothing allocated), then the smaller input, then the name. ``--quick``
 builds a narrow, shallow config of it through timm's own keyword arguments (``QUICK``), with random weights that
-``exporters.zoo`` keeps from being degenerate.
+``exporters.models.zoo`` keeps from being degenerate.
 
 For each representative: the rewrite rules that fired; the ONNX nodes of the export without the rewrites against
 with them (the same exporter, opset and onnxslim, so the difference is the rules'); and vitdeploy's pipeline for
@@ -67,7 +67,7 @@ def quick_kwargs(module: str) -> dict:
 def _unrewritten_nodes(model, shape) -> int | str:
     """Nodes of the same export without the rewrites (vitdeploy's exporter, opset and onnxslim), or why it failed:
     the difference is the rules' alone."""
-    from exporters.onnx import export_onnx
+    from exporters.graph.onnx import export_onnx
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -81,15 +81,15 @@ def measure_family(module: str, quick: bool, out: Path, threads: int, runs: int,
     """One family: its representative exported without the rewrites, and through vitdeploy's pipeline."""
     import timm
 
-    from exporters.pipeline import RunOptions, run
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
+    from exporters.pipeline.stages import RunOptions, run
     name = representative(module)
     row: dict = {"family": module, "model": name, "quick": quick}
     t0 = time.perf_counter()
     try:
         if quick:
             from exporters.api import spec_for_module
-            from exporters.zoo import reinit_degenerate
+            from exporters.models.zoo import reinit_degenerate
             kw = quick_kwargs(module)
             model = timm.create_model(name, **kw).eval()
             # reason: timm keeps the registered config's input size when img_size is given; its other preprocessing

@@ -47,7 +47,7 @@ def profile(name: str, threads: int, runs: int, work: Path) -> dict:
     import openvino as ov
 
     from calibration import load_set
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     from runtime.manifest import read_manifest
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)

@@ -17,9 +17,9 @@ VARIANTS = {"u8s8": {"activation": "uint8", "reduce_range": False},
 
 def _build(name: str, workdir: Path, calib_size: int):
     from calibration import load_set
-    from exporters.onnx import export_onnx
-    from exporters.rewrites import apply_rewrites
-    from exporters.zoo import create_model
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     rewritten, _ = apply_rewrites(model, shape)
@@ -33,7 +33,7 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
     import torch
 
     from calibration import load_set
-    from exporters.pipeline import run_outputs
+    from exporters.pipeline.stages import run_outputs
     from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
     from runtime.accuracy import compare
     from runtime.backends.onnxruntime import OnnxRuntimeRunner

@@ -19,7 +19,7 @@ def rebuild_reason(manifest) -> str | None:
 
 def model_from_manifest(bundle: Path, weights: str | None = None):
     """``(nn.Module, spec)`` for the bundle's model, at its input size, with its (or the given) weights."""
-    from exporters.zoo import DIGITS, create_model
+    from exporters.models.zoo import DIGITS, create_model
     from runtime.manifest import read_manifest
     m = read_manifest(bundle)
     if weights is None:

@@ -27,9 +27,9 @@ def _timed(runners: dict, x, runs: int, warmup: int, rounds: int) -> dict:
 
 def compare_model(name: str, threads: int, runs: int = 60, warmup: int = 10, rounds: int = 4,
                   dynamic_batch: bool = False) -> dict:
-    from exporters.onnx import export_onnx
-    from exporters.rewrites import apply_rewrites
-    from exporters.zoo import create_model
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     from runtime.backends.onnxruntime import OnnxRuntimeRunner
     from runtime.backends.openvino import OpenVinoRunner
 
@@ -96,9 +96,9 @@ def render(results: list[dict], env_line: str, command: str) -> str:
 
 def coreml_proof(name: str) -> dict:
     """Convert the naive and the rewritten model with coremltools (TorchScript path) on this OS."""
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     from exporters.targets.coreml import convert
-    from exporters.zoo import create_model
     from runtime.errors import UserError
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
@@ -125,9 +125,9 @@ def render_coreml(results: list[dict], command: str) -> str:
 
 def contract_all(names: list[str], dynamic_batch: bool = False) -> list[dict]:
     """Export each model with rewrites and run the graph contract; one row per model."""
-    from exporters.onnx import export_onnx
-    from exporters.rewrites import apply_rewrites
-    from exporters.zoo import create_model
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     rows = []
     for name in names:
         model, spec = create_model(name)

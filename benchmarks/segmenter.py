@@ -47,8 +47,8 @@ def segmenter(name: str, img_size, classes: int = 150, channels: int = 256):
     UPerNet's 256 channels by default) returning logits at the finest map's resolution, random head weights;
     ``spec`` as ``export(task="segmentation")`` builds it."""
     from exporters.api import spec_for_module
-    from exporters.features import default_indices
-    from exporters.zoo import create_model
+    from exporters.models.features import default_indices
+    from exporters.models.zoo import create_model
     model, spec = create_model(name, img_size=img_size)
     indices = default_indices(model)
     with torch.no_grad():

@@ -124,7 +124,7 @@ def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | N
     """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults and INT8 ``recipe`` (``auto``: each
     built, gated and timed here, the fastest that passes kept); given ``model`` and ``spec``, of that very module (a
     zoo model with random weights differs from one creation to the next)."""
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     rep = run(RunOptions(model=name, module=model, spec=spec, targets=list(targets), precisions=list(precisions),
                          data=data,
                          calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, batch=batch,
@@ -146,16 +146,16 @@ def _close(runners: dict) -> None:
 
 def timed_model(name: str, img_size: tuple[int, int] | None, kind: str = "classifier"):
     """``(module, spec)`` every path of one row times: the classifier re-laid for ``img_size``; its backbone
-    (exporters/features.py: every stage or four blocks, padded to the window grid); or the re-laid classifier's
+    (exporters/models/features.py: every stage or four blocks, padded to the window grid); or the re-laid classifier's
     backbone under an FPN segmentation head (benchmarks/segmenter.py). The same module for the naive paths, which
     export it as it is, and for vitdeploy, which rewrites it."""
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     if kind == "segmentation":
         from benchmarks.segmenter import segmenter
         return segmenter(name, img_size)
     if kind == "classifier":
         return create_model(name, img_size=img_size)
-    from exporters.features import backbone
+    from exporters.models.features import backbone
     model, spec = create_model(name)
     return backbone(model, spec, None, img_size or tuple(spec.input_shape[1:]), name)
 
@@ -166,8 +166,8 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     re-laid module on every path; ``kind``: ``timed_model``'s), interleaved; with ``throughput_s``, then images/s
     of each, opened in throughput mode, also interleaved."""
     from calibration import load_set
-    from exporters.outputs import dense_classes, output_names, widths
-    from exporters.reference import TorchRunner
+    from exporters.graph.outputs import dense_classes, output_names, widths
+    from exporters.verify.reference import TorchRunner
     from runtime.latency import measure_interleaved, measure_throughput_interleaved
     from runtime.manifest import read_manifest
     model, spec = timed_model(name, img_size, kind)
@@ -212,8 +212,8 @@ def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_siz
     import torch
 
     from calibration import load_set
-    from exporters.pipeline import run_outputs
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
+    from exporters.pipeline.stages import run_outputs
     from runtime.accuracy import compare
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
@@ -242,7 +242,7 @@ def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_siz
 
 def family_of(model: str) -> str | None:
     """``swin`` / ``vit`` for a zoo or timm name (``"swin_t 384x384"`` too), else None."""
-    from exporters.zoo import ALIASES
+    from exporters.models.zoo import ALIASES
     name = model.split()[0]
     arch = ALIASES.get(name, name).lower()
     return "swin" if "swin" in arch else "vit" if "vit" in arch or "deit" in arch else None

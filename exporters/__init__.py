@@ -11,9 +11,9 @@ __all__ = ["export", "Report", "ExportError", "create_model", "apply_rewrites"]
 
 def __getattr__(name):
     if name == "apply_rewrites":
-        from exporters.rewrites import apply_rewrites
+        from exporters.graph.rewrites import apply_rewrites
         return apply_rewrites
     if name == "create_model":
-        from exporters.zoo import create_model
+        from exporters.models.zoo import create_model
         return create_model
     raise AttributeError(name)

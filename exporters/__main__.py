@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     from exporters.targets import option_fields, targets
 
     names = list(targets()) if args.target == ["all"] else args.target
@@ -133,7 +133,7 @@ def _main(argv: list[str]) -> int:
                       options=given, quiet=args.quiet, repair=not args.no_repair,
                       sign_key=Path(args.sign_key) if args.sign_key else None, keep=args.keep)
     report = run(opts)
-    from exporters.report import results_table
+    from exporters.report.render import results_table
     print(results_table(report["results"]))
     print(f"\nreport: {report['bundle']}/report.md")
     failed = [r for r in report["results"] if r.get("passed") is False]

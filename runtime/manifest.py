@@ -22,7 +22,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 
 
 SIZES = "sizes.json"  # a bundle of several sizes: one sub-bundle a size (runtime/sizes.py)
-SHARED = "../shared/"  # the one path out of a size's sub-bundle: weights every size shares (exporters/shared_weights.py)
+SHARED = "../shared/"  # the one path out of a size sub-bundle: weights all sizes share (exporters.pipeline.shared_weights)
 SHARED_ONNX_DATA = "onnx.data"  # in SHARED: the external data of every shared ONNX model
 
 

@@ -14,7 +14,7 @@ import os
 from runtime.errors import UserError
 
 MAX_BATCH = 1024  # beyond this an input batch of even a 224 px model is over 600 MB before the model runs;
-# below it, exporters/memory.py refuses a batch whose measured activations cannot fit in this machine's memory
+# below it, exporters/models/memory.py refuses a batch whose measured activations cannot fit in this machine's memory
 MAX_RUNS = 100_000
 MAX_SECONDS = 3600.0
 

@@ -72,7 +72,7 @@ def digits_bundles(tmp_path_factory):
 
     from filelock import FileLock
 
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
 
     root = shared_dir(tmp_path_factory)
     out, names = root / "digits-bundles", ("digits_swin", "digits_vit")

@@ -139,11 +139,11 @@ def test_openvino_exclusion_reaches_the_block_named(tmp_path):
     """The OpenVINO side of a keep: the block's MatMuls are found in the IR by the ONNX names of the block."""
     import openvino as ov
 
-    from exporters.onnx import export_onnx
-    from exporters.probes import compute_outputs_in, probes_from_export
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     from exporters.targets.openvino import ops_producing
-    from exporters.zoo import create_model
+    from exporters.verify.probes import compute_outputs_in, probes_from_export
     model, _ = create_model("digits_swin")
     rewritten, _ = apply_rewrites(model, (1, 3, 32, 32))
     exp = export_onnx(rewritten, (1, 3, 32, 32), tmp_path / "m.onnx")
@@ -176,7 +176,7 @@ def test_bad_budget_is_one_line(tmp_path, args, message, capsys):
 
 
 def test_a_keep_that_buys_nothing_is_not_kept():
-    from exporters.budget import gained
+    from exporters.verify.budget import gained
     before = {"drop_points": 0.2, "top1_agreement": 0.99, "cosine_min": 0.96}
     assert not gained(before, {**before, "cosine_min": 0.9601})  # 0.25% less error: nothing bought
     assert gained(before, {**before, "cosine_min": 0.97})
@@ -187,7 +187,7 @@ def test_a_keep_that_buys_nothing_is_not_kept():
 def test_worst_samples_are_the_flipped_then_the_least_similar():
     import numpy as np
 
-    from exporters.budget import worst_samples
+    from exporters.verify.budget import worst_samples
     ref = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     got = np.array([[1.0, 0.1], [0.4, 0.6], [1.0, 0.0], [1.0, 0.5]])
     assert list(worst_samples(ref, got, 3)) == [1, 3, 0]  # the flip first, then by cosine

@@ -193,7 +193,7 @@ def test_internal_error_is_exit_3_with_one_line_and_a_log(tmp_path, capsys):
 def test_disk_full_is_one_line_exit_2_and_nothing_half_written(tmp_path, capsys, monkeypatch):
     import errno
 
-    import exporters.pipeline as pipeline
+    import exporters.pipeline.stages as pipeline
     from exporters.__main__ import main
 
     def full(report, folder):
@@ -239,7 +239,7 @@ def test_runtime_refuses_a_bomb_and_an_absurd_aspect_ratio(tmp_path, small_bundl
 
 def test_data_folder_skips_and_counts_refused_images(tmp_path, capsys):
     from calibration import load_set
-    from exporters.zoo import DIGITS_PREPROCESSING
+    from exporters.models.zoo import DIGITS_PREPROCESSING
     d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(d / "ok.png")

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from calibration import content_hash, load_set
-from exporters.zoo import DIGITS_PREPROCESSING as PP
+from exporters.models.zoo import DIGITS_PREPROCESSING as PP
 from runtime.errors import UserError
 from runtime.preprocess import Preprocessing
 

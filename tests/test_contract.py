@@ -3,9 +3,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from exporters.onnx import check_contract, contract_violations, export_onnx
-from exporters.rewrites import apply_rewrites
-from exporters.zoo import create_model
+from exporters.graph.onnx import check_contract, contract_violations, export_onnx
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.zoo import create_model
 from runtime.errors import UserError
 
 

@@ -3,8 +3,8 @@ or excluded here by hand, with a reason. A new model or a new target fails this 
 of its pairs is added to one list or the other."""
 from pathlib import Path
 
+from exporters.models.zoo import known_names
 from exporters.targets import targets
-from exporters.zoo import known_names
 
 TESTS = Path(__file__).parent
 

@@ -64,7 +64,7 @@ def segmenter():
 @pytest.fixture(scope="module")
 def exported(segmenter, tmp_path_factory):
     import exporters
-    from exporters.zoo import DIGITS_PREPROCESSING
+    from exporters.models.zoo import DIGITS_PREPROCESSING
     out = tmp_path_factory.mktemp("dense")
     rep = exporters.export(segmenter, input_shape=(3, 32, 32), task="segmentation",
                            targets=["onnxruntime", "openvino", "tensorrt_rtx", "coreml"], precision="int8",
@@ -143,7 +143,7 @@ def test_runtime_segments_like_the_module_and_verifies(exported, segmenter, tmp_
 def test_dense_api_refuses_what_it_cannot_do_in_one_line(tmp_path):
     import exporters
     from exporters.api import ExportError
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     classifier, _ = create_model("digits_swin")
     cases = [
         (dict(model_or_name=classifier, task="segmentation"), "must return a logits map [B, classes, H, W]"),
@@ -170,7 +170,7 @@ def test_random_weights_report_but_do_not_gate_the_class_maps_in_reduced_precisi
     """As top-1 agreement for a random classifier: a random head's class maps are near-ties with no signal."""
     from types import SimpleNamespace
 
-    from exporters.outputs import judge_outputs
+    from exporters.graph.outputs import judge_outputs
     from runtime.accuracy import compare
     from runtime.tolerances import tolerance_for
     rng = np.random.default_rng(2)

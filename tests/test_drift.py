@@ -24,7 +24,7 @@ SCALE = 60.0
 
 
 def planted_model():
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     model, _ = create_model("digits_swin")
     block = model.get_submodule(PLANTED)
     with torch.no_grad():
@@ -37,8 +37,8 @@ def planted_model():
 @pytest.fixture(scope="module")
 def planted_bundles(tmp_path_factory) -> dict:
     """``target -> bundle``: the MLP plant for ONNX Runtime, TensorRT and Core ML, the q/k plant for OpenVINO."""
-    from exporters.pipeline import RunOptions, run
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
+    from exporters.pipeline.stages import RunOptions, run
     d = tmp_path_factory.mktemp("planted")
     model = planted_model()
     original, _ = create_model("digits_swin")
@@ -78,7 +78,7 @@ def test_drift_names_the_planted_block_first(planted_bundles, target, tmp_path):
 
 def test_clean_fp32_artefact_has_no_step(digits_bundles, tmp_path):
     from benchmarks.drift import drift
-    from exporters.probes import NOISE
+    from exporters.verify.probes import NOISE
     res = drift(Path(digits_bundles[0]) / "digits_vit", "onnxruntime", "fp32", "digits", 8, 2)
     assert res["rows"] and res["first_large_step"]["error"] < NOISE
     assert all(r["cosine_min"] > 0.99999 for r in res["rows"])
@@ -86,7 +86,7 @@ def test_clean_fp32_artefact_has_no_step(digits_bundles, tmp_path):
 
 
 def test_errors_are_per_sample():
-    from exporters.probes import errors
+    from exporters.verify.probes import errors
     ref = np.ones((2, 4))
     out = ref.copy()
     out[1] = [1, 1, 1, -1]
@@ -97,7 +97,7 @@ def test_errors_are_per_sample():
 def test_largest_step_is_the_largest_growth_not_the_largest_ratio():
     """Measured case (planted q/k outlier, OpenVINO INT8): a small early error over the noise floor has the
     larger ratio; the block that adds the most error is the one to name and to keep."""
-    from exporters.probes import first_large_step, largest_step
+    from exporters.verify.probes import first_large_step, largest_step
     rows = [{"module": "patch_embed", "tensor": "t0", "cosine_min": 1 - 1e-6},
             {"module": "blocks.0.attn", "tensor": "t1", "cosine_min": 1 - 1.4e-3},  # 14x over the 1e-4 floor
             {"module": "blocks.1.attn", "tensor": "t2", "cosine_min": 1 - 3.9e-3},

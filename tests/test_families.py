@@ -46,8 +46,8 @@ def _quick(module: str):
 @pytest.mark.parametrize("module", sorted(RULES))
 def test_family_is_rewritten_equivalently_and_passes_int8(module, tmp_path):
     from exporters.api import spec_for_module
-    from exporters.pipeline import RunOptions, run
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.pipeline.stages import RunOptions, run
     name, model, shape = _quick(module)
     rewritten, rewrites = apply_rewrites(model, (1, *shape))
     assert RULES[module] | {"gelu_fusable"} <= set(rewrites.fired), rewrites.fired

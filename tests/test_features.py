@@ -20,8 +20,8 @@ def _cosines(a, b):
 
 
 def test_swin_stages_as_maps_padded_to_the_window_grid_match_timm():
-    from exporters.features import backbone
-    from exporters.zoo import create_model
+    from exporters.models.features import backbone
+    from exporters.models.zoo import create_model
     model, spec = create_model("digits_swin")
     maps, bspec = backbone(model, spec, None, SIZE, "digits_swin")
     assert [n for n, _ in bspec.outputs] == ["stage0", "stage1"]
@@ -37,8 +37,8 @@ def test_swin_stages_as_maps_padded_to_the_window_grid_match_timm():
 
 
 def test_vit_blocks_default_to_four_spread_to_the_last():
-    from exporters.features import backbone, default_indices
-    from exporters.zoo import create_model
+    from exporters.models.features import backbone, default_indices
+    from exporters.models.zoo import create_model
     model, spec = create_model("vit_b")
     assert default_indices(model) == [2, 5, 8, 11]
     small, sspec = create_model("digits_vit")
@@ -62,7 +62,7 @@ def test_bad_features_flags_are_one_line(args, match, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def backbone_bundle(tmp_path_factory):
     from exporters.api import Report
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     out = tmp_path_factory.mktemp("features")
     report = run(RunOptions(model="digits_swin", features=True, img_size=SIZE,
                             targets=["onnxruntime", "openvino", "tensorrt_rtx", "coreml"], precision="int8", out=out, runs=5,
@@ -87,8 +87,8 @@ def test_int8_backbone_passes_a_gate_per_stage(backbone_bundle):
 
 def test_runtime_returns_the_named_maps_close_to_pytorch(backbone_bundle):
     from calibration.digits import digits_subset
-    from exporters.features import backbone
-    from exporters.zoo import create_model
+    from exporters.models.features import backbone
+    from exporters.models.zoo import create_model
     from runtime.preprocess import preprocess_batch
     bundle, _ = backbone_bundle
     model, spec = create_model("digits_swin")

@@ -80,7 +80,7 @@ def test_a_set_at_detection_size_stays_within_its_budget():
 
 @pytest.fixture(scope="module")
 def reduced_backbone(tmp_path_factory):
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     out = tmp_path_factory.mktemp("reduced")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(g, "REDUCE_ABOVE", 0)  # the digits maps are small: reduce them as large ones are

@@ -26,7 +26,7 @@ def _train() -> torch.nn.Module:
     import timm
 
     from calibration.digits import digits_subset
-    from exporters.zoo import DIGITS_PREPROCESSING
+    from exporters.models.zoo import DIGITS_PREPROCESSING
     from runtime.preprocess import preprocess_batch
     torch.manual_seed(0)
     images, labels, _ = digits_subset("train")
@@ -178,7 +178,7 @@ def test_torchvision_swin_fine_tuned_to_37_classes_loads_into_timm(tmp_path):
     import torchvision
     tv = torchvision.models.swin_t(num_classes=37).eval()
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     model, spec = create_model("swin_t", weights=tmp_path / "tv.pth")
     assert spec.num_classes == 37 and isinstance(model, timm.models.swin_transformer.SwinTransformer)
     x = torch.randn(1, 3, 224, 224)
@@ -208,7 +208,7 @@ def test_hf_hub_name_from_the_local_cache(saved, tmp_path):
         shutil.copy(f, snap / f.name)
     (tmp_path / "hf" / "hub" / "models--me--my_digit_swin" / "refs").mkdir()
     (tmp_path / "hf" / "hub" / "models--me--my_digit_swin" / "refs" / "main").write_text("abc123")
-    code = ("from exporters.zoo import create_model\n"
+    code = ("from exporters.models.zoo import create_model\n"
             "m, s = create_model('hf-hub:me/my_digit_swin')\n"
             "print(s.name, s.num_classes, s.labels[7])\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

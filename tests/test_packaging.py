@@ -33,7 +33,7 @@ def test_installed_wheel_resolves_the_fixtures_from_itself(wheel, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                            str(wheel)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    code = ("import exporters.zoo as z, calibration.digits as d\n"
+    code = ("import exporters.models.zoo as z, calibration.digits as d\n"
             "m, spec = z.create_model('digits_vit')\n"
             "print(z.DATA); print(d.SPLIT_FILE); print(len(d.load_split()['holdout']))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

@@ -82,7 +82,7 @@ def test_report_files_and_schema(digits_bundles):
 def test_failed_build_leaves_no_bundle_and_keeps_the_old_one(tmp_path, monkeypatch):
     import dataclasses
 
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     from exporters.targets import targets
 
     run(RunOptions(model="digits_vit", out=tmp_path, runs=2, warmup=1, quiet=True))
@@ -112,8 +112,8 @@ def test_dynamic_batch_bundle_runs_at_batch_two(tmp_path, capsys):
 
 
 def test_large_models_go_to_external_data_and_the_bundle_hashes_it(tmp_path, monkeypatch):
-    import exporters.onnx as exp
-    from exporters.pipeline import RunOptions, run
+    import exporters.graph.onnx as exp
+    from exporters.pipeline.stages import RunOptions, run
     monkeypatch.setattr(exp, "TWO_GB", 1000)  # pretend the 1 MB digits model is over the limit
     run(RunOptions(model="digits_vit", out=tmp_path, runs=2, warmup=1, quiet=True))
     manifest = json.loads((tmp_path / "digits_vit" / "manifest.json").read_text())

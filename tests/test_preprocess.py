@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporters.zoo import create_model
+from exporters.models.zoo import create_model
 from runtime.preprocess import Preprocessing, preprocess_image
 
 

@@ -207,7 +207,7 @@ def faulted_exports(tmp_path_factory):
     OpenVINO with --no-repair."""
     import os
 
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     from runtime.backends.openvino import half_hint
     out = tmp_path_factory.mktemp("faulted")
     fault = as_built_fault({"inference_precision": half_hint("CPU")})

@@ -93,7 +93,7 @@ def test_a_gate_fails_on_any_non_finite_output():
 def test_a_checkpoint_with_inf_is_refused_before_any_export(tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    from exporters.zoo import DATA
+    from exporters.models.zoo import DATA
     state = load_file(DATA / "digits_vit.safetensors")
     state["head.bias"][3] = float("inf")
     save_file(state, tmp_path / "inf.safetensors")

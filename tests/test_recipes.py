@@ -1,4 +1,4 @@
-"""INT8 recipes (exporters/recipes.py, exporters/targets/openvino.py): each named recipe builds the IR it says,
+"""INT8 recipes (exporters/verify/recipes.py, exporters/targets/openvino.py): each named recipe builds the IR it says,
 ``--recipe auto`` gates and times every candidate on this machine and keeps the fastest that passes, and the
 report and manifest say which won and why."""
 import json
@@ -55,10 +55,10 @@ def qdq_facts(path: Path) -> dict:
 def build_each_recipe(tmp_path_factory, name: str, options, facts) -> dict:
     """digits_swin's INT8 artefact of target ``name`` under each named recipe, from one export and one calibration set."""
     from calibration import load_set
-    from exporters.onnx import export_onnx
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     from exporters.targets import BuildContext, target
-    from exporters.zoo import create_model
     d = tmp_path_factory.mktemp(f"recipes-{name}")
     model, spec = create_model("digits_swin")
     model, _ = apply_rewrites(model, (1, *spec.input_shape))
@@ -120,7 +120,7 @@ def test_recipe_auto_keeps_the_fastest_that_passes(tmp_path, capsys):
     assert kept["p50_ms"] == min(a["p50_ms"] for a in passing) and rec["kept"] == kept["name"]
     assert "fastest of" in rec["why"] and rec["tuned_on"]
     # fidelity first: every kept candidate is within FIDELITY_EPS of the default recipe's worst-sample cosine
-    from exporters.recipes import FIDELITY_EPS
+    from exporters.verify.recipes import FIDELITY_EPS
     floor = rec["fidelity_floor"]
     assert floor is not None and rec["fidelity_eps"] == FIDELITY_EPS
     assert all(a["values"]["cosine_min"] >= floor - FIDELITY_EPS for a in passing)
@@ -144,8 +144,8 @@ def test_recipe_for_a_build_without_recipes_is_one_line(tmp_path, capsys):
 
 
 def test_precision_auto_means_recipe_auto_unless_one_is_named():
-    from exporters.recipes import wants_auto
     from exporters.targets import target
+    from exporters.verify.recipes import wants_auto
     t = target("openvino")
 
     def job(precision, options):
@@ -168,10 +168,10 @@ def test_onnxruntime_recipes_share_one_calibration(tmp_path):
     from onnx import numpy_helper
 
     from calibration import load_set
-    from exporters.onnx import export_onnx
+    from exporters.graph.onnx import export_onnx
+    from exporters.models.zoo import create_model
     from exporters.targets import BuildContext, target
     from exporters.targets.onnxruntime import OnnxRuntimeOptions, _cache
-    from exporters.zoo import create_model
     if not _cache(tmp_path / "probe.json"):
         pytest.skip("this ONNX Runtime's quantize_static has no calibration_cache_path (1.32+)")
     model, spec = create_model("digits_swin")
@@ -205,7 +205,7 @@ def test_onnxruntime_recipes_share_one_calibration(tmp_path):
 
 
 def test_auto_refuses_a_faster_recipe_that_gives_up_fidelity():
-    from exporters.recipes import FIDELITY_EPS, fidelity_judge
+    from exporters.verify.recipes import FIDELITY_EPS, fidelity_judge
 
     def judge(runner):  # the gate passes both; one of them is less faithful than the default
         return True, {"cosine_min": runner}, []

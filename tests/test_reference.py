@@ -3,7 +3,7 @@ module that takes no other."""
 import torch
 from torch import nn
 
-from exporters.reference import EVAL_BATCH, evaluation_batch
+from exporters.verify.reference import EVAL_BATCH, evaluation_batch
 
 
 def test_the_evaluation_batch_is_bounded_by_activation_memory():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.compare import compare_reports, load_results, render
-from exporters.report import write_matrix
+from exporters.report.render import write_matrix
 
 
 class _Images(HTMLParser):
@@ -83,7 +83,7 @@ def test_only_in_one_report_is_listed_not_dropped():
 def test_a_failed_row_names_each_tolerance_missed_and_by_how_much(tmp_path):
     import numpy as np
 
-    from exporters.report import render_markdown
+    from exporters.report.render import render_markdown
     from runtime.accuracy import compare, judge
     from runtime.tolerances import Tolerance
     ref = np.eye(4) * 5
@@ -101,7 +101,7 @@ def test_a_failed_row_names_each_tolerance_missed_and_by_how_much(tmp_path):
 
 
 def test_backbone_and_embedding_rows_show_no_top1_columns():
-    from exporters.report import results_table
+    from exporters.report.render import results_table
     row = {"target": "openvino", "precision": "int8", "accuracy": {"cosine_min": 0.999, "top1_agreement": 0.72,
            "top1": None}, "passed": True}
     classifier = results_table([row])

@@ -24,7 +24,7 @@ def _digit_images(n=20):
 def test_predict_matches_the_pytorch_reference(digits_bundles):
     import torch
 
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     from runtime.preprocess import preprocess_batch
     out, _ = digits_bundles
     images, labels = _digit_images()
@@ -47,7 +47,7 @@ def test_predict_matches_the_pytorch_reference(digits_bundles):
 
 def test_runtime_preprocessing_equals_the_exporters(tmp_path, sample_photos):
     from calibration import load_set
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     _, spec = create_model("swin_t")
     d = tmp_path / "imgs"
     d.mkdir()

@@ -32,8 +32,8 @@ def _windows(model):
 def test_swin_keeps_its_windows_where_they_tile_and_scales_them_where_not():
     import timm
 
-    from exporters.sizes import model_at_size
-    from exporters.zoo import create_model
+    from exporters.models.sizes import model_at_size
+    from exporters.models.zoo import create_model
     model, spec = create_model("swin_t")
     big, big_spec = model_at_size(model, spec, (448, 448), "swin_t")
     assert _windows(big) == [(7, 7)] * 4 and big_spec.input_shape == (3, 448, 448)
@@ -54,8 +54,8 @@ def test_swin_keeps_its_windows_where_they_tile_and_scales_them_where_not():
 
 
 def test_vit_takes_multiples_of_its_patch_only():
-    from exporters.sizes import model_at_size
-    from exporters.zoo import create_model
+    from exporters.models.sizes import model_at_size
+    from exporters.models.zoo import create_model
     model, spec = create_model("digits_vit")
     r, _ = model_at_size(model, spec, (48, 48), "digits_vit")
     assert r.pos_embed.shape[1] == 1 + 12 * 12
@@ -85,8 +85,8 @@ def sized(tmp_path_factory):
 
 
 def _reference(size, images):
-    from exporters.sizes import model_at_size
-    from exporters.zoo import create_model
+    from exporters.models.sizes import model_at_size
+    from exporters.models.zoo import create_model
     from runtime.preprocess import preprocess_batch
     model, spec = create_model("digits_swin")
     if size != (32, 32):
@@ -216,7 +216,7 @@ def test_a_size_set_is_a_bundle_of_ours_and_is_replaced_by_a_new_export(sized, t
 
 
 def test_every_size_is_checked_before_any_is_relaid(tmp_path, capsys, monkeypatch):
-    import exporters.multisize as multisize
+    import exporters.pipeline.multisize as multisize
     from tests.conftest import cli_in_process
     relaid = []
     monkeypatch.setattr(multisize, "model_at_size", lambda *a, **k: relaid.append(a) or (_ for _ in ()).throw(
@@ -326,12 +326,12 @@ def test_the_sizes_share_one_copy_of_their_weights(sized, tmp_path):
 
 
 def test_an_options_error_in_a_multi_size_run_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
-    import exporters.zoo
+    import exporters.models.zoo
     from exporters import export
 
     def built(*a, **k):
         raise AssertionError("a model was built before the options were checked")
-    monkeypatch.setattr(exporters.zoo, "create_model", built)
+    monkeypatch.setattr(exporters.models.zoo, "create_model", built)
     with pytest.raises(UserError, match="--recipe applies to"):  # a recipe for an FP32-only run
         export("digits_swin", targets="openvino", precision="fp32", img_size=SIZES, out=tmp_path, recipe="auto")
     with pytest.raises(UserError, match="io-fp16|io_fp16"):  # a TensorRT flag, no TensorRT target

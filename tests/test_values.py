@@ -136,7 +136,7 @@ def test_the_python_apis_apply_the_same_rules(tmp_path):
     ('["a", null]', ".json", "label 1 is NoneType"),
 ])
 def test_labels_that_lie_are_one_line(tmp_path, text, suffix, message):
-    from exporters.saved import read_labels
+    from exporters.models.saved import read_labels
     p = tmp_path / f"labels{suffix}"
     p.write_text(text)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
@@ -144,7 +144,7 @@ def test_labels_that_lie_are_one_line(tmp_path, text, suffix, message):
 
 
 def test_dense_json_labels_keep_their_order(tmp_path):
-    from exporters.saved import read_labels
+    from exporters.models.saved import read_labels
     (tmp_path / "l.json").write_text('{"1": "one", "0": "zero", "2": "two"}')
     assert read_labels(tmp_path / "l.json") == ["zero", "one", "two"]
 
@@ -195,8 +195,8 @@ def test_predict_takes_one_path_as_one_image(digits_bundles, tmp_path):
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys):
     """The bound on --batch is the machine's: activations per sample are measured on a batch-1 forward pass."""
-    from exporters.memory import ACTIVATION_COPIES, check_batch
-    from exporters.zoo import create_model
+    from exporters.models.memory import ACTIVATION_COPIES, check_batch
+    from exporters.models.zoo import create_model
     model, spec = create_model("digits_vit")
     est = check_batch(model, spec.input_shape, 8, available=1 << 40)
     assert est["activation_bytes_per_sample"] > 0 and est["need_bytes"] > est["weight_bytes"]

@@ -4,7 +4,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from exporters.zoo import create_model
+from exporters.models.zoo import create_model
 from runtime.errors import UserError
 
 

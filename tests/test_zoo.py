@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from exporters.zoo import ALIASES, create_model, known_names
+from exporters.models.zoo import ALIASES, create_model, known_names
 from runtime.errors import UserError
 
 

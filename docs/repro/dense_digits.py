@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fixtures, from a clone
 
 import exporters  # noqa: E402
-from exporters.zoo import DIGITS_PREPROCESSING  # noqa: E402
+from exporters.models.zoo import DIGITS_PREPROCESSING  # noqa: E402
 from tests.fixtures.segmenter import dataset_iou, trained_segmenter  # noqa: E402
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/dense_digits")

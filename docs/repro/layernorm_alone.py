@@ -19,10 +19,10 @@ import openvino as ov
 
 from benchmarks.vs_naive import naive_onnx
 from calibration import load_set
-from exporters.onnx import export_onnx
-from exporters.rewrites import apply_rewrites
+from exporters.graph.onnx import export_onnx
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.zoo import create_model
 from exporters.targets.openvino import first_last_compute_ops
-from exporters.zoo import create_model
 
 
 def quantized(src: Path, data: list, keep_first_last: bool, preset=None):

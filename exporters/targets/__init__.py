@@ -10,7 +10,7 @@ A target module (``exporters/targets/<name>.py``) defines ``TARGET = Target(...)
 - ``backend``: the ``runtime.backends`` name whose runner opens its artefacts, and optionally
   ``open(ctx, artifact) -> Runner`` for a proxy where the artefact can't execute here;
 - ``keeps``: the precisions whose ``build`` honours ``ctx.keep_tensors`` / ``ctx.keep_modules`` (what the
-  accuracy budget, ``exporters/budget.py``, asks to keep in higher precision), and ``first_last`` those
+  accuracy budget, ``exporters/verify/budget.py``, asks to keep in higher precision), and ``first_last`` those
   whose build already keeps the patch embedding and the head (the first/last-layer rule: no candidates).
 The exporter CLI's choices, its per-target flags, ``--target all`` and the matrix all come from
 ``targets()``. Adding a target is one module here plus its runtime backend.
@@ -34,7 +34,7 @@ from runtime.manifest import ArtifactEntry
 class BuildContext:
     """Everything a target may use. Targets never read images: calibration comes from ``calib()``."""
 
-    spec: object  # exporters.zoo.ModelSpec
+    spec: object  # exporters.models.zoo.ModelSpec
     model: object  # the (rewritten) torch model, for targets that convert from PyTorch
     onnx_path: Path  # the FP32 ONNX export
     workdir: Path  # the staging bundle folder
@@ -43,14 +43,14 @@ class BuildContext:
     calib: Callable[[], object]  # -> calibration.CalibrationSet, loaded on first use
     dynamic_batch: bool = False
     # ONNX tensor names whose producing MatMul/Gemm/Conv must stay in higher precision (the accuracy budget's
-    # choice, exporters/budget.py); INT8 builds exclude those nodes on top of the first/last-layer rule
+    # choice, exporters/verify/budget.py); INT8 builds exclude those nodes on top of the first/last-layer rule
     keep_tensors: frozenset = frozenset()
-    # the same choice as PyTorch module names (display names, as in exporters/probes.py), for targets that
+    # the same choice as PyTorch module names (display names, as in exporters/verify/probes.py), for targets that
     # convert from PyTorch (Core ML)
     keep_modules: tuple[str, ...] = ()
-    # runtime-configuration overrides every build carries (the repair ladder's choice, exporters/proof.py)
+    # runtime-configuration overrides every build carries (the repair ladder's choice, exporters/verify/proof.py)
     runtime_config: dict = field(default_factory=dict)
-    # a calibration result the builds of one `--recipe auto` share (exporters/recipes.py), where the quantizer
+    # a calibration result the builds of one `--recipe auto` share (exporters/verify/recipes.py), where the quantizer
     # can save and reload one: the first build calibrates, the others reuse its ranges
     calibration_cache: Path | None = None
 
@@ -69,7 +69,7 @@ class Artifact:
     notes: list[str] = field(default_factory=list)
     proxy: str | None = None  # what a proxy accuracy stands for, when the real one can't run here
     checks: dict = field(default_factory=dict)  # evidence from other tools (e.g. NVIDIA's parser: "trt_parse")
-    verification: object = None  # runtime.manifest.Verification, once verified (exporters/proof.py)
+    verification: object = None  # runtime.manifest.Verification, once verified (exporters/verify/proof.py)
 
     @property
     def timeable(self) -> bool:
@@ -110,9 +110,9 @@ class Target:
     keeps: tuple[str, ...] = ()  # precisions whose build keeps ctx.keep_tensors/keep_modules in higher precision
     first_last: tuple[str, ...] = ()  # precisions whose build already keeps the first and last compute layers
     # precision -> candidates(options) -> [(recipe, runtime_config)]: what `--recipe auto` builds, gates and times
-    # (exporters/recipes.py); the options dataclass then has a ``recipe`` field
+    # (exporters/verify/recipes.py); the options dataclass then has a ``recipe`` field
     recipes: dict = dataclasses.field(default_factory=dict)
-    # Where the accuracy budget and the drift table read this target's block outputs (exporters/probes.py):
+    # Where the accuracy budget and the drift table read this target's block outputs (exporters/verify/probes.py):
     # "artefact" (the artefact itself, in its runtime), "onnx" (the ONNX its engine is built from, in ONNX Runtime,
     # runtime_config["onnx"]) or "proxy" (``block_proxy(model, art) -> nn.Module``, hooked like the reference);
     # ``block_label`` says it in words for drift.json and checks.budget.

@@ -1,6 +1,6 @@
 """Keep the Swin attention bias small inside an OpenVINO IR.
 
-The rewritten Swin attention (exporters/rewrites/swin.py) builds its ``[1, nW*heads, N, N]`` bias in the graph
+The rewritten Swin attention (exporters/graph/rewrites/swin.py) builds its ``[1, nW*heads, N, N]`` bias in the graph
 from ``[1, heads, N, N]`` relative-position bias and ``[nW, N]`` window-region labels. ``ov.convert_model`` folds
 that expression into one constant (reason: its MOC transformations fold constant subgraphs whatever their size,
 even with ``cf=False``; ``Core.read_model`` keeps them but skips the ScaledDotProductAttention fusion the INT8
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporters.rewrites.swin import MASKED, mask_from_labels
+from exporters.graph.rewrites.swin import MASKED, mask_from_labels
 
 MAX_HEADS = 64
 

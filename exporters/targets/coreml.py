@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporters.outputs import output_names
-from exporters.rewrites import display_name
+from exporters.graph.outputs import output_names
+from exporters.graph.rewrites import display_name
 from exporters.targets import Artifact, BuildContext, Target
 from runtime.backends import Runner, require
 from runtime.backends.coreml import INSTALL
@@ -307,14 +307,14 @@ def compressed_model(model, precision: str, keep=()):
 
 def block_proxy(model, art: Artifact):
     """What a Core ML artefact's block outputs are read from here: ``model`` with the package's compression
-    (``compressed_model``), hooked like the reference (exporters/probes.py)."""
+    (``compressed_model``), hooked like the reference (exporters/verify/probes.py)."""
     return compressed_model(model, art.precision, art.runtime_config.get("kept_fp16", ()))
 
 
 class _ProxyRunner(Runner):
     """PyTorch run of the compression Core ML applies: the labelled proxy on non-macOS systems."""
 
-    eager = True  # takes any batch: the evaluation runs in chunks (exporters.pipeline.evaluate)
+    eager = True  # takes any batch: the evaluation runs in chunks (exporters.pipeline.stages.evaluate)
 
     def __init__(self, model, precision: str, input_shape, keep=(), output_names=("logits",)):
         super().__init__()

@@ -16,10 +16,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from exporters.onnx import FOLD_LIMIT
-from exporters.recipes import recipe_field, recipe_of
+from exporters.graph.onnx import FOLD_LIMIT
 from exporters.targets import Artifact, BuildContext, Target
 from exporters.targets._ov_constants import factor_attention_bias
+from exporters.verify.recipes import recipe_field, recipe_of
 from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
 from runtime.environment import int8_may_saturate
@@ -34,7 +34,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 # INT8 recipes: which op groups are INT8, how activations are quantized, and (at run time) the precision of what
 # stays unquantized. Each is a named choice; `--recipe auto` builds every one, gates each on the evaluation set,
-# times the passing ones interleaved on this machine and keeps the fastest (exporters/recipes.py).
+# times the passing ones interleaved on this machine and keeps the fastest (exporters/verify/recipes.py).
 RECIPES = {
     "mixed": "NNCF transformer mode, mixed preset: symmetric weights, asymmetric activations (a zero point "
              "subtracted before each INT8 GEMM); projections, MLP and attention matmuls INT8",

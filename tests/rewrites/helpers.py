@@ -1,6 +1,6 @@
 import torch
 
-from exporters.rewrites import apply_rewrites
+from exporters.graph.rewrites import apply_rewrites
 
 
 def max_err(model, input_shape, passes=None, batches=(1, 3)):

@@ -3,8 +3,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from exporters.rewrites.common import FusableGELU
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.common import FusableGELU
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import max_err
 
 PASS = ["gelu_fusable"]

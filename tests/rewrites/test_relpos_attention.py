@@ -2,8 +2,8 @@
 import pytest
 import timm
 
-from exporters.rewrites.relpos import StaticBiasAttention
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.relpos import StaticBiasAttention
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import lively, max_err
 
 PASS = ["relpos_attention"]
@@ -26,7 +26,7 @@ def test_bias_is_baked_and_equivalent(arch, kw):
 
 
 def test_beit_exports_to_onnx_once_rewritten(tmp_path):
-    from exporters.onnx import export_onnx
+    from exporters.graph.onnx import export_onnx
     model = lively(timm.create_model("beit_base_patch16_224", **TINY))
     with pytest.raises(Exception, match="ONNX export failed"):  # upstream's SDPA-with-mask decomposition
         export_onnx(model, (1, 3, 32, 32), tmp_path / "naive.onnx", enforce_contract=False)

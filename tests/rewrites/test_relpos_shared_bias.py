@@ -2,7 +2,7 @@
 import pytest
 import timm
 
-from exporters.rewrites.relpos import ConstantBias
+from exporters.graph.rewrites.relpos import ConstantBias
 from tests.rewrites.helpers import lively, max_err
 
 PASS = ["relpos_shared_bias"]

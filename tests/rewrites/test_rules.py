@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from exporters.rewrites import ORDER, Rule, apply_rewrites, apply_rule, load_rules, record_input_shapes
+from exporters.graph.rewrites import ORDER, Rule, apply_rewrites, apply_rule, load_rules, record_input_shapes
 
 HERE = Path(__file__).parent
 
@@ -49,7 +49,7 @@ def test_unknown_rule_name_is_refused():
 
 
 def test_original_model_is_left_untouched():
-    from exporters.zoo import build_digits
+    from exporters.models.zoo import build_digits
     model = build_digits("digits_vit").eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     types = [type(m) for m in model.modules()]

@@ -2,8 +2,8 @@
 import timm
 from torch import nn
 
-from exporters.rewrites.common import PaddedConv
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.common import PaddedConv
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import lively, max_err
 
 PASS = ["std_conv_folded"]

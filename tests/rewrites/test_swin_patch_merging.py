@@ -3,8 +3,8 @@ import timm
 import torch
 import torchvision
 
-from exporters.rewrites.swin import StaticPatchMerging
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.swin import StaticPatchMerging
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import max_err
 
 PASS = ["swin_patch_merging"]

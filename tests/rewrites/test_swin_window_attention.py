@@ -4,8 +4,8 @@ import timm
 import torch
 import torchvision
 
-from exporters.rewrites.swin import StaticSwinBlock, StaticWindowAttention, shifted_window_mask, static_roll
-from exporters.zoo import DIGITS, build_digits
+from exporters.graph.rewrites.swin import StaticSwinBlock, StaticWindowAttention, shifted_window_mask, static_roll
+from exporters.models.zoo import DIGITS, build_digits
 from tests.rewrites.helpers import max_err
 
 PASS = ["swin_window_attention"]
@@ -82,8 +82,8 @@ def test_attention_is_four_d_with_no_reshape_before_softmax(tmp_path):
     """
     import onnx
 
-    from exporters.onnx import export_onnx
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
     model = _digits_swin(32)
     rewritten, _ = apply_rewrites(model, (1, 3, 32, 32))
     exp = export_onnx(rewritten, (2, 3, 32, 32), tmp_path / "m.onnx")
@@ -109,7 +109,7 @@ def _narrow_swin(hw, window):
 
 
 def test_constants_are_stored_small_and_sum_to_the_baked_bias():
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.rewrites import apply_rewrites
     rewritten, _ = apply_rewrites(_digits_swin(32), (1, 3, 32, 32))
     attns = [m for m in rewritten.modules() if isinstance(m, StaticWindowAttention)]
     assert {a.labels is None for a in attns} == {True, False}  # unshifted and shifted blocks both present
@@ -127,7 +127,7 @@ def test_constants_are_stored_small_and_sum_to_the_baked_bias():
 @pytest.mark.slow
 @pytest.mark.parametrize("hw,window", [((224, 224), 7), ((384, 384), 12), ((800, 1344), 7)])
 def test_equivalent_at_swin_t_sizes(hw, window):
-    # 384: windows scaled to 12 as exporters.sizes does; 800x1344: 200x336 tokens, padded to whole windows
+    # 384: windows scaled to 12 as exporters.models.sizes does; 800x1344: 200x336 tokens, padded to whole windows
     torch.manual_seed(0)
     err, report, rewritten = max_err(_narrow_swin(hw, window), (3, *hw), PASS, batches=(1,))
     assert err <= 1e-4 and report.replaced["swin_window_attention"] == 8
@@ -144,8 +144,8 @@ def test_onnx_and_openvino_ir_carry_the_small_constants(tmp_path):
     import numpy as np
     import openvino as ov
 
-    from exporters.onnx import FOLD_LIMIT, export_onnx
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import FOLD_LIMIT, export_onnx
+    from exporters.graph.rewrites import apply_rewrites
     from exporters.targets._ov_constants import factor_attention_bias
     hw = (800, 1344)
     rewritten, _ = apply_rewrites(_narrow_swin(hw, 7), (1, 3, *hw))

@@ -1,8 +1,8 @@
 """swinv2_patch_merging: SwinV2's merging (reduction, then norm) as one reshape/permute."""
 import timm
 
-from exporters.rewrites.swin import StaticPatchMerging
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.swin import StaticPatchMerging
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import lively, max_err
 
 PASS = ["swinv2_patch_merging"]

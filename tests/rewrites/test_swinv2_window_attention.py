@@ -3,9 +3,9 @@ import pytest
 import timm
 import torch
 
-from exporters.rewrites.swin import StaticWindowAttention
-from exporters.rewrites.swinv2 import StaticSwinV2Block
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.swin import StaticWindowAttention
+from exporters.graph.rewrites.swinv2 import StaticSwinV2Block
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import lively, max_err
 
 PASS = ["swinv2_window_attention"]

@@ -4,8 +4,8 @@ import timm
 import torch
 from torchvision.models.vision_transformer import VisionTransformer as TvViT
 
-from exporters.rewrites.vit import StaticAttention
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.vit import StaticAttention
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import max_err
 
 PASS = ["vit_attention"]
@@ -15,7 +15,7 @@ PASS = ["vit_attention"]
 def test_timm_digits_vit(img_size):
     from timm.models.vision_transformer import VisionTransformer
 
-    from exporters.zoo import DIGITS
+    from exporters.models.zoo import DIGITS
     model = VisionTransformer(**{**DIGITS["digits_vit"][1], "img_size": img_size}).eval()
     err, report, _ = max_err(model, (3, img_size, img_size), PASS)
     assert err <= 1e-5 and report.replaced["vit_attention"] == 4

@@ -4,8 +4,8 @@ import timm
 import torch
 from torchvision.models.vision_transformer import VisionTransformer as TvViT
 
-from exporters.rewrites.vit import StaticTimmViT, StaticTvViT
-from exporters.zoo import build_digits
+from exporters.graph.rewrites.vit import StaticTimmViT, StaticTvViT
+from exporters.models.zoo import build_digits
 from tests.rewrites.helpers import max_err
 
 PASS = ["vit_embed"]

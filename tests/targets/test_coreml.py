@@ -12,7 +12,7 @@ ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pi
 
 @pytest.fixture(scope="module")
 def coreml_reports(tmp_path_factory):
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     out = tmp_path_factory.mktemp("coreml")
     return out, {m: run(RunOptions(model=m, targets=["coreml"], precisions=["fp16", "int8"], data="digits",
                                    calib="digits", out=out, runs=3, warmup=1, quiet=True))
@@ -60,8 +60,8 @@ def test_image_input_package_is_exact_and_recorded(tmp_path, capsys):
     spec = ct.models.MLModel(str(tmp_path / "digits_vit" / "coreml-fp16.mlpackage"), skip_model_load=True).get_spec()
     assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
     # the in-graph normalisation on [0, 1] pixels equals the model on normalised inputs
+    from exporters.models.zoo import create_model
     from exporters.targets.coreml import _Normalize
-    from exporters.zoo import create_model
     model, spec_ = create_model("digits_vit")
     px = torch.rand(2, 3, 32, 32)
     norm = (px - 0.5) / 0.5
@@ -81,8 +81,8 @@ def test_unsupported_op_is_named():
 
 
 def test_naive_swin_failure_names_the_op():
+    from exporters.models.zoo import create_model
     from exporters.targets.coreml import convert
-    from exporters.zoo import create_model
     model, _ = create_model("digits_swin")
     with pytest.raises(UserError, match="Core ML conversion failed at op 'int'"):
         convert(model, (1, 3, 32, 32), "fp16")
@@ -91,9 +91,9 @@ def test_naive_swin_failure_names_the_op():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["swin_t", "vit_s"])
 def test_full_size_rewritten_models_convert(name, tmp_path):
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import create_model
     from exporters.targets.coreml import convert, validate
-    from exporters.zoo import create_model
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     rewritten, _ = apply_rewrites(model, shape)

@@ -1,7 +1,7 @@
 """exporters.targets._ov_constants: the folded Swin bias factored back into [heads, N, N] and [nW, N]."""
 import numpy as np
 
-from exporters.rewrites.swin import shifted_window_mask, window_labels
+from exporters.graph.rewrites.swin import shifted_window_mask, window_labels
 from exporters.targets._ov_constants import factor, rebuild
 
 

@@ -18,7 +18,7 @@ def _trt_missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def trt_bundles(tmp_path_factory):
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     out = tmp_path_factory.mktemp("trt")
     reports = {m: run(RunOptions(model=m, targets=["tensorrt", "onnxruntime"], precisions=["fp32", "fp16", "int8"],
                                  data="digits", calib="digits", out=out, runs=5, warmup=1, quiet=True))
@@ -85,10 +85,10 @@ def test_deferred_result_with_proxy_accuracy(trt_bundles, name):
 
 def test_fp16_conversion_with_shared_layernorm_constants(tmp_path):
     """Random-init models have identical LayerNorm weights, which onnxslim merges into one initializer."""
-    from exporters.onnx import export_onnx
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import build_digits
     from exporters.targets._tensorrt_onnx import fp16_onnx
-    from exporters.zoo import build_digits
     model, _ = apply_rewrites(build_digits("digits_swin").eval(), (1, 3, 32, 32))
     exp = export_onnx(model, (1, 3, 32, 32), tmp_path / "m.onnx")
     src = onnx.load(str(exp.path))
@@ -147,11 +147,11 @@ def test_engine_build_outputs_and_caches(trt_bundles, precision):
 
 def test_kept_matmul_becomes_an_fp32_island_in_fp16(tmp_path):
     """The accuracy budget's keep reaches the FP16 ONNX: the kept MatMul/Gemm runs in FP32, the others in FP16."""
-    from exporters.onnx import export_onnx
-    from exporters.probes import compute_outputs_in, probes_from_export
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import export_onnx
+    from exporters.graph.rewrites import apply_rewrites
+    from exporters.models.zoo import build_digits
     from exporters.targets._tensorrt_onnx import fp16_onnx, kept_nodes
-    from exporters.zoo import build_digits
+    from exporters.verify.probes import compute_outputs_in, probes_from_export
     model, _ = apply_rewrites(build_digits("digits_vit").eval(), (1, 3, 32, 32))
     exp = export_onnx(model, (1, 3, 32, 32), tmp_path / "m.onnx")
     probes = {p.module: p for p in probes_from_export(model, (1, 3, 32, 32))}

@@ -19,7 +19,7 @@ trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed 
 
 @pytest.fixture(scope="module")
 def rtx_bundles(tmp_path_factory):
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     out = tmp_path_factory.mktemp("rtx")
     reports = {m: run(RunOptions(model=m, targets=["tensorrt", "tensorrt_rtx"], precisions=["fp16", "int8"],
                                  data="digits", calib="digits", out=out, runs=3, warmup=1, quiet=True))
@@ -154,7 +154,7 @@ def test_engine_is_refused_with_one_line_where_it_cannot_run(rtx_bundles):
 
 @pytest.mark.slow
 def test_full_size_swin_t_parses_and_builds(tmp_path):
-    from exporters.pipeline import RunOptions, run
+    from exporters.pipeline.stages import RunOptions, run
     rep = run(RunOptions(model="swin_t", targets=["tensorrt"], precision="fp16", data="digits", eval_size=4,
                          out=tmp_path, runs=2, warmup=1, quiet=True))
     check = _row(rep, "tensorrt", "fp16")["checks"]["trt_parse"]
@@ -170,7 +170,7 @@ def test_rtx_engine_runs_on_the_gpu(rtx_bundles):
     import torch
 
     import runtime
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     out, _ = rtx_bundles
     model, _ = create_model("digits_vit")
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)

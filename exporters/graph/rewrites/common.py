@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.rewrites._rules import Rule, Shapes, register
+from exporters.graph.rewrites._rules import Rule, Shapes, register
 
 _INV_SQRT2_DIV = math.sqrt(2.0)
 

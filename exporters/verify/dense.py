@@ -1,7 +1,7 @@
 """A dense model's drift by module name, at export (``export(module, task="segmentation")``).
 
 A user's module cannot be rebuilt from its bundle, so ``python -m benchmarks drift`` cannot reach it later: the
-export itself reads each reduced-precision artefact's block and head outputs (exporters/probes.py: extra outputs
+export itself reads each reduced-precision artefact's block and head outputs (exporters/verify/probes.py: extra outputs
 of a debug copy, under the PyTorch module names) on the samples whose maps agree worst with the reference, and
 puts the table in the report, as ``benchmarks drift`` does for a classifier.
 """
@@ -15,8 +15,8 @@ SAMPLES = 16  # the worst-agreeing samples each artefact's drift is read on
 def drift_stage(job, ctx, ref, artifacts: list) -> None:
     """``job.report["drift"]``: per reduced-precision artefact that was verified, the rows of
     ``probes.block_errors``, the first large step and the probed modules its outputs did not show."""
-    from exporters.budget import worst_samples
-    from exporters.probes import (
+    from exporters.verify.budget import worst_samples
+    from exporters.verify.probes import (
         artefact_outputs,
         block_errors,
         dense_probe,

@@ -123,7 +123,7 @@ def load_weights(model: nn.Module, path: Path, source: str, drop_classifier: boo
     """Load ``path`` into ``model`` strictly; a key or shape mismatch is a one-line ``UserError``. With
     ``drop_classifier`` (an embedding model built from a classifier's checkpoint) the classifier's weight and bias
     are left out."""
-    from exporters.saved import checkpoint_classes
+    from exporters.models.saved import checkpoint_classes
     sd = to_model_layout(read_state_dict(path), model, source)
     found = checkpoint_classes(sd) if drop_classifier else None
     if found is not None:

@@ -3,7 +3,7 @@
 - ``classification``: logits ``[N, classes]``; cosine, top-1/top-5 agreement and dataset top-1 (runtime/accuracy.py).
 - ``embedding`` (a timm model without a classifier, ``num_classes`` 0): the pooled embedding ``[N, D]``; the worst
   sample's cosine (top-1 agreement over embedding dimensions means nothing and is not gated).
-- ``features`` (``--features``, exporters/features.py): several NCHW maps, flattened and concatenated per sample;
+- ``features`` (``--features``, exporters/models/features.py): several NCHW maps, flattened and concatenated per sample;
   each map's worst-sample cosine, and the worst map decides.
 - ``segmentation`` (``export(module, task="segmentation")``): one logits map ``[N, classes, H, W]``; the cosine over
   the map, the share of pixels whose class equals the reference's and the mean IoU of the class maps
@@ -26,7 +26,7 @@ def widths(spec) -> list[int] | None:
 
 def output_names(spec) -> list[str]:
     """The model's outputs by name, in graph order: its maps' names, or the one logits output."""
-    from exporters.onnx import OUTPUT_NAME
+    from exporters.graph.onnx import OUTPUT_NAME
     return [n for n, _ in spec.outputs] if spec.outputs else [OUTPUT_NAME]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from exporters.memory import check_scaled
+from exporters.models.memory import check_scaled
 from runtime.errors import UserError
 
 Size = tuple[int, int]  # (height, width) in pixels

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.rewrites._rules import Rule, Shapes, register, scaled_qkv
+from exporters.graph.rewrites._rules import Rule, Shapes, register, scaled_qkv
 
 
 class StaticAttention(nn.Module):

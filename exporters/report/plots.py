@@ -72,7 +72,7 @@ def size_bars(reports: list[dict]) -> bytes:
 
 
 def budget_steps(reports: list[dict]) -> bytes | None:
-    """Each accuracy-budget loop (exporters/budget.py): 1 - cosine_min and top-1 drop per step, and p50 where timed."""
+    """Each accuracy-budget loop (verify/budget.py): 1 - cosine_min and top-1 drop per step, and p50 where timed."""
     loops = [(rep["model"], r) for rep in reports for r in rep["results"] if (r.get("checks") or {}).get("budget")]
     if not loops:
         return None

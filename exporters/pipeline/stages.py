@@ -15,14 +15,14 @@ from typing import Callable
 import numpy as np
 
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
-from exporters import budget
-from exporters.memory import check_batch
-from exporters.multisize import SingleSize, run_sizes
-from exporters.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
-from exporters.recipes import recipe_stage, wants_auto
-from exporters.report import write_report
-from exporters.result import Result
+from exporters.models.memory import check_batch
+from exporters.pipeline.multisize import SingleSize, run_sizes
+from exporters.pipeline.result import Result
+from exporters.report.render import write_report
 from exporters.targets import Artifact, BuildContext, check_recipe_flag, resolve_options, target
+from exporters.verify import budget
+from exporters.verify.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
+from exporters.verify.recipes import recipe_stage, wants_auto
 from runtime import signing, values
 from runtime.backends import Runner
 from runtime.environment import environment
@@ -51,8 +51,8 @@ class RunOptions:
     weights: str | None = None
     pretrained: bool = False
     num_classes: int | None = None  # a fine-tuned checkpoint's classes (else read from the checkpoint)
-    img_size: object = None  # pixels, (h, w), "224,384" or a list: several sizes make one bundle (exporters/multisize.py)
-    features: object = None  # a backbone's feature maps (exporters/features.py): True (default maps) or indices
+    img_size: object = None  # pixels, (h, w), "224,384" or a list: several sizes make one bundle (pipeline/multisize.py)
+    features: object = None  # a backbone's feature maps (exporters/models/features.py): True (default maps) or indices
     labels: str | list[str] | None = None  # a labels file (one per line, or JSON), or the names
     module: object = None  # an nn.Module given through the Python API, with ``spec`` describing it
     spec: object = None
@@ -64,18 +64,18 @@ class RunOptions:
     rewrites: bool = True
     dynamic_batch: bool = False
     max_drop: float | None = None  # accuracy budget for INT8/FP16: top-1 points (labelled data) ...
-    min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/budget.py
+    min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/verify/budget.py
     throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
     throughput_seconds: float = 3.0
     sign_key: Path | None = None  # a PEM EC private key: the bundle is signed (model.sig, runtime/signing.py)
     keep: str = "all"  # "selected": only the artefact the runtime serves (and what proves it) stays in the bundle
-    repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (proof.py)
+    repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (verify/proof.py)
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
 
     @property
     def backbone(self) -> bool:
-        """``--features`` given: the export is the model's feature maps (exporters/features.py)."""
+        """``--features`` given: the export is the model's feature maps (exporters/models/features.py)."""
         return self.features is not None and self.features is not False  # identity: 0 is an index, not False
 
     @property
@@ -117,7 +117,7 @@ class Job:
 
     opts: RunOptions
     model: object  # torch.nn.Module, the reference
-    spec: object  # exporters.zoo.ModelSpec
+    spec: object  # exporters.models.zoo.ModelSpec
     data: CalibrationSet
     threads: int
     target_options: dict
@@ -189,9 +189,9 @@ def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
 
 def evaluate(job: Job, runner: Runner) -> np.ndarray:
     """``run_outputs`` over the evaluation set at the export's batch; an eager PyTorch runner (the reference, Core ML's
-    proxy: ``eager``) in chunks of ``exporters.reference.evaluation_batch`` instead, or at the export's batch for a
+    proxy: ``eager``) in chunks of ``exporters.verify.reference.evaluation_batch`` instead, or at the export's batch for a
     module that takes no other."""
-    from exporters.reference import evaluation_batch
+    from exporters.verify.reference import evaluation_batch
     batch = job.opts.batch
     if getattr(runner, "eager", False):
         chunk = evaluation_batch(batch, job.report.get("memory", {}).get("activation_bytes_per_sample"))
@@ -219,7 +219,7 @@ def _validate(opts: RunOptions) -> dict:
     if opts.backbone and opts.features is not True:
         values.check("features", opts.features, values.indices)
     if opts.backbone or (opts.spec is not None and opts.spec.task == "segmentation"):
-        from exporters.features import check_options
+        from exporters.models.features import check_options
         check_options(opts, "--features" if opts.backbone else "task='segmentation'")
     if opts.keep not in KEEP:
         raise UserError(f"keep must be one of {', '.join(KEEP)} (got {opts.keep!r})")
@@ -232,10 +232,10 @@ def _validate(opts: RunOptions) -> dict:
 
 def prepare(opts: RunOptions) -> Job:
     """Check the options, load the model and the evaluation set; nothing is written yet."""
-    from exporters.outputs import check_dry_run, task_note
-    from exporters.reference import gpu_name
-    from exporters.roofline import gemm_peak_gflops, model_flops
-    from exporters.zoo import create_model
+    from exporters.graph.outputs import check_dry_run, task_note
+    from exporters.models.roofline import gemm_peak_gflops, model_flops
+    from exporters.models.zoo import create_model
+    from exporters.verify.reference import gpu_name
 
     target_options = _validate(opts)
     threads = opts.threads or values.usable_cores()
@@ -246,14 +246,14 @@ def prepare(opts: RunOptions) -> Job:
         if opts.module is not None:
             model, spec = opts.module.eval(), opts.spec
             if sizes and tuple(spec.input_shape[1:]) != sizes[0] and not opts.backbone:
-                from exporters.sizes import model_at_size
+                from exporters.models.sizes import model_at_size
                 model, spec = model_at_size(model, spec, sizes[0], spec.name)
         else:  # a backbone takes its size below: padded to the window grid, not re-laid
             model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                        num_classes=opts.num_classes, labels=opts.labels,
                                        img_size=sizes[0] if sizes and not opts.backbone else None)
         if opts.backbone:
-            from exporters.features import backbone
+            from exporters.models.features import backbone
             model, spec = backbone(model, spec, opts.feature_indices,
                                    sizes[0] if sizes else tuple(spec.input_shape[1:]), opts.model)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
@@ -304,9 +304,9 @@ def prepare(opts: RunOptions) -> Job:
 
 def export_stage(job: Job, work: Path):
     """Rewrites (unless disabled) and the contract-checked ONNX; returns (export model, OnnxExport)."""
-    from exporters.onnx import OPSET, export_onnx
-    from exporters.outputs import output_names
-    from exporters.rewrites import apply_rewrites
+    from exporters.graph.onnx import OPSET, export_onnx
+    from exporters.graph.outputs import output_names
+    from exporters.graph.rewrites import apply_rewrites
     if job.opts.rewrites:
         with job.steps("rewrites"):
             export_model, rw = apply_rewrites(job.model, job.input_shape)
@@ -324,7 +324,7 @@ def export_stage(job: Job, work: Path):
 
 def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None) -> np.ndarray:
     """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
-    from exporters.outputs import check_reference, compare_outputs, judge_outputs, task_note
+    from exporters.graph.outputs import check_reference, compare_outputs, judge_outputs, task_note
     logits = evaluate(job, runner)
     if ref is None:
         check_reference(logits)
@@ -356,7 +356,7 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
 
 
 def reference_stage(job: Job) -> Reference:
-    from exporters.reference import TorchRunner
+    from exporters.verify.reference import TorchRunner
     runner = TorchRunner(job.model, list(job.input_shape), threads=job.threads)
     res = Result(target="pytorch", precision="fp32", status="built")
     with job.steps(f"PyTorch reference ({runner.device})"):
@@ -441,7 +441,7 @@ def drop_superseded(job: Job, artifacts: list[Artifact]) -> None:
 
 def time_stage(job: Job, timed: list[tuple[Result, Runner, Artifact | None]]) -> None:
     """Time every runner in interleaved rounds (the reference first) and fill latency and speedups."""
-    from exporters.roofline import attained
+    from exporters.models.roofline import attained
     feeds = next(job.data.batches(job.opts.batch))
     runners = {i: runner for i, (_, runner, _) in enumerate(timed)}
     with job.steps(f"latency ({len(timed)} runners, interleaved)"):
@@ -492,7 +492,7 @@ def select_fastest(job: Job, results: list[Result]) -> dict | None:
 
 
 def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manifest:
-    from exporters.onnx import INPUT_NAME, OUTPUT_NAME
+    from exporters.graph.onnx import INPUT_NAME, OUTPUT_NAME
     files = list(exp.files) + [f for a in artifacts for f in a.files] + ([work / job.report["golden"]["file"]]
                                                                          if job.report.get("golden") else [])
     rep, shape = job.report, job.report["input_shape"]
@@ -560,7 +560,7 @@ def run_into(job: Job, work: Path) -> None:
         results, artifacts, built = build_all(job, ctx, ref)
         timed += built
         if job.spec.task == "segmentation":
-            from exporters.dense import drift_stage
+            from exporters.verify.dense import drift_stage
             drift_stage(job, ctx, ref, artifacts)
         time_stage(job, timed)
         if job.opts.throughput:
@@ -575,7 +575,7 @@ def run_into(job: Job, work: Path) -> None:
 
 def run(opts: RunOptions) -> dict:
     """Build, verify and time every requested (target, precision); write the bundle; return the report.
-    Several ``img_size`` values make one bundle with a single-size bundle per size (exporters/multisize.py)."""
+    Several ``img_size`` values make one bundle with a single-size bundle per size (exporters/pipeline/multisize.py)."""
     sizes = values.check("img_size", opts.img_size, values.img_sizes)
     if sizes is not None and len(sizes) > 1:
         return run_sizes(opts, sizes, SingleSize(validate=_validate, prepare=prepare, run_into=run_into))

@@ -19,8 +19,8 @@ import math
 import torch
 from torch import nn
 
-from exporters.rewrites._rules import Rule, Shapes, folded_qkv, register
-from exporters.rewrites.swin import StaticPatchMerging, StaticWindowAttention, mask_from_labels, padded_labels
+from exporters.graph.rewrites._rules import Rule, Shapes, folded_qkv, register
+from exporters.graph.rewrites.swin import StaticPatchMerging, StaticWindowAttention, mask_from_labels, padded_labels
 
 MAX_LOGIT = math.log(1.0 / 0.01)  # reason: both timm SwinV2 implementations clamp the logit scale at log(100)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporters.rewrites._rules import Rule, Shapes, folded_qkv, register, scaled_qkv
+from exporters.graph.rewrites._rules import Rule, Shapes, folded_qkv, register, scaled_qkv
 
 
 class StaticBiasAttention(nn.Module):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 Shapes = dict[str, tuple[int, ...]]
-WRAPPER = "inner."  # vit_embed's StaticTimmViT keeps the original model under .inner (exporters/rewrites/vit.py)
+WRAPPER = "inner."  # vit_embed's StaticTimmViT keeps the original model under .inner (exporters/graph/rewrites/vit.py)
 
 
 def display_name(name: str) -> str:

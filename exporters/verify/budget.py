@@ -4,7 +4,7 @@ Every target declares the precisions whose build can keep layers in higher preci
 ONNX Runtime INT8 (excluded nodes), OpenVINO INT8 (NNCF ignored scope), TensorRT and TensorRT-RTX INT8
 (unquantized, FP16) and FP16 (FP32 islands), Core ML INT8 (per-op compression config: FP16 weights).
 When such an artefact misses the budget, its block outputs are compared with PyTorch's (the mechanism
-of ``exporters/probes.py``) on the 32 evaluation samples that agree worst with the reference. The
+of ``exporters/verify/probes.py``) on the 32 evaluation samples that agree worst with the reference. The
 candidate whose error grows the most over the worst error before it (attention, MLP, patch merging,
 embedding or head; a measured growth, not a guess from names) is kept in higher precision, the
 artefact is rebuilt and verified again, and so on until the budget holds or no candidate is left. The
@@ -51,7 +51,7 @@ def misses(acc, ref_top1: float | None, max_drop: float | None, min_cosine: floa
 def worst_step(rows: list[dict], excluded: set[str]) -> dict | None:
     """The candidate row (not a whole block or norm, not ``excluded``) whose error grows the most
     (``probes.largest_step``)."""
-    from exporters.probes import largest_step
+    from exporters.verify.probes import largest_step
     return largest_step(rows, lambda r: not WHOLE_BLOCK.search(r["module"]) and r["module"] not in excluded)
 
 
@@ -65,7 +65,7 @@ def gained(before: dict, after: dict) -> bool:
 
 def covered_modules(onnx_path, graph, probes: list, covered_nodes: list[str]) -> set[str]:
     """Probe modules whose MatMul/Gemm/Conv are all among ``covered_nodes`` (already kept by the build's rule)."""
-    from exporters.probes import compute_outputs_in
+    from exporters.verify.probes import compute_outputs_in
     if not covered_nodes:
         return set()
     compute = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
@@ -106,7 +106,7 @@ def worst_samples(ref_logits: np.ndarray, logits: np.ndarray, n: int) -> np.ndar
 
 def gate_as_budget(job, res) -> tuple[float | None, float | None]:
     """The row's own gate as a budget (top-1 drop where labels exist, and the worst cosine): what the loop holds a
-    failed row to when no budget was given and the repair ladder could not fix it (exporters/proof.py)."""
+    failed row to when no budget was given and the repair ladder could not fix it (exporters/verify/proof.py)."""
     tol = res.tolerance
     return (tol.top1_drop if job.data.labels is not None else None), tol.cosine_min
 
@@ -129,7 +129,7 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
         res.notes.append(f"accuracy budget not applied to {name} {precision}: only {', '.join(budgeted())} take part "
                          "(the row is still judged against its tolerances)")
         return res, art, runner
-    from exporters.probes import (
+    from exporters.verify.probes import (
         artefact_outputs,
         block_errors,
         compute_outputs_in,
@@ -152,7 +152,7 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
                                                  else None))
                 import onnx
 
-                from exporters.onnx import first_last_compute_nodes
+                from exporters.graph.onnx import first_last_compute_nodes
                 proto = onnx.load(str(ctx.onnx_path), load_external_data=False)  # read once for the whole loop
                 scopes = {p.module: p.scope for p in probes}
                 rule = first_last_compute_nodes(proto) if precision in target(name).first_last else []

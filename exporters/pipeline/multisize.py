@@ -1,10 +1,10 @@
 """One bundle, several input sizes: the whole export once per size, from one model and one calibration source.
 
 ``run_sizes(opts, sizes, single)`` builds the model once (so random weights are the same network at every size), re-lays
-it for each size (exporters/sizes.py: a size that needs padding is refused before any work), and runs the single-
+it for each size (exporters/models/sizes.py: a size that needs padding is refused before any work), and runs the single-
 size pipeline into ``BUNDLE/<h>x<w>/``: rewrites with the Swin bias and masks for that size, ONNX, every target
 and precision, gates, latency, golden set. The calibration and evaluation sets are the same source, preprocessed
-per size. Then every weight is stored once for all sizes, in ``shared/`` (exporters/shared_weights.py).
+per size. Then every weight is stored once for all sizes, in ``shared/`` (exporters/pipeline/shared_weights.py).
 ``sizes.json`` names the sizes with each manifest's sha256; the top report compares them (a table per size and the
 latency-against-resolution plot); the signature, when asked for, covers everything.
 """
@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from exporters.memory import check_scaled
-from exporters.shared_weights import share_weights
-from exporters.sizes import check_size, model_at_size, size_label, spelled
+from exporters.models.memory import check_scaled
+from exporters.models.sizes import check_size, model_at_size, size_label, spelled
+from exporters.pipeline.shared_weights import share_weights
 from runtime import signing
 from runtime.manifest import MANIFEST, sha256_file
 from runtime.sizes import SizeEntry, SizeSet
@@ -29,15 +29,15 @@ def _models(opts, sizes):
     """The base model once and, for each size, a callable that re-lays a copy for it: ``[(size, () -> (model,
     spec))]``. Every size is checked first, cheaply (it fits the architecture; its activations, scaled from the
     model's own size, fit in memory), so a bad size is refused before any is re-laid; copies are made one at a time."""
-    from exporters.zoo import create_model
+    from exporters.models.zoo import create_model
     if opts.module is not None:
         base, spec = opts.module.eval(), opts.spec
     else:
         base, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                   num_classes=opts.num_classes, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)
-    if opts.backbone:  # a backbone pads each size to its window grid (exporters/features.py)
-        from exporters.features import check_indices
+    if opts.backbone:  # a backbone pads each size to its window grid (exporters/models/features.py)
+        from exporters.models.features import check_indices
         check_indices(base, opts.feature_indices, opts.model)  # any size fits; the maps?
         for hw in sizes:
             check_scaled(base, spec.input_shape, hw, opts.model)
@@ -56,7 +56,7 @@ def command_of(opts, sizes) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SingleSize:
-    """The single-size pipeline's stages a bundle of sizes runs once per size (exporters/pipeline.py passes its
+    """The single-size pipeline's stages a bundle of sizes runs once per size (exporters/pipeline/stages.py passes its
     own, so this module never imports the pipeline that calls it)."""
     validate: Callable  # (opts) -> target options: every check that needs no model, before any is built
     prepare: Callable  # (opts) -> job
@@ -66,7 +66,7 @@ class SingleSize:
 def run_sizes(opts, sizes: list[tuple[int, int]], single: SingleSize) -> dict:
     """Every requested target and precision at every size, in one bundle; returns the combined report
     (``results``: every row, each with its ``input_size``; ``reports``: each size's whole report)."""
-    from exporters.report import write_matrix
+    from exporters.report.render import write_matrix
     single.validate(opts)  # every flag, before the model is built
     out = Path(opts.out)
     check_writable(out)

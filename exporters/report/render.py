@@ -70,7 +70,7 @@ def results_table(results: list[dict]) -> str:
 
 
 def budget_table(r: dict) -> list[str]:
-    """The accuracy budget's steps for one row (exporters/budget.py): what was kept, and what it bought and cost."""
+    """The accuracy budget's steps for one row (exporters/verify/budget.py): what was kept, and what it bought and cost."""
     b = (r.get("checks") or {}).get("budget")
     if not b:
         return []
@@ -88,7 +88,7 @@ def budget_table(r: dict) -> list[str]:
 
 
 def repair_table(r: dict) -> list[str]:
-    """The repair ladder for one failed row (exporters/proof.py): every runtime configuration tried, gated and timed."""
+    """The repair ladder for one failed row (verify/proof.py): every runtime configuration tried, gated and timed."""
     rep = (r.get("checks") or {}).get("repair")
     if not rep:
         return []
@@ -100,7 +100,7 @@ def repair_table(r: dict) -> list[str]:
 
 
 def recipe_table(r: dict) -> list[str]:
-    """``--recipe auto`` for one row (exporters/recipes.py): every candidate recipe, gated and timed here."""
+    """``--recipe auto`` for one row (exporters/verify/recipes.py): every candidate recipe, gated and timed here."""
     rec = (r.get("checks") or {}).get("recipes")
     if not rec:
         return []
@@ -126,7 +126,7 @@ def attempts_table(title: str, attempts: list[dict], column: str = "configuratio
 
 
 def drift_table(res: dict) -> list[str]:
-    """Block-by-block drift of one artefact (exporters/probes.py rows, graph order): its first large step, each
+    """Block-by-block drift of one artefact (exporters/verify/probes.py rows, graph order): its first large step, each
     module's worst-sample cosine and max abs error, and the modules its compiler fused or renamed."""
     step, lines = res.get("first_large_step"), []
     if step:
@@ -144,7 +144,7 @@ def drift_table(res: dict) -> list[str]:
 
 
 def drift_section(report: dict) -> list[str]:
-    """A dense model's drift by module name at export (exporters/dense.py), one table per artefact."""
+    """A dense model's drift by module name at export (exporters/verify/dense.py), one table per artefact."""
     out = []
     for name, res in (report.get("drift") or {}).items():
         out += [f"**Drift by module, {name}** against PyTorch, on the {res['samples']} samples whose maps agree worst; "
@@ -334,7 +334,7 @@ def _html_budgets(results: list[dict]) -> str:
 
 def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
     """One self-contained report.html (plots embedded as base64 PNG) plus the same plots as PNG files."""
-    from exporters.plots import FIGURES
+    from exporters.report.plots import FIGURES
     pngs, written = {}, []
     for name, fn in FIGURES.items():
         data = fn(reports)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from exporters.rewrites import display_name
+from exporters.graph.rewrites import display_name
 from exporters.targets import target
 from runtime.errors import UserError
 
@@ -55,7 +55,7 @@ def probes_from_export(model, input_shape: tuple[int, ...], select=None) -> list
     ``select(name)``: which modules (default: a classifier's blocks, ``PROBE``)."""
     import onnx
 
-    from exporters.onnx import export_onnx
+    from exporters.graph.onnx import export_onnx
     select = select or (lambda n: bool(PROBE.match(display_name(n))))
     modules = {n for n, m in model.named_modules() if n and select(n)
                and type(m).__name__ not in ("Identity", "Dropout", "ModuleList")}

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from exporters.rewrites import common, relpos, swin, swinv2, vit  # noqa: F401  (each registers its rules)
-from exporters.rewrites._rules import (  # noqa: F401  (the package's API)
+from exporters.graph.rewrites import common, relpos, swin, swinv2, vit  # noqa: F401  (each registers its rules)
+from exporters.graph.rewrites._rules import (  # noqa: F401  (the package's API)
     RULES,
     WRAPPER,
     Rule,

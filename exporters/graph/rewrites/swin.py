@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.rewrites._rules import Rule, Shapes, register, scaled_qkv
+from exporters.graph.rewrites._rules import Rule, Shapes, register, scaled_qkv
 
 
 def static_roll(x: torch.Tensor, shift_h: int, shift_w: int, h: int, w: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.sizes import Size, arch_of, model_at_size, pair, size_label
+from exporters.models.sizes import Size, arch_of, model_at_size, pair, size_label
 from runtime.errors import UserError
 
 

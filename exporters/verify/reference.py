@@ -19,7 +19,7 @@ def gpu_name() -> str | None:
 
 
 EVAL_BATCH = 32  # images per eager forward when the reference runs over the evaluation set
-EVAL_ACTIVATIONS = 256 * 2**20  # ... within this many bytes of activations (exporters/memory.py's estimate)
+EVAL_ACTIVATIONS = 256 * 2**20  # ... within this many bytes of activations (exporters/models/memory.py's estimate)
 
 
 def evaluation_batch(batch: int, activation_bytes_per_sample: int | None) -> int:
@@ -35,7 +35,7 @@ def evaluation_batch(batch: int, activation_bytes_per_sample: int | None) -> int
 class TorchRunner(Runner):
     """``infer({'input': [B,3,H,W]}) -> {'logits': [B, classes]}`` in eager FP32."""
 
-    eager = True  # takes any batch: the evaluation runs in chunks (exporters.pipeline.evaluate)
+    eager = True  # takes any batch: the evaluation runs in chunks (exporters.pipeline.stages.evaluate)
 
     def __init__(self, model: torch.nn.Module, input_shape: list[int], device: str | None = None,
                  threads: int | None = None):
@@ -60,7 +60,7 @@ class TorchRunner(Runner):
         y = self.model(x)
         if self.device == "cuda":
             torch.cuda.synchronize()  # reason: CUDA launches are asynchronous; time the finished work
-        if isinstance(y, (tuple, list)):  # a backbone's feature maps, in order (exporters/features.py)
+        if isinstance(y, (tuple, list)):  # a backbone's feature maps, in order (exporters/models/features.py)
             return {f"output{i}": t.float().cpu().numpy() for i, t in enumerate(y)}
         return {"logits": y.float().cpu().numpy()}
 
