@@ -207,7 +207,7 @@ def _vs_naive(argv) -> int:
     kind.add_argument("--segmentation", action="store_const", dest="kind", const="segmentation",
                       help="time each model under an FPN segmentation head (benchmarks/segmenter.py, 150 classes, "
                            "logits at 1/4 of the input), exported by vitdeploy with task='segmentation'")
-    from exporters.verify.recipes import RECIPE_NAMES
+    from exporters.targets import RECIPE_NAMES
     p.add_argument("--recipe", choices=(*RECIPE_NAMES, "auto"), default="auto",
                    help="vitdeploy's INT8 recipe (default auto: each built, gated and timed, the fastest that passes "
                         "kept)")

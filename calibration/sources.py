@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.digits import digits_subset
 from runtime.errors import UserError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
@@ -148,7 +149,6 @@ def from_array(path: Path, input_shape: tuple[int, int, int]) -> RawSamples:
 
 
 def from_digits(part: str) -> RawSamples:
-    from calibration.digits import digits_subset
 
     images, labels, ids = digits_subset(part)
     return RawSamples(ids, list(images), labels.tolist(), "digits",

@@ -5,15 +5,7 @@
     report = exporters.export(my_module, input_shape=(3, 224, 224), labels=["cat", "dog"])
 """
 from exporters.api import ExportError, Report, export
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.zoo import create_model
 
 __all__ = ["export", "Report", "ExportError", "create_model", "apply_rewrites"]
-
-
-def __getattr__(name):
-    if name == "apply_rewrites":
-        from exporters.graph.rewrites import apply_rewrites
-        return apply_rewrites
-    if name == "create_model":
-        from exporters.models.zoo import create_model
-        return create_model
-    raise AttributeError(name)

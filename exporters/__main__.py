@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from exporters.pipeline.stages import RunOptions, run
+from exporters.report.render import results_table
+from exporters.targets import option_fields, targets
 from runtime import values
-from runtime.cli import GATE_FAILED, OK
+from runtime.cli import GATE_FAILED, OK, run_cli
 
 
 def _target_flags(p: argparse.ArgumentParser) -> None:
     """One flag per field of every target's options dataclass; only flags the user gives are kept."""
-    from exporters.targets import option_fields
     for flag, owners in option_fields().items():
         _, f = owners[0]
         names = " and ".join(t for t, _ in owners)
@@ -21,7 +23,6 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
 
 def _target_list(text: str) -> list[str]:
     """``--target``: a registered target, a comma list of them, or ``all``; anything else names the choices."""
-    from exporters.targets import targets
     names = [t.strip() for t in text.split(",") if t.strip()]
     known = [*targets(), "all"]
     bad = [t for t in names if t not in known]
@@ -31,7 +32,6 @@ def _target_list(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from exporters.targets import targets
     p = values.Parser(
         prog="python -m exporters",
         description="Export a ViT/Swin classifier with export-friendly rewrites, build artefacts for a target, "
@@ -112,14 +112,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes (runtime/cli.py): 0 ok, 1 a gate failed, 2 bad input, 3 internal error (log named)."""
-    from runtime.cli import run_cli
     return run_cli("python -m exporters", _main, argv)
 
 
 def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from exporters.pipeline.stages import RunOptions, run
-    from exporters.targets import option_fields, targets
 
     names = list(targets()) if args.target == ["all"] else args.target
     given = {f.name: getattr(args, f.name) for owners in option_fields().values() for _, f in owners[:1]
@@ -133,7 +130,6 @@ def _main(argv: list[str]) -> int:
                       options=given, quiet=args.quiet, repair=not args.no_repair,
                       sign_key=Path(args.sign_key) if args.sign_key else None, keep=args.keep)
     report = run(opts)
-    from exporters.report.render import results_table
     print(results_table(report["results"]))
     print(f"\nreport: {report['bundle']}/report.md")
     failed = [r for r in report["results"] if r.get("passed") is False]

@@ -9,8 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporters.graph.outputs import TASKS, dry_run
+from exporters.models.saved import read_labels
+from exporters.models.zoo import EMBEDDING, ModelSpec, _timm_spec
+from exporters.pipeline.stages import RunOptions, run
+from exporters.targets import targets as registry
 from runtime.errors import UserError as ExportError
 from runtime.preprocess import Preprocessing
+from runtime.values import check_labels
 
 
 @dataclass
@@ -65,10 +71,6 @@ def spec_for_module(module, name: str, input_shape, preprocessing, labels, task:
     import torch
     from torch import nn
 
-    from exporters.graph.outputs import dry_run
-    from exporters.models.saved import read_labels
-    from exporters.models.zoo import EMBEDDING, ModelSpec, _timm_spec
-    from runtime.values import check_labels
     if not isinstance(module, nn.Module):
         raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(module).__name__}")
     timm_like = hasattr(module, "pretrained_cfg") and hasattr(module, "num_classes")
@@ -179,8 +181,6 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     """
     from torch import nn
 
-    from exporters.pipeline.stages import RunOptions, run
-    from exporters.targets import targets as registry
     names = list(registry()) if targets == "all" else [targets] if isinstance(targets, str) else list(targets)
     precisions = None
     if isinstance(precision, (list, tuple)):  # several: each target builds those of them it offers
@@ -191,7 +191,6 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     elif precision is not None and precision not in ("fp32", "fp16", "int8", "auto"):
         raise ExportError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three (got {precision!r})")
     module = spec = None
-    from exporters.graph.outputs import TASKS
     if task not in TASKS:
         raise ExportError(f"task must be one of {', '.join(TASKS)} (got {task!r})")
     if isinstance(model_or_name, nn.Module):

@@ -326,12 +326,14 @@ def test_the_sizes_share_one_copy_of_their_weights(sized, tmp_path):
 
 
 def test_an_options_error_in_a_multi_size_run_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
-    import exporters.models.zoo
+    import exporters.pipeline.multisize
+    import exporters.pipeline.stages
     from exporters import export
 
     def built(*a, **k):
         raise AssertionError("a model was built before the options were checked")
-    monkeypatch.setattr(exporters.models.zoo, "create_model", built)
+    for stage in (exporters.pipeline.stages, exporters.pipeline.multisize):  # where the pipeline builds models
+        monkeypatch.setattr(stage, "create_model", built)
     with pytest.raises(UserError, match="--recipe applies to"):  # a recipe for an FP32-only run
         export("digits_swin", targets="openvino", precision="fp32", img_size=SIZES, out=tmp_path, recipe="auto")
     with pytest.raises(UserError, match="io-fp16|io_fp16"):  # a TensorRT flag, no TensorRT target

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import math
 
+from exporters.graph.onnx import OUTPUT_NAME
+from runtime.accuracy import compare, cosine_per_output, dense_values, judge, judge_dense
+from runtime.errors import UserError
+from runtime.tolerances import agreement_gated, dense_tolerance_for
+
 TASKS = ("classification", "embedding", "segmentation")  # what export() takes; "features" comes from --features
 
 
@@ -26,7 +31,6 @@ def widths(spec) -> list[int] | None:
 
 def output_names(spec) -> list[str]:
     """The model's outputs by name, in graph order: its maps' names, or the one logits output."""
-    from exporters.graph.onnx import OUTPUT_NAME
     return [n for n, _ in spec.outputs] if spec.outputs else [OUTPUT_NAME]
 
 
@@ -41,7 +45,6 @@ def compare_outputs(spec, ref, out, labels):
     segmentation model's pixel agreement and mean IoU (``dense``). Returns ``(Accuracy, checks)``."""
     import numpy as np
 
-    from runtime.accuracy import compare, cosine_per_output, dense_values
     nonfinite = int((~np.isfinite(out)).sum())
     out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0) if nonfinite else out  # counted; the gate fails
     acc = compare(ref, out, labels)
@@ -62,8 +65,6 @@ def judge_outputs(spec, acc, checks: dict, ref_top1, tol, gate_agreement: bool, 
                   random: bool = False):
     """Pass/fail of one result: ``runtime.accuracy.judge`` on the logits (or maps), plus the segmentation gates
     (``runtime.tolerances.agreement_gated``). Returns ``(passed, failures)``."""
-    from runtime.accuracy import judge, judge_dense
-    from runtime.tolerances import agreement_gated, dense_tolerance_for
     _, why = judge(acc, ref_top1, tol, gate_agreement=gate_agreement)
     if "dense" in checks and agreement_gated(random, precision):
         why += judge_dense(checks["dense"], dense_tolerance_for(precision))
@@ -74,7 +75,6 @@ def check_reference(logits, what: str = "evaluation samples") -> None:
     """Refuse (one ``UserError``) reference outputs holding NaN or inf: nothing can be judged against them."""
     import numpy as np
 
-    from runtime.errors import UserError
     bad = ~np.isfinite(np.asarray(logits)).reshape(len(logits), -1).all(1)
     if bad.any():
         raise UserError(f"the model's own outputs hold NaN or inf on {int(bad.sum())} of {len(bad)} {what}: nothing "
@@ -86,7 +86,6 @@ def dry_run(model, input_shape, what: str = "the model"):
     a tuple of maps), or one ``UserError`` when the model does not run or returns NaN or inf."""
     import torch
 
-    from runtime.errors import UserError
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, *input_shape))
@@ -103,7 +102,6 @@ def check_dry_run(model, spec) -> None:
     """``dry_run`` against what ``spec`` says the model returns: logits ``[1, classes]``, or its maps in order."""
     import torch
 
-    from runtime.errors import UserError
     out = dry_run(model, spec.input_shape, spec.name)
     got = [list(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
     want = [[1, *shape] for _, shape in spec.outputs] if spec.outputs else [[1, spec.num_classes]]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from exporters.models.saved import checkpoint_classes
 from runtime.errors import UserError
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "state_dict_ema")
@@ -123,7 +124,6 @@ def load_weights(model: nn.Module, path: Path, source: str, drop_classifier: boo
     """Load ``path`` into ``model`` strictly; a key or shape mismatch is a one-line ``UserError``. With
     ``drop_classifier`` (an embedding model built from a classifier's checkpoint) the classifier's weight and bias
     are left out."""
-    from exporters.models.saved import checkpoint_classes
     sd = to_model_layout(read_state_dict(path), model, source)
     found = checkpoint_classes(sd) if drop_classifier else None
     if found is not None:

@@ -14,8 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from exporters.models.saved import checkpoint_classes, is_saved_model, label_names, read_labels, saved_model
+from exporters.models.sizes import model_at_size
+from exporters.models.weights import load_weights, read_state_dict
 from runtime.errors import UserError
 from runtime.preprocess import Preprocessing
+from runtime.values import check_labels
 
 DATA = Path(str(resources.files("exporters") / "data"))  # the trained digits checkpoints, shipped as package data
 
@@ -96,7 +100,6 @@ def _timm_spec(model: nn.Module, name: str, source: str, arch: str) -> ModelSpec
     """The spec of a timm model: preprocessing from its pretrained config, labels where it names them."""
     from timm.data import resolve_data_config
 
-    from exporters.models.saved import label_names
     cfg = resolve_data_config({}, model=model)
     pp = Preprocessing(input_size=tuple(cfg["input_size"][1:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                        interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]),
@@ -140,7 +143,6 @@ def _timm_model(name: str, arch: str, pretrained: bool, **kw) -> tuple[nn.Module
 
 
 def _saved_model(name: str, **kw) -> tuple[nn.Module, ModelSpec]:
-    from exporters.models.saved import saved_model
     kw = {k: v for k, v in kw.items() if v is not None}
     found = {}
 
@@ -236,7 +238,6 @@ def _build(name: str, pretrained: bool, num_classes: int | None, img_size):
         if num_classes is not None:
             raise UserError("the digits models are fixed fixtures: --num-classes does not apply")
         return _digits_model(name)
-    from exporters.models.saved import is_saved_model
     if is_saved_model(name):
         if pretrained:
             raise UserError(f"{name} loads its own weights; --pretrained does not apply")
@@ -256,8 +257,6 @@ def _build(name: str, pretrained: bool, num_classes: int | None, img_size):
 
 def _classes_from_checkpoint(weights: Path, num_classes: int | None) -> tuple[int | None, str | None]:
     """The classifier size to build: ``--num-classes`` (checked against the checkpoint) or the checkpoint's."""
-    from exporters.models.saved import checkpoint_classes
-    from exporters.models.weights import read_state_dict
     found = checkpoint_classes(read_state_dict(weights))
     if found is None:
         return num_classes, None
@@ -284,7 +283,6 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
     are loaded (exporters/models/sizes.py: Swin windows kept or scaled, never padded; ViT position embeddings
     resampled as timm does); ``labels`` is a file (one per line, or JSON) or a list.
     """
-    from exporters.models.weights import load_weights
 
     if weights is not None and pretrained:
         raise UserError("give either --weights or --pretrained, not both")
@@ -309,14 +307,11 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
         spec.notes.append("RANDOM WEIGHTS: no --weights or --pretrained given; accuracy figures compare "
                           "backends on a randomly initialised network, not a trained one")
     if labels is not None:
-        from exporters.models.saved import read_labels
-        from runtime.values import check_labels
         names = read_labels(labels) if isinstance(labels, (str, Path)) else check_labels(list(labels), "labels")
         if len(names) != spec.num_classes:
             raise UserError(f"{len(names)} label names for a model with {spec.num_classes} classes")
         spec.labels = names
     if img_size is not None:
-        from exporters.models.sizes import model_at_size
         hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if tuple(spec.input_shape[1:]) != hw:
             return model_at_size(model.eval(), spec, hw, name)

@@ -16,9 +16,12 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from exporters.models.features import check_indices
 from exporters.models.memory import check_scaled
 from exporters.models.sizes import check_size, model_at_size, size_label, spelled
+from exporters.models.zoo import create_model
 from exporters.pipeline.shared_weights import share_weights
+from exporters.report.render import write_matrix
 from runtime import signing
 from runtime.manifest import MANIFEST, sha256_file
 from runtime.sizes import SizeEntry, SizeSet
@@ -29,7 +32,6 @@ def _models(opts, sizes):
     """The base model once and, for each size, a callable that re-lays a copy for it: ``[(size, () -> (model,
     spec))]``. Every size is checked first, cheaply (it fits the architecture; its activations, scaled from the
     model's own size, fit in memory), so a bad size is refused before any is re-laid; copies are made one at a time."""
-    from exporters.models.zoo import create_model
     if opts.module is not None:
         base, spec = opts.module.eval(), opts.spec
     else:
@@ -37,7 +39,6 @@ def _models(opts, sizes):
                                   num_classes=opts.num_classes, labels=opts.labels)
     check_replaceable(Path(opts.out), spec.slug)
     if opts.backbone:  # a backbone pads each size to its window grid (exporters/models/features.py)
-        from exporters.models.features import check_indices
         check_indices(base, opts.feature_indices, opts.model)  # any size fits; the maps?
         for hw in sizes:
             check_scaled(base, spec.input_shape, hw, opts.model)
@@ -66,7 +67,6 @@ class SingleSize:
 def run_sizes(opts, sizes: list[tuple[int, int]], single: SingleSize) -> dict:
     """Every requested target and precision at every size, in one bundle; returns the combined report
     (``results``: every row, each with its ``input_size``; ``reports``: each size's whole report)."""
-    from exporters.report.render import write_matrix
     single.validate(opts)  # every flag, before the model is built
     out = Path(opts.out)
     check_writable(out)

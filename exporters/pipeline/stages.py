@@ -15,22 +15,33 @@ from typing import Callable
 import numpy as np
 
 from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
+from exporters.graph.onnx import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+from exporters.graph.outputs import check_dry_run, check_reference, compare_outputs, judge_outputs, output_names, task_note
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.features import backbone, check_options
 from exporters.models.memory import check_batch
+from exporters.models.roofline import attained, gemm_peak_gflops, model_flops
+from exporters.models.sizes import model_at_size
+from exporters.models.zoo import create_model
 from exporters.pipeline.multisize import SingleSize, run_sizes
 from exporters.pipeline.result import Result
 from exporters.report.render import write_report
 from exporters.targets import Artifact, BuildContext, check_recipe_flag, resolve_options, target
 from exporters.verify import budget
+from exporters.verify.dense import drift_stage
 from exporters.verify.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
 from exporters.verify.recipes import recipe_stage, wants_auto
+from exporters.verify.reference import TorchRunner, evaluation_batch, gpu_name
 from runtime import signing, values
 from runtime.backends import Runner
+from runtime.backends.base import flat_outputs
 from runtime.environment import environment
 from runtime.errors import UserError
 from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput_interleaved, throughput
 from runtime.manifest import Manifest, TensorSpec, file_hashes
 from runtime.pack import keep_only, kept
 from runtime.staging import check_replaceable, check_writable, staged_bundle
+from runtime.tolerances import agreement_gated
 
 BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (digits models use all)
 OUTPUT_BYTES = 512 << 20  # a backbone's default evaluation set keeps each runner's feature maps within this
@@ -182,7 +193,6 @@ def label_index(spec) -> dict[str, int]:
 def run_outputs(runner: Runner, data: CalibrationSet, batch: int) -> np.ndarray:
     """Logits ``[N, classes]`` of ``runner`` over the whole set, in static batches (a backbone's maps flattened and
     concatenated per sample, ``runtime.backends.base.flat_outputs``)."""
-    from runtime.backends.base import flat_outputs
     outs = [flat_outputs(runner.infer({runner.input_name: chunk})) for chunk in data.batches(batch)]
     return np.concatenate(outs)[:len(data)]
 
@@ -191,7 +201,6 @@ def evaluate(job: Job, runner: Runner) -> np.ndarray:
     """``run_outputs`` over the evaluation set at the export's batch; an eager PyTorch runner (the reference, Core ML's
     proxy: ``eager``) in chunks of ``exporters.verify.reference.evaluation_batch`` instead, or at the export's batch for a
     module that takes no other."""
-    from exporters.verify.reference import evaluation_batch
     batch = job.opts.batch
     if getattr(runner, "eager", False):
         chunk = evaluation_batch(batch, job.report.get("memory", {}).get("activation_bytes_per_sample"))
@@ -219,7 +228,6 @@ def _validate(opts: RunOptions) -> dict:
     if opts.backbone and opts.features is not True:
         values.check("features", opts.features, values.indices)
     if opts.backbone or (opts.spec is not None and opts.spec.task == "segmentation"):
-        from exporters.models.features import check_options
         check_options(opts, "--features" if opts.backbone else "task='segmentation'")
     if opts.keep not in KEEP:
         raise UserError(f"keep must be one of {', '.join(KEEP)} (got {opts.keep!r})")
@@ -232,10 +240,6 @@ def _validate(opts: RunOptions) -> dict:
 
 def prepare(opts: RunOptions) -> Job:
     """Check the options, load the model and the evaluation set; nothing is written yet."""
-    from exporters.graph.outputs import check_dry_run, task_note
-    from exporters.models.roofline import gemm_peak_gflops, model_flops
-    from exporters.models.zoo import create_model
-    from exporters.verify.reference import gpu_name
 
     target_options = _validate(opts)
     threads = opts.threads or values.usable_cores()
@@ -246,14 +250,12 @@ def prepare(opts: RunOptions) -> Job:
         if opts.module is not None:
             model, spec = opts.module.eval(), opts.spec
             if sizes and tuple(spec.input_shape[1:]) != sizes[0] and not opts.backbone:
-                from exporters.models.sizes import model_at_size
                 model, spec = model_at_size(model, spec, sizes[0], spec.name)
         else:  # a backbone takes its size below: padded to the window grid, not re-laid
             model, spec = create_model(opts.model, weights=opts.weights, pretrained=opts.pretrained,
                                        num_classes=opts.num_classes, labels=opts.labels,
                                        img_size=sizes[0] if sizes and not opts.backbone else None)
         if opts.backbone:
-            from exporters.models.features import backbone
             model, spec = backbone(model, spec, opts.feature_indices,
                                    sizes[0] if sizes else tuple(spec.input_shape[1:]), opts.model)
     check_replaceable(Path(opts.out), spec.slug)  # before any work: never replace what is not ours
@@ -304,9 +306,6 @@ def prepare(opts: RunOptions) -> Job:
 
 def export_stage(job: Job, work: Path):
     """Rewrites (unless disabled) and the contract-checked ONNX; returns (export model, OnnxExport)."""
-    from exporters.graph.onnx import OPSET, export_onnx
-    from exporters.graph.outputs import output_names
-    from exporters.graph.rewrites import apply_rewrites
     if job.opts.rewrites:
         with job.steps("rewrites"):
             export_model, rw = apply_rewrites(job.model, job.input_shape)
@@ -324,12 +323,10 @@ def export_stage(job: Job, work: Path):
 
 def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art: Artifact | None) -> np.ndarray:
     """Run ``runner`` over the evaluation set, judge it against the reference's logits; return its logits."""
-    from exporters.graph.outputs import check_reference, compare_outputs, judge_outputs, task_note
     logits = evaluate(job, runner)
     if ref is None:
         check_reference(logits)
     ref_logits = logits if ref is None else ref.logits
-    from runtime.tolerances import agreement_gated
     acc, checks = compare_outputs(job.spec, ref_logits, logits, job.data.labels)
     result.checks.update(checks)
     tol, gate = gate_for(job, result.target, result.precision)
@@ -356,7 +353,6 @@ def verify(job: Job, result: Result, runner: Runner, ref: Reference | None, art:
 
 
 def reference_stage(job: Job) -> Reference:
-    from exporters.verify.reference import TorchRunner
     runner = TorchRunner(job.model, list(job.input_shape), threads=job.threads)
     res = Result(target="pytorch", precision="fp32", status="built")
     with job.steps(f"PyTorch reference ({runner.device})"):
@@ -441,7 +437,6 @@ def drop_superseded(job: Job, artifacts: list[Artifact]) -> None:
 
 def time_stage(job: Job, timed: list[tuple[Result, Runner, Artifact | None]]) -> None:
     """Time every runner in interleaved rounds (the reference first) and fill latency and speedups."""
-    from exporters.models.roofline import attained
     feeds = next(job.data.batches(job.opts.batch))
     runners = {i: runner for i, (_, runner, _) in enumerate(timed)}
     with job.steps(f"latency ({len(timed)} runners, interleaved)"):
@@ -492,7 +487,6 @@ def select_fastest(job: Job, results: list[Result]) -> dict | None:
 
 
 def manifest_for(job: Job, work: Path, artifacts: list[Artifact], exp) -> Manifest:
-    from exporters.graph.onnx import INPUT_NAME, OUTPUT_NAME
     files = list(exp.files) + [f for a in artifacts for f in a.files] + ([work / job.report["golden"]["file"]]
                                                                          if job.report.get("golden") else [])
     rep, shape = job.report, job.report["input_shape"]
@@ -560,7 +554,6 @@ def run_into(job: Job, work: Path) -> None:
         results, artifacts, built = build_all(job, ctx, ref)
         timed += built
         if job.spec.task == "segmentation":
-            from exporters.verify.dense import drift_stage
             drift_stage(job, ctx, ref, artifacts)
         time_stage(job, timed)
         if job.opts.throughput:

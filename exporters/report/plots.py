@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 _SHORT = {"onnxruntime": "ORT", "openvino": "OpenVINO", "tensorrt": "TensorRT", "coreml": "Core ML",
           "pytorch": "PyTorch"}
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported on the first figure (it costs half a second at import)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _label(r: dict) -> str:
@@ -22,7 +25,7 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -31,6 +34,7 @@ def _timed(reports):
 
 
 def latency_bars(reports: list[dict]) -> bytes:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(reports), figsize=(max(6, 4.5 * len(reports)), 4), squeeze=False)
     for ax, rep in zip(axes[0], reports):
         rows = [r for r in rep["results"] if r.get("latency_ms")]
@@ -46,6 +50,7 @@ def latency_bars(reports: list[dict]) -> bytes:
 
 
 def drop_vs_speedup(reports: list[dict]) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for rep, r in _timed(reports):
         acc = r.get("accuracy") or {}
@@ -63,6 +68,7 @@ def drop_vs_speedup(reports: list[dict]) -> bytes:
 
 def size_bars(reports: list[dict]) -> bytes:
     rows = [(rep["model"], r) for rep in reports for r in rep["results"] if r.get("size_mb")]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 2), 4))
     ax.bar(range(len(rows)), [r["size_mb"] for _, r in rows], color="#6a51a3")
     ax.set_xticks(range(len(rows)), [f"{m}\n{_label(r)}" for m, r in rows], fontsize=6)
@@ -76,6 +82,7 @@ def budget_steps(reports: list[dict]) -> bytes | None:
     loops = [(rep["model"], r) for rep in reports for r in rep["results"] if (r.get("checks") or {}).get("budget")]
     if not loops:
         return None
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(loops), figsize=(max(6, 5 * len(loops)), 4), squeeze=False)
     for ax, (model, r) in zip(axes[0], loops):
         b = r["checks"]["budget"]
@@ -115,6 +122,7 @@ def latency_vs_size(reports: list[dict]) -> bytes | None:
         for r in rep["results"]:
             if r.get("latency_ms"):
                 lines.setdefault(_label(r).replace("\n", " "), []).append((h * w, r["latency_ms"]["p50"], f"{h}x{w}"))
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, pts in lines.items():
         pts.sort()

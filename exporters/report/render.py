@@ -9,6 +9,7 @@ import html
 import json
 from pathlib import Path
 
+from exporters.report.plots import FIGURES
 from runtime.environment import one_line
 
 
@@ -334,7 +335,6 @@ def _html_budgets(results: list[dict]) -> str:
 
 def write_html(reports: list[dict], folder: Path, command: str) -> list[Path]:
     """One self-contained report.html (plots embedded as base64 PNG) plus the same plots as PNG files."""
-    from exporters.report.plots import FIGURES
     pngs, written = {}, []
     for name, fn in FIGURES.items():
         data = fn(reports)

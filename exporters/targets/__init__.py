@@ -29,6 +29,10 @@ from runtime.backends import Runner, missing, runner_from_artifact
 from runtime.errors import UserError
 from runtime.manifest import ArtifactEntry
 
+# The recipe names every CPU INT8 target offers, each meaning the same choice there (the target's module says how)
+RECIPE_NAMES = ("mixed", "symmetric", "projections")
+DEFAULT_RECIPE = "mixed"
+
 
 @dataclass
 class BuildContext:
@@ -169,6 +173,23 @@ def option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
         for f in dataclasses.fields(t.options):
             out.setdefault("--" + f.name.replace("_", "-"), []).append((t.name, f))
     return out
+
+
+def recipe_field(docs: dict[str, str]):
+    """The ``recipe`` field of a target's options dataclass (the shared ``--recipe`` flag)."""
+    assert tuple(docs) == RECIPE_NAMES
+    return dataclasses.field(default=DEFAULT_RECIPE, metadata={
+        "choices": (*RECIPE_NAMES, "auto"),
+        "help": f"INT8 recipe: {', '.join(RECIPE_NAMES)} (default {DEFAULT_RECIPE}; see docs/guide/export.md) or auto: "
+                "build each, gate each, keep the fastest that passes on this machine and keeps the default's fidelity "
+                "(also under --precision auto)"})
+
+
+def recipe_of(options) -> str:
+    """The recipe a target's build applies: the one named, the default for ``auto`` (``recipe_stage`` names one
+    per build) or for options without a recipe."""
+    recipe = getattr(options, "recipe", DEFAULT_RECIPE)
+    return recipe if recipe in RECIPE_NAMES else DEFAULT_RECIPE
 
 
 def resolve_options(names: list[str], given: dict[str, object]) -> dict[str, object]:

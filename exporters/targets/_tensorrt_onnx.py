@@ -27,6 +27,9 @@ from pathlib import Path
 import onnx
 
 from exporters.targets import BuildContext
+from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
+from runtime.backends import missing
+from runtime.backends._trt import LIBRARIES, engine_from_onnx, library
 from runtime.errors import UserError
 
 FP32_ISLANDS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt",
@@ -140,7 +143,6 @@ def fp16_onnx(src, dst, io_fp16: bool, keep: frozenset = frozenset()) -> None:
 def int8_onnx(src, dst, calib, batch: int, half: bool = True, keep: frozenset = frozenset()) -> None:
     """Explicit Q/DQ placement TensorRT fuses: symmetric INT8 on MatMul/Gemm/Conv inputs, FP16 elsewhere
     (the ``keep`` nodes are not quantized)."""
-    from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
     quantize_qdq(src, dst, calib, batch, {
         **DEFAULT_INT8, "activation": "int8", "reduce_range": False, "keep_tensors": keep,  # TensorRT: zero points 0
         "extra_options": {"QDQKeepRemovableActivations": False,
@@ -198,8 +200,6 @@ def nvidia_check(onnx_path: Path, engine_path: Path | None = None, ccs: list[str
     engine bytes). A rejection by the parser or the builder raises ``UserError`` with NVIDIA's message.
     Without ``tensorrt_rtx`` installed the report says so (``ok: None``) and nothing is claimed.
     """
-    from runtime.backends import missing
-    from runtime.backends._trt import LIBRARIES, engine_from_onnx, library
     why = missing("tensorrt_rtx", LIBRARIES["tensorrt_rtx"])
     if why:
         return {"library": "tensorrt_rtx", "ok": None, "error": f"not checked: {why}"}

@@ -32,9 +32,13 @@ import torch
 from exporters.graph.outputs import output_names
 from exporters.graph.rewrites import display_name
 from exporters.targets import Artifact, BuildContext, Target
+from runtime.accuracy import compare
 from runtime.backends import Runner, require
-from runtime.backends.coreml import INSTALL
+from runtime.backends.base import flat_outputs
+from runtime.backends.coreml import INSTALL, CoreMLRunner
 from runtime.errors import UserError
+from runtime.latency import measure
+from runtime.tolerances import tolerance_for
 
 PRECISIONS = ("fp16", "int8")  # --fp32 also builds, for comparison; "all" and the matrix build these
 DEPLOYMENT = "iOS17"
@@ -350,11 +354,6 @@ def compute_unit_check(path: Path, units: str, calib, batch: int, runs: int = 20
     # reason: Core ML's Neural Engine and GPU paths are known upstream to disagree silently with the
     # CPU for some models; a deployment report must say so rather than average it away.
     """
-    from runtime.accuracy import compare
-    from runtime.backends.base import flat_outputs
-    from runtime.backends.coreml import CoreMLRunner
-    from runtime.latency import measure
-    from runtime.tolerances import tolerance_for
     xs = list(calib.batches(batch))[:8]
     outs, facts, flags = {}, {}, []
     for u in dict.fromkeys(["CPU_ONLY", *([units] if units != "CPU_ONLY" else []), "CPU_AND_NE", "CPU_AND_GPU"]):
@@ -380,7 +379,6 @@ def open_for_verification(ctx: BuildContext, art: Artifact) -> Runner:
         facts, flags = compute_unit_check(art.primary, art.runtime_config["compute_units"], ctx.calib(), ctx.batch)
         art.runtime_config["compute_unit_check"] = facts
         art.notes.extend(flags)
-        from runtime.backends.coreml import CoreMLRunner
         return CoreMLRunner(art.primary, compute_units=art.runtime_config["compute_units"])
     return _ProxyRunner(ctx.model, art.precision, (ctx.batch, *ctx.spec.input_shape),
                         art.runtime_config.get("kept_fp16", ()), output_names(ctx.spec))

@@ -13,10 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from exporters.targets import Artifact, BuildContext, Target
-from exporters.verify.recipes import recipe_field, recipe_of
+from exporters.graph.onnx import first_last_compute_nodes
+from exporters.targets import Artifact, BuildContext, Target, recipe_field, recipe_of
 from runtime.backends import require
 from runtime.backends.onnxruntime import INSTALL
+from runtime.environment import int8_may_saturate
 
 PRECISIONS = ("fp32", "int8")
 # Measured on the 2-core CPU (docs/BENCHMARKS.md, `python -m benchmarks ort-int8`): unsigned activations
@@ -26,7 +27,7 @@ DEFAULT_INT8 = {"activation": "uint8", "weight": "int8", "per_channel": True, "m
                 "op_types": ("MatMul", "Gemm", "Conv"), "reduce_range": None, "keep_first_last": True}
 
 
-# INT8 recipes (the names every CPU INT8 target shares, exporters/verify/recipes.py); `--recipe auto` measures them here
+# INT8 recipes (RECIPE_NAMES, the names every CPU INT8 target shares); `--recipe auto` measures them here
 RECIPES = {
     "mixed": "unsigned activations with a zero point (U8S8, asymmetric), signed symmetric per-channel weights; "
              "every MatMul/Gemm/Conv input quantized, attention matmuls included",
@@ -65,7 +66,6 @@ def _reduce_range(opts: dict) -> bool:
     """
     if opts["reduce_range"] is not None:
         return bool(opts["reduce_range"])
-    from runtime.environment import int8_may_saturate
     return int8_may_saturate()
 
 
@@ -110,7 +110,6 @@ def quantize_qdq(src, dst, calib, batch: int, opts: dict) -> None:
                "entropy": CalibrationMethod.Entropy}
     import onnx
 
-    from exporters.graph.onnx import first_last_compute_nodes
     # reason: ORT recommends quant_pre_process, but measured on swin_t (interleaved, one run) its output
     # quantized to a slower graph (68.7 ms against 62.6 ms without it), so the export is quantized as is
     proto = onnx.load(str(src), load_external_data=False)

@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 from exporters.graph.onnx import FOLD_LIMIT
-from exporters.targets import Artifact, BuildContext, Target
+from exporters.targets import Artifact, BuildContext, Target, recipe_field, recipe_of
 from exporters.targets._ov_constants import factor_attention_bias
-from exporters.verify.recipes import recipe_field, recipe_of
 from runtime.backends import require
 from runtime.backends.openvino import INSTALL, check_device, half_hint
 from runtime.environment import int8_may_saturate

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from exporters.targets import Artifact, BuildContext, Target
 from exporters.targets._tensorrt_onnx import nvidia_check, prepare_onnx
+from runtime.backends import backend
+from runtime.backends._trt import EngineRunner, engine_from_onnx, library
 from runtime.backends.onnxruntime import INSTALL as ORT_INSTALL
 from runtime.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -32,7 +34,6 @@ class TensorRTOptions:
 
 def engine_available() -> str | None:
     """None when a full-TensorRT engine can be built here (TensorRT and a GPU), else why not."""
-    from runtime.backends import backend
     return backend("tensorrt").available()
 
 
@@ -54,7 +55,6 @@ def build(ctx: BuildContext, precision: str, options: TensorRTOptions) -> Artifa
     config = {"onnx": dst.name, "profile": profile, "build_command": cmd}
     why_not = engine_available()
     if why_not is None:
-        from runtime.backends._trt import engine_from_onnx, library
         engine = ctx.workdir / f"tensorrt-{precision}.engine"
         t0 = time.perf_counter()
         engine_from_onnx(library("tensorrt"), dst, engine, profile=profile, timing_cache=ctx.workdir / "timing.cache")
@@ -71,7 +71,6 @@ def build(ctx: BuildContext, precision: str, options: TensorRTOptions) -> Artifa
 def open_for_verification(ctx: BuildContext, art: Artifact):
     """The engine where one was built here; else the labelled proxy: the same ONNX in ONNX Runtime."""
     if art.status == "built":
-        from runtime.backends._trt import EngineRunner, library
         return EngineRunner(library("tensorrt"), art.primary)
     return OnnxRuntimeRunner(art.primary, threads=ctx.threads)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from exporters.targets import Artifact, BuildContext, Target
 from exporters.targets._tensorrt_onnx import nvidia_check, prepare_onnx
 from exporters.targets.tensorrt import dynamic_profile
+from runtime.backends import backend, runner_from_artifact
 from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.backends.tensorrt_rtx import INSTALL
 
@@ -40,7 +41,6 @@ def build(ctx: BuildContext, precision: str, options: TensorRTRTXOptions) -> Art
               "library": check["library"], "version": check["version"], "profile": profile}
     notes.append(f"engine AOT-built here for compute capabilities: {', '.join(check['compute_capabilities'])}; "
                  f"runs with {check['library']} {check['version']} only (JIT on first load; runtime cache {cache})")
-    from runtime.backends import backend
     why = backend("tensorrt_rtx").available()
     proxy = None
     if why:
@@ -54,7 +54,6 @@ def build(ctx: BuildContext, precision: str, options: TensorRTRTXOptions) -> Art
 def open_for_verification(ctx: BuildContext, art: Artifact):
     """The engine on a GPU; else the labelled proxy: the ONNX it was built from, in ONNX Runtime."""
     if art.proxy is None:
-        from runtime.backends import runner_from_artifact
         return runner_from_artifact(ctx.workdir, art.entry(ctx.workdir), threads=ctx.threads)
     return OnnxRuntimeRunner(ctx.workdir / art.runtime_config["onnx"], threads=ctx.threads)
 

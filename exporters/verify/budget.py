@@ -18,6 +18,19 @@ import re
 
 import numpy as np
 
+from exporters.graph.onnx import first_last_compute_nodes
+from exporters.targets import target, targets
+from exporters.verify.probes import (
+    artefact_outputs,
+    block_errors,
+    compute_outputs_in,
+    dense_probe,
+    largest_step,
+    probe_label,
+    probes_from_export,
+    reference_outputs,
+)
+from runtime.accuracy import cosine_per_sample
 from runtime.errors import UserError
 from runtime.latency import measure
 
@@ -51,7 +64,6 @@ def misses(acc, ref_top1: float | None, max_drop: float | None, min_cosine: floa
 def worst_step(rows: list[dict], excluded: set[str]) -> dict | None:
     """The candidate row (not a whole block or norm, not ``excluded``) whose error grows the most
     (``probes.largest_step``)."""
-    from exporters.verify.probes import largest_step
     return largest_step(rows, lambda r: not WHOLE_BLOCK.search(r["module"]) and r["module"] not in excluded)
 
 
@@ -65,7 +77,6 @@ def gained(before: dict, after: dict) -> bool:
 
 def covered_modules(onnx_path, graph, probes: list, covered_nodes: list[str]) -> set[str]:
     """Probe modules whose MatMul/Gemm/Conv are all among ``covered_nodes`` (already kept by the build's rule)."""
-    from exporters.verify.probes import compute_outputs_in
     if not covered_nodes:
         return set()
     compute = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
@@ -86,7 +97,6 @@ def step_record(res, kept: list[str], ref_top1: float | None, p50: float | None)
 
 def budgeted() -> list[str]:
     """``target precision`` pairs that take part in the loop, from the registry."""
-    from exporters.targets import targets
     return [f"{t.name} {p}" for t in targets().values() for p in t.keeps]
 
 
@@ -99,7 +109,6 @@ def worst_samples(ref_logits: np.ndarray, logits: np.ndarray, n: int) -> np.ndar
     """Indices of the ``n`` samples whose logits agree worst with the reference (top-1 flips first, then the
     lowest cosine): the budget is judged on the worst sample, so its loss is located on the samples that
     lose it, which the first ``n`` of the set need not contain."""
-    from runtime.accuracy import cosine_per_sample
     flipped = ref_logits.argmax(1) != logits.argmax(1)
     return np.lexsort((cosine_per_sample(ref_logits, logits), ~flipped))[:n]
 
@@ -119,7 +128,6 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
     Returns the final ``(res, art, runner)``; ``res.checks["budget"]`` holds every step. Files of the
     superseded builds go into ``job.superseded`` (the pipeline removes those no final artefact uses).
     """
-    from exporters.targets import target
     res, art, runner, logits = built
     max_drop, min_cosine = limits or (job.opts.max_drop, job.opts.min_cosine)
     opts = dataclasses.replace(job.opts, max_drop=max_drop, min_cosine=min_cosine)
@@ -129,15 +137,6 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
         res.notes.append(f"accuracy budget not applied to {name} {precision}: only {', '.join(budgeted())} take part "
                          "(the row is still judged against its tolerances)")
         return res, art, runner
-    from exporters.verify.probes import (
-        artefact_outputs,
-        block_errors,
-        compute_outputs_in,
-        dense_probe,
-        probe_label,
-        probes_from_export,
-        reference_outputs,
-    )
     ref_top1 = ref.result.accuracy.top1
     feeds = {runner.input_name: next(job.data.batches(job.opts.batch))}
     steps = [step_record(res, [], ref_top1, step_p50(art, runner, feeds))]
@@ -152,7 +151,6 @@ def enforce(job, ctx, name: str, precision: str, ref, built: tuple, rebuild,
                                                  else None))
                 import onnx
 
-                from exporters.graph.onnx import first_last_compute_nodes
                 proto = onnx.load(str(ctx.onnx_path), load_external_data=False)  # read once for the whole loop
                 scopes = {p.module: p.scope for p in probes}
                 rule = first_last_compute_nodes(proto) if precision in target(name).first_last else []

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from exporters.verify.budget import worst_samples
+from exporters.verify.probes import (
+    artefact_outputs,
+    block_errors,
+    dense_probe,
+    first_large_step,
+    probe_label,
+    probes_from_export,
+    reference_outputs,
+)
+
 SAMPLES = 16  # the worst-agreeing samples each artefact's drift is read on
 
 
 def drift_stage(job, ctx, ref, artifacts: list) -> None:
     """``job.report["drift"]``: per reduced-precision artefact that was verified, the rows of
     ``probes.block_errors``, the first large step and the probed modules its outputs did not show."""
-    from exporters.verify.budget import worst_samples
-    from exporters.verify.probes import (
-        artefact_outputs,
-        block_errors,
-        dense_probe,
-        first_large_step,
-        probe_label,
-        probes_from_export,
-        reference_outputs,
-    )
     todo = [a for a in artifacts if a.precision != "fp32" and a.primary is not None]
     if not todo:
         return

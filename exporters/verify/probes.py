@@ -19,9 +19,12 @@ from typing import Callable
 
 import numpy as np
 
+from exporters.graph.onnx import export_onnx
 from exporters.graph.rewrites import display_name
 from exporters.targets import target
+from runtime.accuracy import cosine_per_sample
 from runtime.errors import UserError
+from runtime.manifest import resolve_inside
 
 # module names (after the vit_embed wrapper's "inner." is dropped) whose outputs are compared
 PROBE = re.compile(r"^(patch_embed(\.proj)?|(layers\.\d+\.)?blocks\.\d+(\.(attn|mlp))?|layers\.\d+\.downsample|"
@@ -55,7 +58,6 @@ def probes_from_export(model, input_shape: tuple[int, ...], select=None) -> list
     ``select(name)``: which modules (default: a classifier's blocks, ``PROBE``)."""
     import onnx
 
-    from exporters.graph.onnx import export_onnx
     select = select or (lambda n: bool(PROBE.match(display_name(n))))
     modules = {n for n, m in model.named_modules() if n and select(n)
                and type(m).__name__ not in ("Identity", "Dropout", "ModuleList")}
@@ -154,7 +156,6 @@ def artefact_outputs(art, bundle: Path, model, probes: list[Probe], x: np.ndarra
     export pipeline verifies; engines need a GPU); Core ML its proxy, ``model`` with the package's compression
     (Core ML runs on macOS only).
     """
-    from runtime.manifest import resolve_inside
     tensors = [p.tensor for p in probes]
     t = target(art.target)
     if t.block_source == "proxy":
@@ -185,7 +186,6 @@ def errors(ref: np.ndarray, out: np.ndarray) -> dict:
     """Per-sample cosine (the worst sample) and the max abs error of one block output."""
     a = ref.reshape(len(ref), -1).astype(np.float64)
     b = out.reshape(len(out), -1).astype(np.float64)
-    from runtime.accuracy import cosine_per_sample
     with np.errstate(invalid="ignore", over="ignore"):
         cos = cosine_per_sample(a, b)
     cos = np.where(np.isfinite(b).all(1), np.nan_to_num(cos, nan=-1.0), -1.0)  # inf/NaN (an FP16 overflow): worst

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from exporters.graph.outputs import compare_outputs, dense_classes, judge_outputs, widths
 from exporters.verify.budget import worst_samples
 from runtime.accuracy import class_maps
 from runtime.backends import backend, open_with
@@ -37,7 +38,6 @@ def gate_for(job, target: str, precision: str):
 
 def gates(job, target: str, precision: str) -> dict:
     """The gate an artefact passed at build, as the deployment machine applies it to the golden set."""
-    from exporters.graph.outputs import dense_classes
     classes = dense_classes(job.spec)
     dense = None if classes is None or not agreement_gated(job.is_random, precision) else \
         (classes, math.prod(job.spec.outputs[0][1][1:]))
@@ -50,7 +50,6 @@ def eval_judge(job, ref, target: str, precision: str, run_outputs):
     ref_top1 = ref.result.accuracy.top1
 
     def judge_runner(runner):
-        from exporters.graph.outputs import compare_outputs, judge_outputs
         acc, checks = compare_outputs(job.spec, ref.logits, run_outputs(runner, job.data, job.opts.batch),
                                       job.data.labels)
         passed, why = judge_outputs(job.spec, acc, checks, ref_top1, tol, gate, precision, job.is_random)
@@ -124,7 +123,6 @@ def choose_golden(job, logits_by_row: dict) -> np.ndarray:
 
 def golden_stage(job, work, ref, artifacts: list, runners: dict) -> Golden:
     """Write the golden set into the staging bundle, and each artefact's verification (golden figures included)."""
-    from exporters.graph.outputs import widths
     pp: Preprocessing = job.spec.preprocessing
     idx = choose_golden(job, {k: v for k, v in job.logits.items() if k != ("pytorch", "fp32")})
     pixels = pixels_from_inputs(job.data.inputs[idx], pp)
@@ -165,7 +163,6 @@ def output_maps(spec) -> list[tuple[int, int, int]] | None:
 def reference_golden(job, pixels: np.ndarray, reference: np.ndarray) -> Golden:
     """The golden set of ``pixels`` and the reference outputs on them: whole, or, for output maps above
     ``runtime.golden.REDUCE_ABOVE`` bytes a sample, reduced (with a segmentation model's reference classes)."""
-    from exporters.graph.outputs import dense_classes
     maps = output_maps(job.spec)
     if golden_form(maps) == "full":
         return Golden(pixels=pixels, reference=reference)

@@ -18,30 +18,18 @@ import dataclasses
 import os
 import shutil
 
+from exporters.targets import DEFAULT_RECIPE
 from runtime.backends import open_with
 from runtime.errors import UserError
 from runtime.repair import run_ladder
 
 RECIPE_RUNS = 20  # timed runs per candidate, interleaved
 CALIBRATION_CACHE = ".recipes-calibration.json"  # inside the staging bundle, removed when the stage ends
-# The recipe names every CPU INT8 target offers, each meaning the same choice there (the target's module says how)
-RECIPE_NAMES = ("mixed", "symmetric", "projections")
-DEFAULT_RECIPE = "mixed"
 # How much worst-sample cosine (against the PyTorch reference, on the evaluation set) a recipe may give up against
 # the default recipe and still be chosen by auto. 0.002 is a tenth of the INT8 gate's usual headroom on the trained
 # digits fixtures (cosine_min 0.998-0.9995 against the 0.9 gate) and far below the 0.04 the performance preset gave
 # up on vit_b (0.956 against 0.997).
 FIDELITY_EPS = 0.002
-
-
-def recipe_field(docs: dict[str, str]):
-    """The ``recipe`` field of a target's options dataclass (the shared ``--recipe`` flag)."""
-    assert tuple(docs) == RECIPE_NAMES
-    return dataclasses.field(default=DEFAULT_RECIPE, metadata={
-        "choices": (*RECIPE_NAMES, "auto"),
-        "help": f"INT8 recipe: {', '.join(RECIPE_NAMES)} (default {DEFAULT_RECIPE}; see docs/guide/export.md) or auto: "
-                "build each, gate each, keep the fastest that passes on this machine and keeps the default's fidelity "
-                "(also under --precision auto)"})
 
 
 def wants_auto(job, t, precision: str) -> bool:
@@ -50,13 +38,6 @@ def wants_auto(job, t, precision: str) -> bool:
         return False
     chosen = getattr(job.target_options[t.name], "recipe", None)
     return chosen == "auto" or (job.opts.precision == "auto" and "recipe" not in job.opts.options)
-
-
-def recipe_of(options) -> str:
-    """The recipe a target's build applies: the one named, the default for ``auto`` (``recipe_stage`` names one
-    per build) or for options without a recipe."""
-    recipe = getattr(options, "recipe", DEFAULT_RECIPE)
-    return recipe if recipe in RECIPE_NAMES else DEFAULT_RECIPE
 
 
 def why_won(attempts, best, floor: float | None = None) -> str:
