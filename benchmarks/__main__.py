@@ -10,9 +10,16 @@ import shlex
 import sys
 from pathlib import Path
 
+from benchmarks import compare, device_cost, drift, evaluate, families, op_profile, ort_int8, rewrites, scale, vs_naive
+from exporters.models.zoo import create_model, known_names
+from exporters.pipeline.stages import RunOptions, plan, run
+from exporters.report.render import write_matrix
+from exporters.targets import RECIPE_NAMES, target
 from runtime import values
-from runtime.cli import GATE_FAILED, OK
+from runtime.cli import GATE_FAILED, OK, run_cli
+from runtime.environment import environment, one_line
 from runtime.errors import UserError
+from runtime.values import usable_cores
 
 RATIO = values.real(0.0, 1000.0, name="ratio")
 WORKERS = values.integer(1, 4096, "workers")
@@ -49,10 +56,6 @@ def _matrix(argv) -> int:
     a = p.parse_args(argv)
     import time
 
-    from exporters.pipeline.stages import RunOptions, plan, run
-    from exporters.report.render import write_matrix
-    from exporters.targets import target
-    from runtime.values import usable_cores
     targets = [t for t in a.targets.split(",") if t]
     precisions = [x for x in a.precisions.split(",") if x]
     for t in targets:
@@ -91,14 +94,11 @@ def _rewrites(argv) -> int:
     p.add_argument("--dynamic-batch", action="store_true", help="export both graphs with a dynamic batch")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.rewrites import compare_model, render
-    from runtime.environment import environment, one_line
-    from runtime.values import usable_cores
 
     threads = a.threads or usable_cores()
-    results = [compare_model(m, threads, runs=a.runs, dynamic_batch=a.dynamic_batch) for m in a.models]
+    results = [rewrites.compare_model(m, threads, runs=a.runs, dynamic_batch=a.dynamic_batch) for m in a.models]
     env = environment(threads)
-    md = render(results, one_line(env), "python -m benchmarks rewrites " + " ".join(argv))
+    md = rewrites.render(results, one_line(env), "python -m benchmarks rewrites " + " ".join(argv))
     _emit(Path(a.out), "rewrites-dynamic" if a.dynamic_batch else "rewrites", md,
           {"environment": env, "results": results})
     return 0
@@ -112,12 +112,9 @@ def _ort_int8(argv) -> int:
     p.add_argument("--runs", type=values.RUNS, default=40)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.ort_int8 import measure_options, render
-    from runtime.environment import environment, one_line
-    from runtime.values import usable_cores
     threads = a.threads or usable_cores()
-    res = measure_options(a.speed_model, threads=threads, runs=a.runs)
-    md = render(res, one_line(environment(threads)), "python -m benchmarks ort-int8 " + " ".join(argv))
+    res = ort_int8.measure_options(a.speed_model, threads=threads, runs=a.runs)
+    md = ort_int8.render(res, one_line(environment(threads)), "python -m benchmarks ort-int8 " + " ".join(argv))
     _emit(Path(a.out), "ort-int8", md, res)
     return 0
 
@@ -133,12 +130,11 @@ def _compare(argv) -> int:
     p.add_argument("--allow-different-models", action="store_true",
                    help="compare reports whose models differ (by default that is refused, exit 2)")
     a = p.parse_args(argv)
-    from benchmarks.compare import check_same_models, compare_reports, load_results, render
-    old, new = load_results(Path(a.old)), load_results(Path(a.new))
+    old, new = compare.load_results(Path(a.old)), compare.load_results(Path(a.new))
     if not a.allow_different_models:
-        check_same_models(old, new)
-    rows = compare_reports(old, new, a.threshold, a.acc_threshold)
-    print(render(rows))
+        compare.check_same_models(old, new)
+    rows = compare.compare_reports(old, new, a.threshold, a.acc_threshold)
+    print(compare.render(rows))
     return 1 if any(r["regression"] for r in rows) else 0
 
 
@@ -146,7 +142,6 @@ def _render(argv) -> int:
     p = values.Parser(prog="python -m benchmarks render", description="Re-render a matrix report.json.")
     p.add_argument("report")
     a = p.parse_args(argv)
-    from exporters.report.render import write_matrix
     data = json.loads(Path(a.report).read_text())
     for path in write_matrix(data["reports"], Path(a.report).parent, data["command"]):
         print(f"wrote {path}")
@@ -159,9 +154,8 @@ def _coreml(argv) -> int:
                                   "Program, FP16) and report which converts; the table goes to out/bench/coreml.md.")
     p.add_argument("models", nargs="+", help="zoo names, e.g. swin_t vit_s")
     a = p.parse_args(argv)
-    from benchmarks.rewrites import coreml_proof, render_coreml
-    res = [coreml_proof(m) for m in a.models]
-    _emit(Path("out/bench"), "coreml", render_coreml(res, "python -m benchmarks coreml " + " ".join(argv)))
+    res = [rewrites.coreml_proof(m) for m in a.models]
+    _emit(Path("out/bench"), "coreml", rewrites.render_coreml(res, "python -m benchmarks coreml " + " ".join(argv)))
     return 0
 
 
@@ -171,9 +165,7 @@ def _contract(argv) -> int:
     p.add_argument("models", nargs="*")
     p.add_argument("--dynamic-batch", action="store_true")
     a = p.parse_args(argv)
-    from benchmarks.rewrites import contract_all
-    from exporters.models.zoo import known_names
-    rows = contract_all(a.models or known_names(), a.dynamic_batch)
+    rows = rewrites.contract_all(a.models or known_names(), a.dynamic_batch)
     lines = [f"## Graph contract over the zoo ({'dynamic' if a.dynamic_batch else 'static'} batch)", "",
              f"Command: `{' '.join(['python -m benchmarks contract', *argv])}`", "",
              "| model | nodes | contract | rewrites fired |", "|---|---|---|---|"]
@@ -207,23 +199,20 @@ def _vs_naive(argv) -> int:
     kind.add_argument("--segmentation", action="store_const", dest="kind", const="segmentation",
                       help="time each model under an FPN segmentation head (benchmarks/segmenter.py, 150 classes, "
                            "logits at 1/4 of the input), exported by vitdeploy with task='segmentation'")
-    from exporters.targets import RECIPE_NAMES
     p.add_argument("--recipe", choices=(*RECIPE_NAMES, "auto"), default="auto",
                    help="vitdeploy's INT8 recipe (default auto: each built, gated and timed, the fastest that passes "
                         "kept)")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.vs_naive import measure, render, timed_model
-    from runtime.environment import environment, one_line
-    from runtime.values import usable_cores
     for m in a.models:
         for size in a.img_size or [None]:
-            timed_model(m, size, a.kind)  # an unknown model or a size it can't take: one line before any work
+            vs_naive.timed_model(m, size, a.kind)  # an unknown model or a size it can't take: one line before any work
     threads = a.threads or usable_cores()
-    res = measure(a.models, threads, a.runs, batch=a.batch, throughput_s=a.throughput_seconds if a.throughput else None,
-                  sizes=a.img_size, kind=a.kind, recipe=a.recipe)
+    throughput_s = a.throughput_seconds if a.throughput else None
+    res = vs_naive.measure(a.models, threads, a.runs, batch=a.batch, throughput_s=throughput_s,
+                           sizes=a.img_size, kind=a.kind, recipe=a.recipe)
     env = environment(threads)
-    md = render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
+    md = vs_naive.render(res, one_line(env), "python -m benchmarks vs-naive " + " ".join(argv))
     _emit(Path(a.out), "vs_naive", md, {"environment": env, **res})
     return OK
 
@@ -237,16 +226,13 @@ def _op_profile(argv) -> int:
     p.add_argument("--runs", type=values.RUNS, default=30)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    from benchmarks.op_profile import measure, render
-    from exporters.models.zoo import create_model
-    from runtime.environment import environment, one_line
-    from runtime.values import usable_cores
     for m in a.models:
         create_model(m)
     threads = a.threads or usable_cores()
-    res = measure(a.models, threads, a.runs)
+    res = op_profile.measure(a.models, threads, a.runs)
     env = environment(threads)
-    _emit(Path(a.out), "op_profile", render(res, one_line(env), "python -m benchmarks op-profile " + " ".join(argv)),
+    md = op_profile.render(res, one_line(env), "python -m benchmarks op-profile " + " ".join(argv))
+    _emit(Path(a.out), "op_profile", md,
           {"environment": env, "models": res})
     return OK
 
@@ -260,17 +246,14 @@ def _device_cost(argv) -> int:
     p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--out", default="out/device-cost")
     a = p.parse_args(argv)
-    from benchmarks.device_cost import artefact_bytes, cold_starts, render
-    from runtime.environment import environment, one_line
     bundle = Path(a.bundle)
     if not bundle.is_dir():
         raise UserError(f"bundle not found: {bundle}")
-    from runtime.values import usable_cores
-    rows = artefact_bytes(bundle)
-    starts = cold_starts(bundle, a.runs, ["--threads", str(a.threads)] if a.threads else [])
+    rows = device_cost.artefact_bytes(bundle)
+    starts = device_cost.cold_starts(bundle, a.runs, ["--threads", str(a.threads)] if a.threads else [])
     env = environment(a.threads or usable_cores())
     command = "python -m benchmarks device-cost " + " ".join(argv)
-    _emit(Path(a.out), "device_cost", render(bundle, rows, starts, command, one_line(env)),
+    _emit(Path(a.out), "device_cost", device_cost.render(bundle, rows, starts, command, one_line(env)),
           {"environment": env, "artefacts": rows, "cold_starts": starts})
     return OK
 
@@ -288,9 +271,9 @@ def _eval(argv) -> int:
     p.add_argument("--reference", choices=("auto", "torch", "onnx", "none"), default="auto",
                    help="torch: PyTorch rebuilt from the manifest; onnx: the bundle's FP32 ONNX in ONNX Runtime; "
                         "auto: torch unless the weights cannot be rebuilt (random or downloaded)")
-    scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--workers", type=WORKERS, default=1, help="N > 1: start a local Ray with N workers")
-    scale.add_argument("--ray", default=None, metavar="ADDRESS", help="join a running Ray cluster (e.g. auto, "
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=WORKERS, default=1, help="N > 1: start a local Ray with N workers")
+    where.add_argument("--ray", default=None, metavar="ADDRESS", help="join a running Ray cluster (e.g. auto, "
                                                                       "ray://head:10001)")
     p.add_argument("--limit", type=values.SAMPLES, default=None, help="only the first N images (sorted order)")
     p.add_argument("--shard-size", type=values.integer(1, 1_000_000, "shard_size"), default=256)
@@ -299,20 +282,16 @@ def _eval(argv) -> int:
                                                              "process, 1 per Ray worker)")
     p.add_argument("--out", default="out/eval")
     a = p.parse_args(argv)
-    from benchmarks.evaluate import render
-    from benchmarks.scale import evaluate, make_plan
-    from runtime.environment import environment, one_line
-    from runtime.values import usable_cores
     sharded = a.workers > 1 or a.ray
     threads = a.threads or (1 if sharded else usable_cores())
     def split(s):
         return ([x for x in s.split(",") if x] if s else None)
-    plan = make_plan(Path(a.bundle), Path(a.data), split(a.targets), split(a.precisions), a.reference, a.limit,
-                     a.shard_size, threads, a.weights)
-    res = evaluate(plan, Path(a.out), workers=a.workers, address=a.ray)
+    plan = scale.make_plan(Path(a.bundle), Path(a.data), split(a.targets), split(a.precisions), a.reference, a.limit,
+                           a.shard_size, threads, a.weights)
+    res = scale.evaluate(plan, Path(a.out), workers=a.workers, address=a.ray)
     env = environment(threads)
     res["environment"] = env
-    _emit(Path(a.out), "eval", render(res, "python -m benchmarks eval " + " ".join(argv), one_line(env)), res)
+    _emit(Path(a.out), "eval", evaluate.render(res, "python -m benchmarks eval " + " ".join(argv), one_line(env)), res)
     return OK
 
 
@@ -330,14 +309,12 @@ def _drift(argv) -> int:
     p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--out", default="out/drift")
     a = p.parse_args(argv)
-    from benchmarks.drift import drift, plot, render
-    from runtime.environment import environment, one_line
-    res = drift(Path(a.bundle), a.target, a.precision, a.data, a.size, a.threads, a.weights)
+    res = drift.drift(Path(a.bundle), a.target, a.precision, a.data, a.size, a.threads, a.weights)
     env = environment(a.threads)
     res["environment"] = env
     out = Path(a.out)
-    _emit(out, "drift", render(res, "python -m benchmarks drift " + " ".join(argv), one_line(env)), res)
-    print(f"wrote {plot(res, out / 'drift.png')}")
+    _emit(out, "drift", drift.render(res, "python -m benchmarks drift " + " ".join(argv), one_line(env)), res)
+    print(f"wrote {drift.plot(res, out / 'drift.png')}")
     return OK
 
 
@@ -359,10 +336,7 @@ def _families(argv) -> int:
                    help="replace the supported-families table between its markers in this file")
     p.add_argument("--out", default="out/families")
     a = p.parse_args(argv)
-    from benchmarks.families import families, measure, passed, readme_table, render, write_readme
-    from runtime.environment import environment, one_line
-    from runtime.values import usable_cores
-    known = families()
+    known = families.families()
     bad = [f for f in a.family or [] if f not in known]
     if bad:
         raise UserError(f"unknown family {bad[0]!r}; timm's ViT and Swin families: {', '.join(known)}")
@@ -370,15 +344,15 @@ def _families(argv) -> int:
         raise UserError(f"{a.write_readme} is not a file")
     threads = a.threads or usable_cores()
     out = Path(a.out)
-    rows = measure(a.family or known, a.quick, threads, a.runs, a.eval_size, a.calib_size, out / "bundles")
+    rows = families.measure(a.family or known, a.quick, threads, a.runs, a.eval_size, a.calib_size, out / "bundles")
     env = environment(threads)
     command = "python -m benchmarks families " + " ".join(argv)
-    _emit(out, "families", render(rows, command, one_line(env)), {"environment": env, "families": rows})
+    _emit(out, "families", families.render(rows, command, one_line(env)), {"environment": env, "families": rows})
     if a.write_readme:
-        write_readme(Path(a.write_readme), readme_table(rows, command.replace(f" --write-readme {a.write_readme}", ""),
-                                                        one_line(env)))
+        table = families.readme_table(rows, command.replace(f" --write-readme {a.write_readme}", ""), one_line(env))
+        families.write_readme(Path(a.write_readme), table)
         print(f"wrote the families table into {a.write_readme}")
-    return OK if passed(rows) else GATE_FAILED
+    return OK if families.passed(rows) else GATE_FAILED
 
 
 SUBCOMMANDS = {"rewrites": _rewrites, "families": _families, "ort-int8": _ort_int8, "compare": _compare, "render": _render,
@@ -388,7 +362,6 @@ SUBCOMMANDS = {"rewrites": _rewrites, "families": _families, "ort-int8": _ort_in
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes (runtime/cli.py): 0 ok, 1 a regression or failed gate, 2 bad input, 3 internal error."""
-    from runtime.cli import run_cli
     return run_cli("python -m benchmarks", _dispatch, argv)
 
 

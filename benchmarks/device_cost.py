@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.manifest import read_manifest, resolve_inside
+from runtime.sizes import read_sizes
 
 
 def artefact_bytes(bundle: Path) -> list[dict]:
     """Each artefact of each size: its files' bytes, the weights a bundle of sizes shares counted with it."""
-    from runtime.manifest import read_manifest, resolve_inside
-    from runtime.sizes import read_sizes
     sizes = read_sizes(bundle)
     folders = [(e.bundle, sizes.folder(bundle, e.input_size)) for e in sizes.sizes] if sizes else [("", bundle)]
     rows = []
@@ -49,8 +49,6 @@ def cold_starts(bundle: Path, runs: int, extra: list[str]) -> list[dict]:
     """``runs`` new processes, each serving one image; seconds and peak RSS of each."""
     from PIL import Image
 
-    from runtime.manifest import read_manifest
-    from runtime.sizes import read_sizes
     sizes = read_sizes(bundle)
     folder = sizes.folder(bundle, sizes.sizes[0].input_size) if sizes else bundle
     manifest = read_manifest(folder)

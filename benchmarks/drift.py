@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.reference import model_from_manifest, rebuild_reason
+from calibration import load_set
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.zoo import DIGITS, create_model
 from exporters.report.render import drift_table
 from exporters.verify.probes import (
     artefact_outputs,
@@ -21,13 +25,15 @@ from exporters.verify.probes import (
     reference_outputs,
 )
 from runtime.errors import UserError
+from runtime.manifest import read_manifest
+from runtime.preprocess import Preprocessing
+from runtime.session import choose_artifact
 
 
 def drifting_artifact(m, target: str | None, precision: str | None):
     """The artefact to compare: the one named (its block outputs are read from its files, so it need not run
     here: a deferred TensorRT ONNX, an engine without a GPU, a Core ML package off macOS); else the
     runtime's own choice."""
-    from runtime.session import choose_artifact
     if not target:
         return choose_artifact(m, target, precision)
     arts = [a for a in m.artifacts if a.target == target and a.primary and (not precision or a.precision == precision)]
@@ -41,12 +47,6 @@ def drifting_artifact(m, target: str | None, precision: str | None):
 def drift(bundle: Path, target: str | None, precision: str | None, data: str, size: int,
           threads: int | None, weights: str | None = None) -> dict:
     """Block-level errors of one artefact of ``bundle`` against PyTorch on ``size`` samples of ``data``."""
-    from benchmarks.reference import model_from_manifest, rebuild_reason
-    from calibration import load_set
-    from exporters.graph.rewrites import apply_rewrites
-    from exporters.models.zoo import DIGITS, create_model
-    from runtime.manifest import read_manifest
-    from runtime.preprocess import Preprocessing
     m = read_manifest(bundle)
     art = drifting_artifact(m, target, precision)
     pp = Preprocessing.from_dict(m.preprocessing.model_dump())

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+import runtime
+from benchmarks.reference import torch_logits
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.errors import UserError
+from runtime.manifest import read_manifest, resolve_inside
+from runtime.preprocess import ImageRejected, Preprocessing, open_image, preprocess_image
+from runtime.session import batched_logits
 
 REFERENCE = {"torch": "pytorch fp32", "onnx": "reference fp32 onnx (onnxruntime)"}  # the reference's row
 SHARD_SIZE = 256
@@ -83,7 +89,6 @@ _OPEN: dict = {}  # per process: opened sessions and the reference, reused acros
 def _session(bundle: str, target: str, precision: str, threads: int | None):
     k = (bundle, target, precision, threads)
     if k not in _OPEN:
-        import runtime
         # the artefact as built, proven or not: this evaluation is itself the measure of its accuracy
         _OPEN[k] = runtime.open(bundle, target=target, precision=precision, threads=threads, verify="never",
                                 allow_unverified=True)
@@ -95,14 +100,10 @@ def _reference(plan: Plan):
     k = ("reference", plan.bundle, plan.reference, plan.threads)
     if k not in _OPEN:
         if plan.reference == "torch":
-            from benchmarks.reference import torch_logits
             _OPEN[k] = torch_logits(Path(plan.bundle), plan.threads, plan.weights)
         else:
-            from runtime.backends.onnxruntime import OnnxRuntimeRunner
-            from runtime.manifest import read_manifest, resolve_inside
             m = read_manifest(Path(plan.bundle))
             if m.onnx is None:
-                from runtime.errors import UserError
                 raise UserError(f"{plan.bundle} is a pack without its ONNX: use --reference torch (with --weights)")
             m.verify(Path(plan.bundle), [m.onnx])
             r = OnnxRuntimeRunner(resolve_inside(Path(plan.bundle), m.onnx), threads=plan.threads)
@@ -112,12 +113,10 @@ def _reference(plan: Plan):
 
 def _batched(runner):
     """Logits of ``[N,3,H,W]`` through a runner: its static batch, or all at once when dynamic."""
-    from runtime.session import batched_logits
     return lambda x: batched_logits(runner, x, runner.input_shape[0] if runner.input_shape[0] > 0 else len(x))
 
 
 def _decode(plan: Plan, positions: range, pp) -> tuple[np.ndarray | None, list[int], dict[str, int]]:
-    from runtime.preprocess import ImageRejected, open_image, preprocess_image
     arrays, kept, skipped = [], [], {}
     for i in positions:
         try:
@@ -134,8 +133,6 @@ def _preprocessing(bundle: str):
     """The bundle's preprocessing, read from its manifest once per process."""
     k = ("preprocessing", bundle)
     if k not in _OPEN:
-        from runtime.manifest import read_manifest
-        from runtime.preprocess import Preprocessing
         _OPEN[k] = Preprocessing.from_dict(read_manifest(Path(bundle)).preprocessing.model_dump())
     return _OPEN[k]
 

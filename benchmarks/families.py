@@ -20,6 +20,12 @@ import time
 import warnings
 from pathlib import Path
 
+from exporters.api import spec_for_module
+from exporters.graph.onnx import export_onnx
+from exporters.models.zoo import create_model, reinit_degenerate
+from exporters.pipeline.stages import RunOptions, run
+from runtime.errors import UserError
+
 FAMILY_WORDS = ("vision_transformer", "deit", "beit", "eva", "swin")
 EXCLUDED = {"vision_transformer_sam": "SAM's image encoder is a dense encoder with a neck for a mask decoder (no "
                                       "classifier, no pooled embedding): not one of the model kinds vitdeploy exports"}
@@ -67,7 +73,6 @@ def quick_kwargs(module: str) -> dict:
 def _unrewritten_nodes(model, shape) -> int | str:
     """Nodes of the same export without the rewrites (vitdeploy's exporter, opset and onnxslim), or why it failed:
     the difference is the rules' alone."""
-    from exporters.graph.onnx import export_onnx
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -81,15 +86,11 @@ def measure_family(module: str, quick: bool, out: Path, threads: int, runs: int,
     """One family: its representative exported without the rewrites, and through vitdeploy's pipeline."""
     import timm
 
-    from exporters.models.zoo import create_model
-    from exporters.pipeline.stages import RunOptions, run
     name = representative(module)
     row: dict = {"family": module, "model": name, "quick": quick}
     t0 = time.perf_counter()
     try:
         if quick:
-            from exporters.api import spec_for_module
-            from exporters.models.zoo import reinit_degenerate
             kw = quick_kwargs(module)
             model = timm.create_model(name, **kw).eval()
             # reason: timm keeps the registered config's input size when img_size is given; its other preprocessing
@@ -194,7 +195,6 @@ def readme_table(rows: list[dict], command: str, machine: str) -> str:
 
 def write_readme(path: Path, table: str) -> None:
     """Replace the table between the markers of ``path`` (a README), atomically."""
-    from runtime.errors import UserError
     text = path.read_text()
     if README_START not in text or README_END not in text:
         raise UserError(f"{path} has no {README_START} ... {README_END} block to replace")

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.vs_naive import naive_artefacts, our_bundle
+from calibration import load_set
+from exporters.models.zoo import create_model
+from runtime.manifest import read_manifest
 
 
 def op_times(compiled: dict, x: np.ndarray, runs: int, warmup: int = 5) -> dict:
@@ -46,9 +49,6 @@ def op_times(compiled: dict, x: np.ndarray, runs: int, warmup: int = 5) -> dict:
 def profile(name: str, threads: int, runs: int, work: Path) -> dict:
     import openvino as ov
 
-    from calibration import load_set
-    from exporters.models.zoo import create_model
-    from runtime.manifest import read_manifest
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)

@@ -10,16 +10,22 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration import load_set
+from exporters.graph.onnx import export_onnx
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.zoo import create_model
+from exporters.pipeline.stages import run_outputs
+from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
+from runtime.accuracy import compare
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
+from runtime.latency import measure_interleaved
+
 VARIANTS = {"u8s8": {"activation": "uint8", "reduce_range": False},
             "u8s8-reduce-range": {"activation": "uint8", "reduce_range": True},
             "s8s8": {"activation": "int8", "reduce_range": False}}
 
 
 def _build(name: str, workdir: Path, calib_size: int):
-    from calibration import load_set
-    from exporters.graph.onnx import export_onnx
-    from exporters.graph.rewrites import apply_rewrites
-    from exporters.models.zoo import create_model
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     rewritten, _ = apply_rewrites(model, shape)
@@ -32,12 +38,6 @@ def measure_options(speed_model: str = "swin_t", accuracy_model: str = "digits_s
                     runs: int = 40) -> dict:
     import torch
 
-    from calibration import load_set
-    from exporters.pipeline.stages import run_outputs
-    from exporters.targets.onnxruntime import DEFAULT_INT8, quantize_qdq
-    from runtime.accuracy import compare
-    from runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from runtime.latency import measure_interleaved
     out = {"speed_model": speed_model, "accuracy_model": accuracy_model, "latency_ms": {}, "accuracy": {}}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

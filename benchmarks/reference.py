@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporters.models.zoo import DIGITS, create_model
 from runtime.errors import UserError
+from runtime.manifest import read_manifest
 
 
 def rebuild_reason(manifest) -> str | None:
@@ -19,8 +21,6 @@ def rebuild_reason(manifest) -> str | None:
 
 def model_from_manifest(bundle: Path, weights: str | None = None):
     """``(nn.Module, spec)`` for the bundle's model, at its input size, with its (or the given) weights."""
-    from exporters.models.zoo import DIGITS, create_model
-    from runtime.manifest import read_manifest
     m = read_manifest(bundle)
     if weights is None:
         why = rebuild_reason(m)

@@ -12,6 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters.graph.onnx import export_onnx
+from exporters.graph.rewrites import apply_rewrites
+from exporters.models.zoo import create_model
+from exporters.targets.coreml import convert
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
+from runtime.backends.openvino import OpenVinoRunner
+from runtime.errors import UserError
 from runtime.latency import measure_interleaved
 
 
@@ -27,11 +34,6 @@ def _timed(runners: dict, x, runs: int, warmup: int, rounds: int) -> dict:
 
 def compare_model(name: str, threads: int, runs: int = 60, warmup: int = 10, rounds: int = 4,
                   dynamic_batch: bool = False) -> dict:
-    from exporters.graph.onnx import export_onnx
-    from exporters.graph.rewrites import apply_rewrites
-    from exporters.models.zoo import create_model
-    from runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from runtime.backends.openvino import OpenVinoRunner
 
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
@@ -96,10 +98,6 @@ def render(results: list[dict], env_line: str, command: str) -> str:
 
 def coreml_proof(name: str) -> dict:
     """Convert the naive and the rewritten model with coremltools (TorchScript path) on this OS."""
-    from exporters.graph.rewrites import apply_rewrites
-    from exporters.models.zoo import create_model
-    from exporters.targets.coreml import convert
-    from runtime.errors import UserError
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     rewritten, _ = apply_rewrites(model, shape)
@@ -125,9 +123,6 @@ def render_coreml(results: list[dict], command: str) -> str:
 
 def contract_all(names: list[str], dynamic_batch: bool = False) -> list[dict]:
     """Export each model with rewrites and run the graph contract; one row per model."""
-    from exporters.graph.onnx import export_onnx
-    from exporters.graph.rewrites import apply_rewrites
-    from exporters.models.zoo import create_model
     rows = []
     for name in names:
         model, spec = create_model(name)

@@ -10,8 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import benchmarks
 from benchmarks.evaluate import Plan, ShardResult, ShardStore, eval_shard, metrics, row_names
+from benchmarks.reference import rebuild_reason
+from calibration.sources import from_folder
+from runtime.backends import backend
+from runtime.cli import keep
 from runtime.errors import UserError
+from runtime.manifest import MANIFEST, read_manifest, sha256_file
 
 INSTALL = "pip install 'vitdeploy[scale]'"
 RETRIES = 3
@@ -20,9 +26,6 @@ RETRIES = 3
 def make_plan(bundle: Path, data: Path, targets: list[str] | None, precisions: list[str] | None, reference: str,
               limit: int | None, shard_size: int, threads: int | None, weights: str | None = None) -> Plan:
     """Fix the image list (sorted), the labels (class folders named as the model's labels, or digits) and the artefacts."""
-    from calibration.sources import from_folder
-    from runtime.backends import backend
-    from runtime.manifest import MANIFEST, read_manifest, sha256_file
     m = read_manifest(bundle)
     arts = [(a.target, a.precision) for a in m.artifacts if a.status == "built"
             and (not targets or a.target in targets) and (not precisions or a.precision in precisions)]
@@ -31,7 +34,6 @@ def make_plan(bundle: Path, data: Path, targets: list[str] | None, precisions: l
         why = "; ".join(f"{t} {p}: {backend(t).available()}" for t, p in arts) or "none matches the filters"
         raise UserError(f"no artefact of {bundle} can run here ({why})")
     if reference == "auto":
-        from benchmarks.reference import rebuild_reason
         reference = "onnx" if rebuild_reason(m) and not weights else "torch"
     if shard_size < 1 or (limit is not None and limit < 1):
         raise UserError("--shard-size and --limit must be at least 1")
@@ -80,7 +82,6 @@ def run_ray(plan: Plan, store: ShardStore, pending: list[int], done_images: int,
             address: str | None) -> list[ShardResult]:
     """Every pending shard as a Ray task (one CPU each); results stored as they arrive."""
     ray = _ray()
-    import benchmarks
     root = str(Path(benchmarks.__file__).resolve().parent.parent)
     env = {"env_vars": {"PYTHONPATH": root}}  # workers import vitdeploy as the driver does
     if address:
@@ -116,7 +117,6 @@ def evaluate(plan: Plan, out: Path, workers: int | None = None, address: str | N
     if (workers and workers > 1) or address:
         _ray()  # without Ray: one line, before any work
     store = ShardStore(out, plan)
-    from runtime.cli import keep
     keep(lambda: f"{store.finished()} finished shard(s) in {store.folder}, from which the next run resumes")
     n = len(plan.shards())
     finished = {i: s for i in range(n) if (s := store.load(i, row_names(plan))) is not None}

@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporters.api import spec_for_module
+from exporters.models.features import default_indices
+from exporters.models.zoo import create_model
+
 
 class FPNSegmenter(nn.Module):
     """``[B, 3, H, W]`` -> logits ``[B, classes, H, W]`` over the maps of ``backbone`` (``widths``: their channels);
@@ -46,9 +50,6 @@ def segmenter(name: str, img_size, classes: int = 150, channels: int = 256):
     """``(module, spec)``: the zoo's ``name`` re-laid for ``img_size`` under an FPN head (ADE20K's 150 classes and
     UPerNet's 256 channels by default) returning logits at the finest map's resolution, random head weights;
     ``spec`` as ``export(task="segmentation")`` builds it."""
-    from exporters.api import spec_for_module
-    from exporters.models.features import default_indices
-    from exporters.models.zoo import create_model
     model, spec = create_model(name, img_size=img_size)
     indices = default_indices(model)
     with torch.no_grad():

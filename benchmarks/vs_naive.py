@@ -19,7 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
+import runtime
+from benchmarks.segmenter import segmenter
+from calibration import load_set
+from exporters.graph.outputs import dense_classes, output_names, widths
+from exporters.models.features import backbone
+from exporters.models.zoo import ALIASES, create_model
+from exporters.pipeline.stages import RunOptions, run, run_outputs
+from exporters.verify.reference import TorchRunner
+from runtime.accuracy import compare, dense_values, judge, judge_dense
 from runtime.backends import Runner
+from runtime.backends.base import batched_logits
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
+from runtime.backends.openvino import OpenVinoRunner
+from runtime.golden import worst_cosine
+from runtime.latency import measure_interleaved, measure_throughput_interleaved
+from runtime.manifest import read_manifest
+from runtime.tolerances import agreement_gated, dense_tolerance_for, tolerance_for
 
 OURS = [("onnxruntime", "int8"), ("openvino", "fp16"), ("openvino", "int8")]
 FIDELITY_SAMPLES = 16  # digits hold-out images at the timed model's input size
@@ -42,10 +58,6 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
     (``widths``: each map's values per sample) is judged by its worst map, as its export gate is; a segmentation
     model (``classes``: its logits map's channels) by pixel agreement and mean IoU too (``DENSE``), unless
     ``random`` weights make them noise (timed models have random weights)."""
-    from runtime.accuracy import compare, dense_values, judge_dense
-    from runtime.backends.base import batched_logits
-    from runtime.golden import worst_cosine
-    from runtime.tolerances import agreement_gated, dense_tolerance_for, tolerance_for
     ref = batched_logits(runners[reference], inputs, batch)
     out = {}
     for k, r in runners.items():
@@ -112,9 +124,7 @@ def naive_runner(kind: str, artefact, mode: str) -> Runner:
     """A naive artefact as a runner, with its library's defaults: ORT's default threads; OpenVINO compiled with no
     configuration at all, or in throughput mode with only ``PERFORMANCE_HINT=THROUGHPUT`` (what its docs say to set)."""
     if kind == "onnxruntime":
-        from runtime.backends.onnxruntime import OnnxRuntimeRunner
         return OnnxRuntimeRunner(artefact, mode=mode)
-    from runtime.backends.openvino import OpenVinoRunner
     return OpenVinoRunner(artefact, mode=mode, config={} if mode == "latency" else {"PERFORMANCE_HINT": "THROUGHPUT"})
 
 
@@ -124,7 +134,6 @@ def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | N
     """vitdeploy's artefacts of ``name``, built by its pipeline with its defaults and INT8 ``recipe`` (``auto``: each
     built, gated and timed here, the fastest that passes kept); given ``model`` and ``spec``, of that very module (a
     zoo model with random weights differs from one creation to the next)."""
-    from exporters.pipeline.stages import RunOptions, run
     rep = run(RunOptions(model=name, module=model, spec=spec, targets=list(targets), precisions=list(precisions),
                          data=data,
                          calib=data, out=out, runs=5, warmup=1, threads=threads, eval_size=eval_size, batch=batch,
@@ -133,7 +142,6 @@ def our_bundle(name: str, out: Path, data: str, threads: int, eval_size: int | N
 
 
 def our_runners(bundle: Path, threads: int, mode: str, which=tuple(OURS)) -> dict[str, Runner]:
-    import runtime
     return {f"vitdeploy {t} {p}": runtime.open(bundle, target=t, precision=p, threads=threads, mode=mode,
                                                      allow_unverified=True).runner
             for t, p in which}
@@ -149,13 +157,10 @@ def timed_model(name: str, img_size: tuple[int, int] | None, kind: str = "classi
     (exporters/models/features.py: every stage or four blocks, padded to the window grid); or the re-laid classifier's
     backbone under an FPN segmentation head (benchmarks/segmenter.py). The same module for the naive paths, which
     export it as it is, and for vitdeploy, which rewrites it."""
-    from exporters.models.zoo import create_model
     if kind == "segmentation":
-        from benchmarks.segmenter import segmenter
         return segmenter(name, img_size)
     if kind == "classifier":
         return create_model(name, img_size=img_size)
-    from exporters.models.features import backbone
     model, spec = create_model(name)
     return backbone(model, spec, None, img_size or tuple(spec.input_shape[1:]), name)
 
@@ -165,11 +170,6 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
     """p50/p90 of eager PyTorch, the naive paths and vitdeploy's artefacts of ``name`` (at ``img_size``: the same
     re-laid module on every path; ``kind``: ``timed_model``'s), interleaved; with ``throughput_s``, then images/s
     of each, opened in throughput mode, also interleaved."""
-    from calibration import load_set
-    from exporters.graph.outputs import dense_classes, output_names, widths
-    from exporters.verify.reference import TorchRunner
-    from runtime.latency import measure_interleaved, measure_throughput_interleaved
-    from runtime.manifest import read_manifest
     model, spec = timed_model(name, img_size, kind)
     shape = (batch, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
@@ -211,10 +211,6 @@ def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_siz
     hold-out (``eval_size`` of it, chosen with a fixed seed; default all)."""
     import torch
 
-    from calibration import load_set
-    from exporters.models.zoo import create_model
-    from exporters.pipeline.stages import run_outputs
-    from runtime.accuracy import compare
     model, spec = create_model(name)
     shape = (1, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=128, part="train", progress=False)
@@ -227,8 +223,6 @@ def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_siz
     bundle = our_bundle(name, work / "bundles", "digits", threads, eval_size=eval_size, recipe=recipe,
                         precisions=("int8",))  # only INT8 is judged here
     runners.update(our_runners(bundle, threads, "latency", which=[(t, p) for t, p in OURS if p == "int8"]))
-    from runtime.accuracy import judge
-    from runtime.tolerances import tolerance_for
     ref_top1 = float((ref.argmax(-1) == ev.labels).mean())
     out = {"reference_top1": round(ref_top1 * 100, 2)}
     for k, r in runners.items():
@@ -242,7 +236,6 @@ def accuracy(name: str, threads: int, work: Path, recipe: str = "auto", eval_siz
 
 def family_of(model: str) -> str | None:
     """``swin`` / ``vit`` for a zoo or timm name (``"swin_t 384x384"`` too), else None."""
-    from exporters.models.zoo import ALIASES
     name = model.split()[0]
     arch = ALIASES.get(name, name).lower()
     return "swin" if "swin" in arch else "vit" if "vit" in arch or "deit" in arch else None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.sizes import open_bundle
+
 
 def open(bundle_dir: str | Path, target: str | None = None, device: str | None = None,
          precision: str | None = None, threads: int | None = None, mode: str = "latency", verify: str = "auto",
@@ -42,7 +44,6 @@ def open(bundle_dir: str | Path, target: str | None = None, device: str | None =
         UserError: One line for any refusal: a missing or tampered file, an untrusted signature, no artefact that
             runs here, a bad argument.
     """
-    from runtime.sizes import open_bundle
     return open_bundle(bundle_dir, size, trust, target=target, precision=precision, device=device, threads=threads,
                        mode=mode, verify=verify, allow_unverified=allow_unverified, repair=repair)
 

@@ -19,12 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import values
+import runtime
+from runtime import signing, values
+from runtime.backends import backends
+from runtime.backends.tensorrt import build_bundle_engine, build_size_set_engines
+from runtime.cli import run_cli
+from runtime.errors import UserError
+from runtime.latency import measure, measure_throughput, throughput
+from runtime.pack import describe, pack
 from runtime.signing import trust_flag
+from runtime.sizes import SizedSession, read_sizes, size_name
+from runtime.verify import verify_main
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from runtime.backends import backends
     names = list(backends())
     p.add_argument("--target", choices=names, default=None,
                    help=f"backend (default: the best one that runs here, in this order: {', '.join(names)})")
@@ -49,14 +57,12 @@ def _proof_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _open(a, **kw):
-    import runtime
     return runtime.open(a.bundle, target=kw.pop("target", a.target), precision=kw.pop("precision", a.precision),
                         device=a.device, threads=a.threads, verify=a.verify, allow_unverified=a.allow_unverified,
                         repair=not a.no_repair, trust=a.trust, size=kw.pop("size", _one_size(a.size)), **kw)
 
 
 def _one_size(sizes):
-    from runtime.errors import UserError
     if sizes is not None and len(sizes) != 1:
         raise UserError("--size names one size")
     return sizes[0] if sizes else None
@@ -89,7 +95,6 @@ def _predict(argv) -> int:
 
 def _task_of(opened) -> str:
     """The task of an opened bundle (a session, or a size set: its first size's)."""
-    from runtime.sizes import SizedSession
     if isinstance(opened, SizedSession):
         return opened.session(opened.sizes[0]).manifest.task
     return opened.manifest.task
@@ -140,7 +145,6 @@ def _bench(argv) -> int:
     _proof_flags(p)
     a = p.parse_args(argv)
 
-    from runtime.sizes import SizedSession
     opened = _open(a)
     with opened:
         for hw in opened.sizes if isinstance(opened, SizedSession) else [None]:
@@ -153,8 +157,6 @@ def _bench_one(a, s, hw: tuple[int, int] | None) -> None:
     JSON object."""
     import numpy as np
 
-    from runtime.latency import measure, measure_throughput, throughput
-    from runtime.sizes import size_name
     size = size_name(hw) if hw else None
     shape = [s.batch, *s.runner.input_shape[1:]]
     feeds = {s.runner.input_name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
@@ -191,10 +193,6 @@ def _build(argv) -> int:
                    help="a multi-size bundle: build only this input size's engine (default: every size's)")
     trust_flag(p)
     a = p.parse_args(argv)
-    from runtime import signing
-    from runtime.backends.tensorrt import build_bundle_engine, build_size_set_engines
-    from runtime.errors import UserError
-    from runtime.sizes import read_sizes
     if a.sign_key:
         signing.signing_key(a.sign_key)  # a bad key fails before the build
     sizes, only = read_sizes(a.bundle), _one_size(a.size)
@@ -230,25 +228,21 @@ def _pack(argv) -> int:
                                                                       "not cover it)")
     trust_flag(p)
     a = p.parse_args(argv)
-    from runtime.pack import describe, pack
     out = pack(a.bundle, a.out, a.target, a.precision, a.size, a.trust, a.sign_key)
     print(f"packed {out}:\n{describe(out)}")
     return 0
 
 
 def _backend_names() -> list[str]:
-    from runtime.backends import backends
     return list(backends())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes (runtime/cli.py): 0 ok, 2 bad input or refused artefact, 3 internal error (log named)."""
-    from runtime.cli import run_cli
     return run_cli("python -m runtime", _dispatch, argv)
 
 
 def _verify(argv) -> int:
-    from runtime.verify import verify_main
     return verify_main(argv)
 
 

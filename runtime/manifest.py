@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from runtime.errors import UserError
+from runtime.values import check_labels
 
 MANIFEST = "manifest.json"
 FORMAT = "vitdeploy-bundle/1"
@@ -170,7 +171,6 @@ class Manifest(_Model):
     @model_validator(mode="after")
     def _consistent(self):
         if self.labels is not None:
-            from runtime.values import check_labels
             try:
                 check_labels(self.labels, "labels", unique=False)  # bundles of earlier versions: ImageNet's "crane" twice
             except UserError as exc:

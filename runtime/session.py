@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import values
 from runtime.backends import backends, runner_from_artifact
 from runtime.backends.base import batched_logits, check_mode, runner_batch
 from runtime.errors import UserError
+from runtime.golden import read_golden
 from runtime.manifest import ArtifactEntry, Manifest
 from runtime.preprocess import Preprocessing, open_image, preprocess_batch
 from runtime.proof import VERIFY_MODES, Verdict, prove, proven_here, record, recorded, run_options
@@ -34,7 +36,6 @@ def check_open(target: str | None = None, precision: str | None = None, device: 
                threads: int | None = None, mode: str = "latency", verify: str = "auto") -> None:
     """Every argument of ``runtime.open`` that needs no bundle, checked once, before anything is opened: one
     ``UserError`` naming the argument."""
-    from runtime import values
     known = backends()
     if target is not None and target not in known:
         raise UserError(f"unknown target {target!r}; known: {', '.join(known)}")
@@ -240,7 +241,6 @@ class Session:
         return verdict
 
     def golden(self):
-        from runtime.golden import read_golden
         if self._golden is None:
             self._golden = read_golden(self.bundle, self.manifest)
         return self._golden
@@ -307,7 +307,6 @@ class Session:
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
         """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
-        from runtime import values
         if self.manifest.task == "segmentation":
             raise UserError("this bundle is a segmentation model: it returns a logits map per image, not classes; "
                             "use segment()")

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.manifest import read_manifest
 
 SIGNATURE = "model.sig"
 TRUST_ENV = "VITDEPLOY_TRUST"
@@ -214,6 +215,5 @@ def trusted(bundle: str | Path, trust: str | Path | None = None) -> str | None:
 def read_trusted(bundle: str | Path, trust: str | Path | None = None):
     """``read_manifest(bundle)``, after the signature check when a trust key is given or ``$VITDEPLOY_TRUST`` is
     set; returns ``(manifest, key id or None)``. Every reader of a bundle opens it through here."""
-    from runtime.manifest import read_manifest
     signer = trusted(bundle, trust)
     return read_manifest(Path(bundle)), signer

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
+from runtime import values
 from runtime.errors import UserError
 from runtime.manifest import (
     MANIFEST,
@@ -29,7 +30,8 @@ from runtime.manifest import (
     resolve_inside,
     sha256_file,
 )
-from runtime.session import as_images
+from runtime.session import Session, as_images, check_open
+from runtime.signing import Checked, trusted
 
 SIZES_FORMAT = "vitdeploy-sizes/1"
 
@@ -218,9 +220,6 @@ class SizedSession:
 def open_bundle(bundle: str | Path, size, trust, **session_kw):
     """``runtime.open``: the signature checked once on the whole folder, then a ``Session`` (one size, or the
     ``size`` asked for) or a ``SizedSession``."""
-    from runtime import values
-    from runtime.session import Session, check_open
-    from runtime.signing import Checked, trusted
     sizes_asked = values.check("size", size, values.img_sizes)
     if sizes_asked is not None and len(sizes_asked) != 1:
         raise UserError(f"size names one size (got {size!r})")

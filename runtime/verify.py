@@ -11,12 +11,17 @@ import argparse
 import json
 
 from runtime import values
+from runtime.backends import backends
 from runtime.cli import GATE_FAILED, OK
-from runtime.signing import trust_flag
+from runtime.errors import UserError
+from runtime.golden import read_golden
+from runtime.proof import attempt_lines, prove, record, run_options
+from runtime.session import check_open, name_of, ranked, standing
+from runtime.signing import Checked, read_trusted, trust_flag, trusted
+from runtime.sizes import read_sizes
 
 
 def parser() -> argparse.ArgumentParser:
-    from runtime.backends import backends
     p = values.Parser(prog="python -m runtime verify",
                                 description="Run the bundle's golden set through its artefacts on this machine and "
                                             "apply the gates they passed at build; exit 1 when one fails here.")
@@ -37,12 +42,6 @@ def parser() -> argparse.ArgumentParser:
 def verify_main(argv: list[str]) -> int:
     from pathlib import Path
 
-    from runtime.errors import UserError
-    from runtime.golden import read_golden
-    from runtime.proof import prove, record, run_options
-    from runtime.session import check_open, name_of, ranked, standing
-    from runtime.signing import Checked, read_trusted, trusted
-    from runtime.sizes import read_sizes
     a = parser().parse_args(argv)
     check_open(a.target, a.precision, a.device, a.threads)
     bundle = Path(a.bundle)
@@ -91,7 +90,6 @@ def moved(art, v) -> str:
 
 
 def table(verdicts, golden, standing, name_of) -> str:
-    from runtime.proof import attempt_lines
     fp = verdicts[0][1].fingerprint
     out = [f"golden set: {len(golden.pixels)} samples · this machine: {fp.get('cpu')} "
            f"({' '.join(fp.get('isa', []))}), {fp.get('sdk')}" + (f", GPU {fp['gpu']}" if fp.get("gpu") else ""), "",

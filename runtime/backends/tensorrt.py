@@ -16,6 +16,9 @@ from runtime.backends import Backend
 from runtime.backends._trt import LIBRARIES, EngineRunner, device_info, engine_from_onnx, engine_key, gpu_present
 from runtime.backends._trt import library as trt_library
 from runtime.errors import UserError
+from runtime.manifest import MANIFEST, ArtifactEntry, sha256_file
+from runtime.signing import Checked, read_trusted, trusted
+from runtime.sizes import size_name
 
 INSTALL = LIBRARIES["tensorrt"]
 
@@ -26,9 +29,6 @@ def build_size_set_engines(bundle: str | Path, sizes, only=None, precision: str 
     (``only``: one ``(h, w)``), each recorded in its size's manifest, and ``sizes.json`` updated with the new
     manifests' sha256, so the chain of hashes still covers the engines. The signature over the folder, checked first
     when a trust key is in play, no longer covers it afterwards (as for one size)."""
-    from runtime.manifest import MANIFEST, sha256_file
-    from runtime.signing import Checked, trusted
-    from runtime.sizes import size_name
     bundle = Path(bundle)
     signer = trusted(bundle, trust)
     todo = [e for e in sizes.sizes if only is None or tuple(e.input_size) == tuple(only)]
@@ -50,8 +50,6 @@ def build_bundle_engine(bundle: str | Path, precision: str | None = None, worksp
 
     The engine is recorded in the manifest (``status: built``, its sha256) for ``lib``'s backend.
     """
-    from runtime.manifest import ArtifactEntry, sha256_file
-    from runtime.signing import read_trusted
     bundle = Path(bundle)
     manifest, _ = read_trusted(bundle, trust)
     arts = [a for a in manifest.artifacts if a.target in ("tensorrt", "tensorrt_rtx")
