@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,6 +26,7 @@ from typing import Callable
 from runtime.backends import Runner, missing, runner_from_artifact
 from runtime.errors import UserError
 from runtime.manifest import ArtifactEntry
+from runtime.registry import declared
 
 # The recipe names every CPU INT8 target offers, each meaning the same choice there (the target's module says how)
 RECIPE_NAMES = ("mixed", "symmetric", "projections")
@@ -146,10 +145,8 @@ class Target:
 
 @functools.lru_cache(maxsize=None)
 def targets() -> dict[str, Target]:
-    """Every target module's ``TARGET``, by name, in ``order``."""
-    found = [importlib.import_module(f"{__name__}.{m.name}").TARGET for m in pkgutil.iter_modules(__path__)
-             if not m.name.startswith("_")]  # _-modules are helpers shared by targets
-    return {t.name: t for t in sorted(found, key=lambda t: t.order)}
+    """Every target module's ``TARGET``, by name, in ``order`` (``_``-modules are helpers shared by targets)."""
+    return {t.name: t for t in declared(__name__, __path__, "TARGET", key=lambda t: t.order)}
 
 
 def target(name: str) -> Target:

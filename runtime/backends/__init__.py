@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import functools
 import importlib
-import pkgutil
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from runtime.backends.base import Runner
+from runtime.backends.base import Runner, injected_fault
+from runtime.environment import fingerprint
 from runtime.errors import UserError
+from runtime.manifest import resolve_inside
+from runtime.registry import declared
 
 __all__ = ["Backend", "Runner", "backend", "backends", "missing", "open_with", "require", "runner_from_artifact"]
 
@@ -46,7 +48,6 @@ class Backend:
 
     def fingerprint(self, config: dict | None = None) -> dict:
         """This machine's fingerprint for artefacts of this backend (``runtime.environment.fingerprint``)."""
-        from runtime.environment import fingerprint
         config = config or {}
         on_gpu = self.gpu or any("CUDA" in p or "Tensorrt" in p for p in config.get("providers") or [])
         return fingerprint(self.sdk, gpu=on_gpu, device=config.get("device"))
@@ -57,13 +58,8 @@ class Backend:
 
 @functools.lru_cache(maxsize=None)
 def backends() -> dict[str, Backend]:
-    """Every backend module's ``BACKEND``, by name, in preference order."""
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name == "base" or info.name.startswith("_"):
-            continue  # the Runner base class and shared helpers are not backends
-        found.append(importlib.import_module(f"{__name__}.{info.name}").BACKEND)
-    return {b.name: b for b in sorted(found, key=lambda b: b.rank)}
+    """Every backend module's ``BACKEND``, by name, in preference order (``base``: the Runner contract)."""
+    return {b.name: b for b in declared(__name__, __path__, "BACKEND", key=lambda b: b.rank, skip=("base",))}
 
 
 def backend(name: str) -> Backend:
@@ -106,7 +102,6 @@ def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: 
     The one way from a bundle artefact to a runner: the export pipeline and ``runtime`` both use it.
     The path is resolved inside the bundle; hashes are checked by the caller (``Manifest.verify``).
     """
-    from runtime.manifest import resolve_inside
     if not art.primary:
         raise UserError(f"the {art.target} {art.precision} artefact has no file to open (status {art.status})")
     return open_with(art.target, resolve_inside(Path(bundle), art.primary), art.runtime_config, device, threads, mode,
@@ -115,7 +110,6 @@ def runner_from_artifact(bundle: Path, art, device: str | None = None, threads: 
 
 def weights_of(bundle: Path, art) -> Path | None:
     """The artefact's weights file when it is not beside its primary (a bundle of several sizes shares them)."""
-    from runtime.manifest import resolve_inside
     return resolve_inside(Path(bundle), art.weights_file) if art.weights_file else None
 
 
@@ -124,7 +118,6 @@ def open_with(name: str, path: Path, config: dict, device: str | None = None, th
     """Open ``path`` with backend ``name`` under ``config`` (a runtime configuration): the one place runners are
     made, so the test-only fault injection (``runtime.backends.base.FAULT_ENV``) sees every one. ``weights``: the
     weights file when it is not the one the backend finds beside ``path`` (OpenVINO's IR only)."""
-    from runtime.backends.base import injected_fault
     b = backend(name)
     why = b.available()
     if why:

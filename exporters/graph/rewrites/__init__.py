@@ -5,7 +5,8 @@ shapes)`` the preconditions (a module that fails them is left alone), ``replace(
 shapes) -> nn.Module`` builds the export-friendly equivalent. ``shapes`` maps every submodule's
 qualified name to the shape of its first input in a dry run at the export resolution, so a rule
 only touches modules that ran. One driver, ``apply_rule``, walks the model and returns the count;
-``apply_rewrites`` runs the rules in ``ORDER`` on a deep copy, so the original stays the reference.
+``apply_rewrites`` runs every rule module's ``RULES``, in ``Rule.order``, on a deep copy, so the original stays
+the reference.
 No rule monkeypatches a library or flips a global flag.
 """
 from __future__ import annotations
@@ -16,28 +17,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from exporters.graph.rewrites import common, relpos, swin, swinv2, vit  # noqa: F401  (each registers its rules)
 from exporters.graph.rewrites._rules import (  # noqa: F401  (the package's API)
-    RULES,
     WRAPPER,
     Rule,
     Shapes,
     display_name,
     folded_qkv,
-    register,
     scaled_qkv,
 )
-
-# The order rules run in, and why it matters: vit_embed wraps the root model, which moves every
-# submodule under "inner." so the dry-run shapes (keyed by the original names) no longer find them;
-# every rule that rewrites submodules of a ViT must run before it. The others are independent.
-ORDER = ("gelu_fusable", "std_conv_folded", "swin_window_attention", "swin_patch_merging", "swinv2_window_attention",
-         "swinv2_patch_merging", "relpos_attention", "relpos_shared_bias", "vit_attention", "vit_embed")
+from runtime.registry import declared
 
 
 def load_rules() -> dict[str, Rule]:
-    """Every rule by name (each rule module registered its rules when this package imported it)."""
-    return RULES
+    """Every rule by name, in the order they run (each rule module declares its ``RULES``)."""
+    return {r.name: r for r in declared(__name__, __path__, "RULES", key=lambda r: r.order)}
+
+
+ORDER = tuple(load_rules())  # the rules' names in the order they run (``Rule.order``: vit_embed last)
 
 
 def apply_rule(model: nn.Module, rule: Rule, shapes: Shapes) -> tuple[nn.Module, int]:
@@ -100,7 +96,7 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def apply_rewrites(model: nn.Module, input_shape: tuple[int, ...],
                    passes: list[str] | None = None) -> tuple[nn.Module, RewriteReport]:
-    """Run the rules in ``ORDER`` (or only those named in ``passes``) on a deep copy of ``model``.
+    """Run every rule in ``ORDER`` (or only those named in ``passes``) on a deep copy of ``model``.
 
     ``input_shape`` is ``[B, 3, H, W]`` or ``[3, H, W]``: the export resolution the constants are baked for.
     """

@@ -1,6 +1,6 @@
-"""The machinery of the rewrite rules: what a rule is, the one registry they register in, and helpers several rules
-share. Each rule module (``common``, ``swin``, ``swinv2``, ``relpos``, ``vit``) imports from here, never from the
-package, so the package can import every rule module at its top without an import circle.
+"""The machinery of the rewrite rules: what a rule is and helpers several rules share. Each rule module (``common``,
+``swin``, ``swinv2``, ``relpos``, ``vit``) imports from here, never from the package, and declares its rules as
+``RULES = (...)`` (``runtime.registry.declared``), so the package finds every rule module without an import list.
 """
 from __future__ import annotations
 
@@ -28,14 +28,10 @@ class Rule:
     match: Callable[[nn.Module], bool]
     replace: Callable[[str, nn.Module, Shapes], nn.Module]
     check: Callable[[str, nn.Module, Shapes], bool] = _always
-
-
-RULES: dict[str, Rule] = {}
-
-
-def register(rule: Rule) -> Rule:
-    RULES[rule.name] = rule
-    return rule
+    # where it runs among all rules, lowest first. vit_embed wraps the root model, which moves every submodule under
+    # "inner." so the dry-run shapes (keyed by the original names) no longer find them: every rule that rewrites a
+    # ViT's submodules has a lower order. The others are independent; their bands follow the modules.
+    order: int = 500
 
 
 def folded_qkv(attn: nn.Module) -> nn.Linear:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.graph.rewrites._rules import Rule, Shapes, register
+from exporters.graph.rewrites._rules import Rule, Shapes
 
 _INV_SQRT2_DIV = math.sqrt(2.0)
 
@@ -35,11 +35,11 @@ def _gelu_types() -> tuple[type, type]:
 
 
 # Every exact ``nn.GELU`` or timm ``GELU`` -> ``FusableGELU`` (tanh-approximate GELU is left alone).
-GELU_FUSABLE = register(Rule(
-    name="gelu_fusable",
+GELU_FUSABLE = Rule(
+    name="gelu_fusable", order=10,
     match=lambda m: type(m) in _gelu_types(),
     check=lambda name, m, shapes: getattr(m, "approximate", "none") == "none",
-    replace=lambda name, m, shapes: FusableGELU()))
+    replace=lambda name, m, shapes: FusableGELU())
 
 
 class PaddedConv(nn.Module):
@@ -83,5 +83,7 @@ def _std_conv_replace(name: str, conv: nn.Conv2d, shapes: Shapes) -> nn.Module:
 
 # timm ``StdConv2d``/``StdConv2dSame`` (BiT and the hybrid ViT's ResNet) -> a plain Conv2d with the standardised
 # weights baked (and "SAME" padding as a static Pad): no weight statistics computed at every inference.
-STD_CONV_FOLDED = register(Rule(name="std_conv_folded", match=lambda m: type(m) in _std_conv_types(),
-                                check=lambda name, m, shapes: len(shapes[name]) == 4, replace=_std_conv_replace))
+STD_CONV_FOLDED = Rule(name="std_conv_folded", order=20, match=lambda m: type(m) in _std_conv_types(),
+                                check=lambda name, m, shapes: len(shapes[name]) == 4, replace=_std_conv_replace)
+
+RULES = (GELU_FUSABLE, STD_CONV_FOLDED,)

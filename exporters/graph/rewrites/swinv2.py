@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from exporters.graph.rewrites._rules import Rule, Shapes, folded_qkv, register
+from exporters.graph.rewrites._rules import Rule, Shapes, folded_qkv
 from exporters.graph.rewrites.swin import StaticPatchMerging, StaticWindowAttention, mask_from_labels, padded_labels
 
 MAX_LOGIT = math.log(1.0 / 0.01)  # reason: both timm SwinV2 implementations clamp the logit scale at log(100)
@@ -94,8 +94,8 @@ def _same_mask(block: nn.Module, size: tuple[int, int]) -> bool:
 
 
 # timm SwinV2 and SwinV2-CR blocks -> ``StaticSwinV2Block`` (cosine ``StaticWindowAttention``, bias and mask labels stored).
-SWINV2_WINDOW_ATTENTION = register(Rule(name="swinv2_window_attention", match=lambda m: type(m) in _block_types(),
-                                        check=_block_check, replace=_block_replace))
+SWINV2_WINDOW_ATTENTION = Rule(name="swinv2_window_attention", order=40, match=lambda m: type(m) in _block_types(),
+                                        check=_block_check, replace=_block_replace)
 
 
 def _merging_type() -> type:
@@ -110,5 +110,7 @@ def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
 
 # timm SwinV2 ``PatchMerging`` (reduction, then norm) -> ``StaticPatchMerging(norm_last=True)``; SwinV2-CR's merges as
 # Swin V1 does and is rewritten by ``swin_patch_merging``.
-SWINV2_PATCH_MERGING = register(Rule(name="swinv2_patch_merging", match=lambda m: type(m) is _merging_type(),
-                                     replace=_merging_replace))
+SWINV2_PATCH_MERGING = Rule(name="swinv2_patch_merging", order=41, match=lambda m: type(m) is _merging_type(),
+                                     replace=_merging_replace)
+
+RULES = (SWINV2_WINDOW_ATTENTION, SWINV2_PATCH_MERGING,)
