@@ -12,7 +12,8 @@ from pathlib import Path
 
 from benchmarks import compare, device_cost, drift, evaluate, families, op_profile, ort_int8, rewrites, scale, vs_naive
 from exporters.models.zoo import create_model, known_names
-from exporters.pipeline.stages import RunOptions, plan, run
+from exporters.pipeline.options import RunOptions, plan
+from exporters.pipeline.stages import run
 from exporters.report.render import write_matrix
 from exporters.targets import RECIPE_NAMES, target
 from runtime import values

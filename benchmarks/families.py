@@ -23,7 +23,8 @@ from pathlib import Path
 from exporters.api import spec_for_module
 from exporters.graph.onnx import export_onnx
 from exporters.models.zoo import create_model, reinit_degenerate
-from exporters.pipeline.stages import RunOptions, run
+from exporters.pipeline.options import RunOptions
+from exporters.pipeline.stages import run
 from runtime.errors import UserError
 
 FAMILY_WORDS = ("vision_transformer", "deit", "beit", "eva", "swin")

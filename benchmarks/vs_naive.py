@@ -25,7 +25,8 @@ from calibration import load_set
 from exporters.graph.outputs import dense_classes, output_names, widths
 from exporters.models.features import backbone
 from exporters.models.zoo import ALIASES, create_model
-from exporters.pipeline.stages import RunOptions, run, run_outputs
+from exporters.pipeline.options import RunOptions
+from exporters.pipeline.stages import run, run_outputs
 from exporters.verify.reference import TorchRunner
 from runtime.accuracy import compare, dense_values, judge, judge_dense
 from runtime.backends import Runner

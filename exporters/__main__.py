@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from exporters.pipeline.stages import RunOptions, run
+from exporters.pipeline.options import RunOptions
+from exporters.pipeline.stages import run
 from exporters.report.render import results_table
 from exporters.targets import option_fields, targets
 from runtime import values

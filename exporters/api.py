@@ -12,7 +12,8 @@ from pathlib import Path
 from exporters.graph.outputs import TASKS, dry_run
 from exporters.models.saved import read_labels
 from exporters.models.zoo import EMBEDDING, ModelSpec, _timm_spec
-from exporters.pipeline.stages import RunOptions, run
+from exporters.pipeline.options import RunOptions
+from exporters.pipeline.stages import run
 from exporters.targets import targets as registry
 from runtime.errors import UserError as ExportError
 from runtime.preprocess import Preprocessing
@@ -185,11 +186,6 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
     precisions = None
     if isinstance(precision, (list, tuple)):  # several: each target builds those of them it offers
         precisions, precision = list(precision), None
-        bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
-        if bad or not precisions:
-            raise ExportError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three (got {bad or []})")
-    elif precision is not None and precision not in ("fp32", "fp16", "int8", "auto"):
-        raise ExportError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three (got {precision!r})")
     module = spec = None
     if task not in TASKS:
         raise ExportError(f"task must be one of {', '.join(TASKS)} (got {task!r})")
@@ -197,9 +193,6 @@ def export(model_or_name, *, input_shape=None, targets="onnxruntime", precision=
         spec = spec_for_module(model_or_name, name or type(model_or_name).__name__.lower(), input_shape,
                                preprocessing, labels, task)
         module, model_or_name = model_or_name, spec.name
-        if task == "segmentation" and (img_size is not None or (features is not None and features is not False)):
-            raise ExportError("task='segmentation' takes its size from input_shape; img_size and features are for "
-                              "classifiers and their backbones")
     elif not isinstance(model_or_name, str):
         raise ExportError(f"export() takes a model name or a torch.nn.Module, not {type(model_or_name).__name__}")
     elif task != "classification":

@@ -20,6 +20,7 @@ from exporters.models.features import check_indices
 from exporters.models.memory import check_scaled
 from exporters.models.sizes import check_size, model_at_size, size_label, spelled
 from exporters.models.zoo import create_model
+from exporters.pipeline.options import ResolvedOptions
 from exporters.pipeline.shared_weights import share_weights
 from exporters.report.render import write_matrix
 from runtime import signing
@@ -59,15 +60,15 @@ def command_of(opts, sizes) -> str:
 class SingleSize:
     """The single-size pipeline's stages a bundle of sizes runs once per size (exporters/pipeline/stages.py passes its
     own, so this module never imports the pipeline that calls it)."""
-    validate: Callable  # (opts) -> target options: every check that needs no model, before any is built
-    prepare: Callable  # (opts) -> job
+    prepare: Callable  # (ResolvedOptions) -> job
     run_into: Callable  # (job, folder) -> None
 
 
-def run_sizes(opts, sizes: list[tuple[int, int]], single: SingleSize) -> dict:
+def run_sizes(resolved: ResolvedOptions, single: SingleSize) -> dict:
     """Every requested target and precision at every size, in one bundle; returns the combined report
-    (``results``: every row, each with its ``input_size``; ``reports``: each size's whole report)."""
-    single.validate(opts)  # every flag, before the model is built
+    (``results``: every row, each with its ``input_size``; ``reports``: each size's whole report). ``resolved``:
+    options that ``exporters.pipeline.options.validate`` passed, before the model is built."""
+    opts, sizes = resolved.opts, resolved.sizes
     out = Path(opts.out)
     check_writable(out)
     slug, models = _models(opts, sizes)  # a size the model can't take is one line here, before any build
@@ -78,8 +79,9 @@ def run_sizes(opts, sizes: list[tuple[int, int]], single: SingleSize) -> dict:
         for hw, relaid in models:
             console.print(f"[bold]input {size_label(hw)}[/]")
             model, spec = relaid()
-            job = single.prepare(dataclasses.replace(opts, img_size=hw if opts.backbone else None,
-                                              module=model, spec=spec, sign_key=None))
+            one = dataclasses.replace(opts, img_size=hw if opts.backbone else None, module=model, spec=spec,
+                                      sign_key=None)
+            job = single.prepare(dataclasses.replace(resolved, opts=one, sizes=[hw] if opts.backbone else None))
             folder = work / size_label(hw)
             folder.mkdir()
             single.run_into(job, folder)

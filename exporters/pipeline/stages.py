@@ -14,30 +14,31 @@ from typing import Callable
 
 import numpy as np
 
-from calibration import DEFAULT_CALIB_SIZE, CalibrationSet, load_set
+from calibration import CalibrationSet, load_set
 from exporters.graph.onnx import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
 from exporters.graph.outputs import check_dry_run, check_reference, compare_outputs, judge_outputs, output_names, task_note
 from exporters.graph.rewrites import apply_rewrites
-from exporters.models.features import backbone, check_options
+from exporters.models.features import backbone
 from exporters.models.memory import check_batch
 from exporters.models.roofline import attained, gemm_peak_gflops, model_flops
 from exporters.models.sizes import model_at_size
 from exporters.models.zoo import create_model
 from exporters.pipeline.multisize import SingleSize, run_sizes
+from exporters.pipeline.options import ResolvedOptions, RunOptions, plan, validate
 from exporters.pipeline.result import Result
 from exporters.report.render import write_report
-from exporters.targets import Artifact, BuildContext, check_recipe_flag, resolve_options, target
+from exporters.targets import Artifact, BuildContext, target
 from exporters.verify import budget
 from exporters.verify.dense import drift_stage
 from exporters.verify.proof import eval_judge, gate_for, golden_spec, golden_stage, repair_stage
 from exporters.verify.recipes import recipe_stage, wants_auto
 from exporters.verify.reference import TorchRunner, evaluation_batch, gpu_name
-from runtime import signing, values
+from runtime import signing
 from runtime.backends import Runner
 from runtime.backends.base import flat_outputs
 from runtime.environment import environment
 from runtime.errors import UserError
-from runtime.latency import DEFAULT_RUNS, DEFAULT_WARMUP, measure_interleaved, measure_throughput_interleaved, throughput
+from runtime.latency import measure_interleaved, measure_throughput_interleaved, throughput
 from runtime.manifest import Manifest, TensorSpec, file_hashes
 from runtime.pack import keep_only, kept
 from runtime.staging import check_replaceable, check_writable, staged_bundle
@@ -45,54 +46,7 @@ from runtime.tolerances import agreement_gated
 
 BIG_MODEL_EVAL_SIZE = 64  # default evaluation samples for models above 64 px (digits models use all)
 OUTPUT_BYTES = 512 << 20  # a backbone's default evaluation set keeps each runner's feature maps within this
-KEEP = ("all", "selected")  # --keep
 UNCAPPED = 100_000  # a cap above this many samples (an embedding's few values) leaves "all of the set" as it is
-
-
-@dataclass
-class RunOptions:
-    model: str
-    targets: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    precision: str | None = None  # None: fp32 for one target, every precision for several
-    precisions: list[str] | None = None  # restricts the multi-target plan (benchmarks matrix)
-    data: str = "digits"
-    calib: str | None = None
-    calib_size: int = DEFAULT_CALIB_SIZE
-    eval_size: int | None = None
-    weights: str | None = None
-    pretrained: bool = False
-    num_classes: int | None = None  # a fine-tuned checkpoint's classes (else read from the checkpoint)
-    img_size: object = None  # pixels, (h, w), "224,384" or a list: several sizes make one bundle (pipeline/multisize.py)
-    features: object = None  # a backbone's feature maps (exporters/models/features.py): True (default maps) or indices
-    labels: str | list[str] | None = None  # a labels file (one per line, or JSON), or the names
-    module: object = None  # an nn.Module given through the Python API, with ``spec`` describing it
-    spec: object = None
-    out: Path = Path("out")
-    batch: int = 1
-    runs: int = DEFAULT_RUNS
-    warmup: int = DEFAULT_WARMUP
-    threads: int | None = None
-    rewrites: bool = True
-    dynamic_batch: bool = False
-    max_drop: float | None = None  # accuracy budget for INT8/FP16: top-1 points (labelled data) ...
-    min_cosine: float | None = None  # ... and/or the worst sample's cosine; see exporters/verify/budget.py
-    throughput: bool = False  # also measure images/s with each artefact opened in throughput mode
-    throughput_seconds: float = 3.0
-    sign_key: Path | None = None  # a PEM EC private key: the bundle is signed (model.sig, runtime/signing.py)
-    keep: str = "all"  # "selected": only the artefact the runtime serves (and what proves it) stays in the bundle
-    repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (verify/proof.py)
-    options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
-    quiet: bool = False
-
-    @property
-    def backbone(self) -> bool:
-        """``--features`` given: the export is the model's feature maps (exporters/models/features.py)."""
-        return self.features is not None and self.features is not False  # identity: 0 is an index, not False
-
-    @property
-    def feature_indices(self) -> list[int] | None:
-        """The maps asked for (checked by ``_validate``); None: the architecture's default (``default_indices``)."""
-        return values.indices(self.features) if self.backbone and self.features is not True else None
 
 
 class Steps:
@@ -160,25 +114,6 @@ class Reference:
     result: Result
 
 
-def plan(names: list[str], precision: str | None, precisions: list[str] | None = None) -> list[tuple[str, str]]:
-    """(target, precision) pairs to build, in order, from each target's declared precisions."""
-    offered = {t: target(t).precisions for t in names}
-    if precisions:
-        return [(t, p) for t in names for p in offered[t] if p in precisions]
-    out = []
-    for t in names:
-        if precision == "auto":
-            out += [(t, p) for p in offered[t] + (("fp32",) if "fp32" not in offered[t] and target(t).takes("fp32")
-                                                  else ())]
-        elif precision:
-            out.append((t, precision))
-        elif len(names) > 1:
-            out += [(t, p) for p in offered[t]]
-        else:  # one target, no precision flag: FP32 where the target builds it, else its first precision
-            out.append((t, "fp32" if "fp32" in offered[t] else offered[t][0]))
-    return out
-
-
 def label_index(spec) -> dict[str, int]:
     idx = {name: i for i, name in enumerate(spec.labels or [])}
     if spec.num_classes == 1000:
@@ -212,41 +147,12 @@ def evaluate(job: Job, runner: Runner) -> np.ndarray:
     return run_outputs(runner, job.data, batch)
 
 
-def _validate(opts: RunOptions) -> dict:
-    """Every check that needs no model, before anything is built or read; returns each target's options."""
-    for name in opts.targets:
-        target(name)  # an unknown target fails here, before any work
-    if len(opts.targets) == 1 and opts.precision and opts.precision != "auto":
-        target(opts.targets[0]).check_precision(opts.precision)
-    # the CLI's rules for every number (runtime/values.py), for the Python API alike
-    for name, kind in (("calib_size", values.SAMPLES), ("eval_size", values.SAMPLES), ("batch", values.BATCH),
-                       ("runs", values.RUNS), ("warmup", values.WARMUP), ("threads", values.threads),
-                       ("num_classes", values.CLASSES), ("img_size", values.img_sizes), ("max_drop", values.POINTS),
-                       ("min_cosine", values.COSINE), ("throughput_seconds", values.SECONDS)):
-        values.check(name, getattr(opts, name), kind)
-    budget.validate(opts.max_drop, opts.min_cosine, labelled=True)  # ranges now; labels once the data is read
-    if opts.backbone and opts.features is not True:
-        values.check("features", opts.features, values.indices)
-    if opts.backbone or (opts.spec is not None and opts.spec.task == "segmentation"):
-        check_options(opts, "--features" if opts.backbone else "task='segmentation'")
-    if opts.keep not in KEEP:
-        raise UserError(f"keep must be one of {', '.join(KEEP)} (got {opts.keep!r})")
-    if opts.sign_key is not None:
-        signing.signing_key(opts.sign_key)  # a missing package, file or password fails before any work
-    target_options = resolve_options(opts.targets, opts.options)  # a flag no named target takes
-    check_recipe_flag(opts.options, plan(opts.targets, opts.precision, opts.precisions))
-    return target_options
-
-
-def prepare(opts: RunOptions) -> Job:
-    """Check the options, load the model and the evaluation set; nothing is written yet."""
-
-    target_options = _validate(opts)
-    threads = opts.threads or values.usable_cores()
+def prepare(resolved: ResolvedOptions) -> Job:
+    """Load the model and the evaluation set for options ``validate`` passed; nothing is written yet."""
+    opts, sizes, threads = resolved.opts, resolved.sizes, resolved.threads
     check_writable(Path(opts.out))
     steps = Steps(opts.quiet)
     with steps("model"):
-        sizes = values.check("img_size", opts.img_size, values.img_sizes)
         if opts.module is not None:
             model, spec = opts.module.eval(), opts.spec
             if sizes and tuple(spec.input_shape[1:]) != sizes[0] and not opts.backbone:
@@ -268,7 +174,7 @@ def prepare(opts: RunOptions) -> Job:
         cap = max(4, OUTPUT_BYTES // (4 * sum(int(np.prod(s)) for _, s in spec.outputs)))
         if eval_size is not None or cap < UNCAPPED:
             eval_size = min(eval_size or cap, cap)
-    calibrates = any(p == "int8" for _, p in plan(opts.targets, opts.precision, opts.precisions))
+    calibrates = any(p == "int8" for _, p in resolved.plan)
     with steps("memory estimate and dry run"):  # what cannot fit or does not run: one line, now
         memory = check_batch(model, spec.input_shape, opts.batch,
                              samples=(eval_size or 0) + (opts.calib_size if calibrates else 0))
@@ -300,7 +206,7 @@ def prepare(opts: RunOptions) -> Job:
               "data": data.describe(), "memory": memory,
               "roofline": {"flops_per_image": model_flops(model, (1, *spec.input_shape)),
                            "gemm_peak_gflops": round(gemm_peak_gflops(threads), 1)}}
-    return Job(opts=opts, model=model, spec=spec, data=data, threads=threads, target_options=target_options,
+    return Job(opts=opts, model=model, spec=spec, data=data, threads=threads, target_options=resolved.target_options,
                steps=steps, report=report, calib=calib, calib_cache=cache)
 
 
@@ -568,15 +474,16 @@ def run_into(job: Job, work: Path) -> None:
 
 def run(opts: RunOptions) -> dict:
     """Build, verify and time every requested (target, precision); write the bundle; return the report.
-    Several ``img_size`` values make one bundle with a single-size bundle per size (exporters/pipeline/multisize.py)."""
-    sizes = values.check("img_size", opts.img_size, values.img_sizes)
-    if sizes is not None and len(sizes) > 1:
-        return run_sizes(opts, sizes, SingleSize(validate=_validate, prepare=prepare, run_into=run_into))
-    job = prepare(opts)
+    Every option is checked first (``options.validate``), before any model is built. Several ``img_size`` values
+    make one bundle with a single-size bundle per size (exporters/pipeline/multisize.py)."""
+    resolved = validate(opts)
+    if resolved.sizes is not None and len(resolved.sizes) > 1:
+        return run_sizes(resolved, SingleSize(prepare=prepare, run_into=run_into))
+    job = prepare(resolved)
     with staged_bundle(Path(opts.out), job.spec.slug) as work:
         run_into(job, work)
     job.report["bundle"] = str(Path(opts.out) / job.spec.slug)
     return job.report
 
 
-__all__ = ["RunOptions", "run", "run_into", "prepare", "plan", "run_outputs"]
+__all__ = ["RunOptions", "run", "run_into", "prepare", "plan", "run_outputs"]  # RunOptions, plan: from options
