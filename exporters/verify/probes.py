@@ -23,7 +23,7 @@ from exporters.graph.onnx import export_onnx
 from exporters.graph.rewrites import display_name
 from exporters.targets import target
 from runtime.accuracy import cosine_per_sample
-from runtime.errors import UserError
+from runtime.backends import open_tapped, weights_of
 from runtime.manifest import resolve_inside
 
 # module names (after the vit_embed wrapper's "inner." is dropped) whose outputs are compared
@@ -96,57 +96,6 @@ def reference_outputs(model, probes: list[Probe], x: np.ndarray) -> dict[str, np
     return out
 
 
-def _ort_outputs(onnx_path: Path, tensors: list[str], x: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
-    """Run a debug copy of an ONNX with ``tensors`` added as graph outputs (those it has)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx.external_data_helper import load_external_data_for_model
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    load_external_data_for_model(proto, str(onnx_path.parent))
-    produced = {o for n in proto.graph.node for o in n.output}
-    have = [t for t in tensors if t in produced]
-    existing = {o.name for o in proto.graph.output}
-    for t in have:
-        if t not in existing:
-            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    feed = x.astype(np.float16 if "float16" in inp.type else np.float32)
-    outs = {}
-    for i in range(len(x)):  # the artefact's static batch is 1 or matches; run sample by sample
-        vals = sess.run(have, {inp.name: feed[i:i + 1]})
-        for t, v in zip(have, vals):
-            outs.setdefault(t, []).append(np.asarray(v, dtype=np.float32))
-    return {t: np.concatenate(v) for t, v in outs.items()}
-
-
-def _openvino_outputs(xml: Path, tensors: list[str], x: np.ndarray, config: dict,
-                      threads: int | None) -> dict[str, np.ndarray]:
-    import openvino as ov
-    core = ov.Core()
-    model = core.read_model(str(xml))
-    names = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
-    have = [t for t in tensors if t in names]
-    if have:
-        model.add_outputs(have)
-    cfg = {"INFERENCE_PRECISION_HINT": config.get("inference_precision", "f32"), "NUM_STREAMS": "1"}
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = str(threads)
-    compiled = core.compile_model(model, "CPU", cfg)
-    request = compiled.create_infer_request()
-    by_name = {t: next(o for o in compiled.outputs if t in o.get_names()) for t in have}
-    outs = {}
-    for i in range(len(x)):
-        request.infer({0: x[i:i + 1]})
-        for t, port in by_name.items():
-            outs.setdefault(t, []).append(np.asarray(request.get_tensor(port).data, dtype=np.float32).copy())
-    return {t: np.concatenate(v) for t, v in outs.items()}
-
-
 def artefact_outputs(art, bundle: Path, model, probes: list[Probe], x: np.ndarray,
                      threads: int | None) -> dict[str, np.ndarray]:
     """The probe tensors of one artefact (a manifest ``ArtifactEntry``: paths relative to ``bundle``).
@@ -163,9 +112,8 @@ def artefact_outputs(art, bundle: Path, model, probes: list[Probe], x: np.ndarra
         return {p.tensor: out[p.module] for p in probes if p.module in out}
     if t.block_source == "onnx":
         return outputs_of("onnxruntime", resolve_inside(bundle, art.runtime_config["onnx"]), {}, tensors, x, threads)
-    if t.backend in ("onnxruntime", "openvino"):
-        return outputs_of(t.backend, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads)
-    raise UserError(f"block outputs of {art.target} artefacts cannot be read here")
+    return outputs_of(t.backend, resolve_inside(bundle, art.primary), art.runtime_config, tensors, x, threads,
+                      weights=weights_of(bundle, art))
 
 
 def probe_label(name: str) -> str:
@@ -173,13 +121,19 @@ def probe_label(name: str) -> str:
     return target(name).block_label
 
 
-def outputs_of(target: str, path: Path, runtime_config: dict, tensors: list[str], x: np.ndarray,
-               threads: int | None) -> dict[str, np.ndarray]:
-    """The probe tensors of one artefact file: ONNX (ONNX Runtime, TensorRT's ONNX) or OpenVINO IR."""
+def outputs_of(backend: str, path: Path, runtime_config: dict, tensors: list[str], x: np.ndarray,
+               threads: int | None, weights: Path | None = None) -> dict[str, np.ndarray]:
+    """The probe tensors of one artefact file, opened by its runtime backend with them as further outputs
+    (``runtime.backends.open_tapped``), one sample at a time (an artefact's batch is static)."""
     tensors = list(dict.fromkeys(tensors))  # two modules can end in one tensor (a head and its fc)
-    if target == "openvino":
-        return _openvino_outputs(path, tensors, x, runtime_config, threads)
-    return _ort_outputs(path, tensors, x, threads)
+    runner, carried = open_tapped(backend, path, runtime_config, tensors, threads, weights)
+    outs: dict[str, list] = {}
+    with runner:
+        for i in range(len(x)):
+            got = runner.infer({runner.input_name: x[i:i + 1]})
+            for t, name in carried.items():
+                outs.setdefault(t, []).append(np.asarray(got[name], dtype=np.float32))
+    return {t: np.concatenate(v) for t, v in outs.items()}
 
 
 def errors(ref: np.ndarray, out: np.ndarray) -> dict:

@@ -22,7 +22,8 @@ from runtime.errors import UserError
 from runtime.manifest import resolve_inside
 from runtime.registry import declared
 
-__all__ = ["Backend", "Runner", "backend", "backends", "missing", "open_with", "require", "runner_from_artifact"]
+__all__ = ["Backend", "Runner", "backend", "backends", "missing", "open_tapped", "open_with", "require",
+           "runner_from_artifact"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Backend:
     alternatives: Callable[[dict], list[tuple[str, dict]]] | None = None
     gpu: bool = False  # numerics depend on the GPU (its name and compute capability are in the fingerprint)
     takes_device: bool = False  # honours a device name (OpenVINO's CPU, GPU, NPU); others choose their own
+    # a diagnostic (drift localisation): (path, runtime_config, tensors, threads, weights) -> (runner, {tensor: output
+    # name}), the artefact opened on the CPU with those of its internal tensors it has as further outputs; None: the
+    # backend cannot show its internals
+    tap: Callable[..., tuple[Runner, dict[str, str]]] | None = None
 
     def available(self) -> str | None:
         """``None`` when artefacts of this backend can run here, else why not (with the install hint)."""
@@ -125,3 +130,17 @@ def open_with(name: str, path: Path, config: dict, device: str | None = None, th
     runner = b.open(path, dict(config), device, threads, mode, **({"weights": weights} if weights else {}))
     runner.fault = injected_fault(name, config)
     return runner
+
+
+def open_tapped(name: str, path: Path, config: dict, tensors: list[str], threads: int | None = None,
+                weights: Path | None = None) -> tuple[Runner, dict[str, str]]:
+    """Open ``path`` with backend ``name`` and ``tensors`` (names of its internal tensors) as further outputs; returns
+    the runner and, for each tensor it has, the output that carries it. A diagnostic: export-side drift localisation
+    reads the blocks of an artefact through it (``exporters/verify/probes.py``)."""
+    b = backend(name)
+    why = b.available()
+    if why:
+        raise UserError(why)
+    if b.tap is None:
+        raise UserError(f"the {name} backend cannot show the tensors inside an artefact")
+    return b.tap(Path(path), config, list(tensors), threads, weights)

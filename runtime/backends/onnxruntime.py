@@ -44,9 +44,10 @@ def ort_info() -> dict:
 class OnnxRuntimeRunner(Runner):
     """``infer({'input': [B,3,H,W] float32}) -> {'logits': [B, classes]}`` through an ORT session."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+    def __init__(self, path: str | Path | bytes, threads: int | None = None, providers: list[str] | None = None,
                  mode: str = "latency", optimization: str = "ALL"):
-        """``mode="throughput"``: ``threads`` (default: every core) concurrent runs of one single-threaded session."""
+        """``path``: an ONNX file, or a serialised model; ``mode="throughput"``: ``threads`` (default: every core)
+        concurrent runs of one single-threaded session."""
         super().__init__()
         ort = require("onnxruntime", INSTALL)
         so = ort.SessionOptions()
@@ -67,8 +68,9 @@ class OnnxRuntimeRunner(Runner):
         so.log_severity_level = 3
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
+        source, path = (path, "the model in memory") if isinstance(path, bytes) else (str(path), path)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=self.providers)
+            self.session = ort.InferenceSession(source, so, providers=self.providers)
         except Exception as exc:  # reason: ORT raises its own Fail/InvalidGraph/NoSuchFile types
             raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}")
         if len(self.session.get_inputs()) != 1:
@@ -110,6 +112,24 @@ def open_artifact(path: Path, config: dict, device: str | None, threads: int | N
                              optimization=config.get("graph_optimization_level", "ALL"))
 
 
+def tapped(path: Path, config: dict, tensors: list[str], threads: int | None,
+           weights: Path | None = None) -> tuple[OnnxRuntimeRunner, dict[str, str]]:
+    """The ONNX with those of ``tensors`` it produces added as graph outputs, in a session on the CPU (``Backend.tap``).
+
+    Editing the graph needs the ``onnx`` package (the export side has it; a device install need not)."""
+    onnx = require("onnx", "pip install onnx")
+    from onnx.external_data_helper import load_external_data_for_model
+    proto = onnx.load(str(path), load_external_data=False)
+    load_external_data_for_model(proto, str(path.parent))  # external data is named relative to the model
+    produced = {o for n in proto.graph.node for o in n.output}
+    have = [t for t in tensors if t in produced]
+    existing = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in have if t not in existing)
+    runner = OnnxRuntimeRunner(proto.SerializeToString(), threads=threads,
+                               optimization=config.get("graph_optimization_level", "ALL"))
+    return runner, {t: t for t in have}
+
+
 def alternatives(config: dict) -> list[tuple[str, dict]]:
     """Fewer graph rewrites, one level at a time, for an artefact that fails its gate as configured.
 
@@ -123,4 +143,4 @@ def alternatives(config: dict) -> list[tuple[str, dict]]:
 
 
 BACKEND = Backend(name="onnxruntime", sdk="onnxruntime", install=INSTALL, rank=30, open=open_artifact,
-                  alternatives=alternatives)
+                  alternatives=alternatives, tap=tapped)

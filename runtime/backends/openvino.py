@@ -127,6 +127,21 @@ def open_artifact(path: Path, config: dict, device: str | None, threads: int | N
                           weights=weights)
 
 
+def tapped(path: Path, config: dict, tensors: list[str], threads: int | None,
+           weights: Path | None = None) -> tuple[OpenVinoRunner, dict[str, str]]:
+    """The IR with those of ``tensors`` it has added as outputs, compiled for the CPU as the artefact's runtime
+    configuration says (``Backend.tap``)."""
+    ov = require("openvino", INSTALL)
+    model = ov.Core().read_model(str(path), str(weights) if weights else None)
+    names = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
+    have = [t for t in tensors if t in names]
+    if have:
+        model.add_outputs(have)
+    runner = open_artifact(model, {**config, "device": "CPU"}, "CPU", threads)
+    carried = {t: next(o.get_any_name() for o in runner.compiled.outputs if t in o.get_names()) for t in have}
+    return runner, carried
+
+
 def alternatives(config: dict) -> list[tuple[str, dict]]:
     """Known-safe CPU configurations, cheapest first, for an artefact that fails its gate as configured.
 
@@ -153,4 +168,4 @@ def alternatives(config: dict) -> list[tuple[str, dict]]:
 
 
 BACKEND = Backend(name="openvino", sdk="openvino", install=INSTALL, rank=20, open=open_artifact,
-                  alternatives=alternatives, takes_device=True)
+                  alternatives=alternatives, takes_device=True, tap=tapped)
