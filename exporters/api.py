@@ -22,7 +22,11 @@ from runtime.values import check_labels
 
 @dataclass
 class Report:
-    """What one export made: the bundle folder, one row per (target, precision), and the whole report."""
+    """What one export made: the bundle folder, one row per (target, precision), and the whole report.
+
+    Attributes:
+        data: The whole report, as ``report.json`` holds it.
+    """
 
     data: dict
 
@@ -50,7 +54,16 @@ class Report:
         return list(dict.fromkeys(r["input_size"] for r in self.results if r.get("input_size")))
 
     def result(self, target: str, precision: str, size: str | None = None) -> dict:
-        """The row of ``target`` at ``precision`` (and, in a multi-size bundle, ``size``: ``"384x384"``)."""
+        """One row of the results.
+
+        Args:
+            target: A target name (``"openvino"``).
+            precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+            size: In a bundle of several sizes, which (``"384x384"``).
+
+        Returns:
+            The row: status, passed, latency, accuracy against the reference, the artefact's files.
+        """
         for r in self.results:
             if r["target"] == target and r["precision"] == precision and size in (None, r.get("input_size")):
                 return r

@@ -117,7 +117,26 @@ def _sizes_kept(size_set: SizeSet, sizes: list[tuple[int, int]] | None) -> list[
 
 def pack(bundle: str | Path, out: str | Path, target: str | None = None, precision: str | None = None,
          sizes: list[tuple[int, int]] | None = None, trust=None, sign_key=None) -> Path:
-    """Pack ``bundle`` into the folder ``out`` (see the module docstring); returns ``out``."""
+    """Pack ``bundle`` into the folder ``out``: only the artefacts kept, with what the runtime needs to prove them.
+
+    Args:
+        bundle: The bundle folder (one size, or several with ``sizes.json``).
+        out: The pack's folder, outside the bundle, written atomically (what sits there is replaced only if it
+            is a bundle of ours).
+        target: Keep this target's artefacts (default: the one the runtime would serve: the export's measured
+            choice, else the best that passed its gates).
+        precision: Keep this precision's artefacts (with ``target``, or alone).
+        sizes: Of a bundle of several sizes, keep these ``(h, w)`` sizes (default: all).
+        trust: A public key (path or PEM) the bundle's signature must verify against before anything is copied.
+        sign_key: A PEM EC private key to sign the pack with; an unsigned pack of a signed bundle says its
+            signature no longer applies.
+
+    Returns:
+        ``out``, which ``runtime verify`` and ``runtime.open`` take like the bundle itself.
+
+    Raises:
+        UserError: One line: no bundle, an ``out`` inside it, nothing that matches, a tampered file, a bad key.
+    """
     src, out = Path(bundle), Path(out)
     if not src.is_dir():
         raise UserError(f"bundle not found: {src}")

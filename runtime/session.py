@@ -246,6 +246,7 @@ class Session:
         return self._golden
 
     def close(self) -> None:
+        """Release the runtime's session (also on leaving a ``with`` block)."""
         self.runner.close()
 
     def __enter__(self):
@@ -259,6 +260,14 @@ class Session:
         return runner_batch(self.runner)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The artefact's raw outputs.
+
+        Args:
+            feeds: ``{input_name: [B, 3, H, W] preprocessed batch}``, at the artefact's batch size.
+
+        Returns:
+            Each output by name, float32.
+        """
         return self.runner.infer(feeds)
 
     def _task(self, wanted: str, method: str) -> None:
@@ -276,12 +285,26 @@ class Session:
         return out
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
-        """``[N, 3, H, W]`` preprocessed inputs -> ``[N, classes]`` logits, in the artefact's batch size."""
+        """A classifier's logits.
+
+        Args:
+            inputs: ``[N, 3, H, W]`` preprocessed inputs (any ``N``: run in the artefact's batch size).
+
+        Returns:
+            ``[N, classes]`` float32 logits.
+        """
         self._task("classification", "logits()")
         return self._outputs(inputs)
 
     def features(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """A backbone bundle (``--features``): ``[B, 3, H, W]`` preprocessed inputs -> its named feature maps."""
+        """A backbone bundle's (``--features``) feature maps.
+
+        Args:
+            inputs: ``[B, 3, H, W]`` preprocessed inputs, at the artefact's batch size.
+
+        Returns:
+            Each map by name (``stage0``...), float32 ``[B, C, h, w]``.
+        """
         self._task("features", "features()")
         maps = self.runner.infer({self.runner.input_name: inputs})
         for m in maps.values():
@@ -289,16 +312,27 @@ class Session:
         return maps
 
     def embed(self, images) -> np.ndarray:
-        """An embedding bundle (a model without a classifier): images (paths, PIL images or uint8 ``[H, W, 3]``
-        arrays), preprocessed as at export -> their pooled embeddings, float32 ``[N, D]`` (as the model returns them,
-        not normalised)."""
+        """An embedding bundle's (a model without a classifier) pooled embeddings.
+
+        Args:
+            images: Paths, PIL images or uint8 ``[H, W, 3]`` arrays, preprocessed as at export.
+
+        Returns:
+            float32 ``[N, D]``, as the model returns them (not normalised).
+        """
         self._task("embedding", "embed()")
         return self._outputs(preprocess_batch(as_images(images), self.preprocessing))
 
     def segment(self, images) -> list[np.ndarray]:
-        """A segmentation bundle (``export(module, task="segmentation")``): images (paths, PIL images or uint8
-        ``[H, W, 3]`` arrays), preprocessed as at export -> each one's class map, int64 ``[h, w]`` at the logits
-        map's resolution (arg-max over classes; ``self.labels`` names them where the export was given names)."""
+        """A segmentation bundle's (``export(module, task="segmentation")``) class maps.
+
+        Args:
+            images: Paths, PIL images or uint8 ``[H, W, 3]`` arrays, preprocessed as at export.
+
+        Returns:
+            Each image's class map, int64 ``[h, w]`` at the logits map's resolution (arg-max over classes;
+            ``self.labels`` names them where the export was given names).
+        """
         self._task("segmentation", "segment()")
         _, classes, h, w = self.manifest.output.shape
         flat = self._outputs(preprocess_batch(as_images(images), self.preprocessing))
@@ -306,7 +340,16 @@ class Session:
         return list(out.argmax(1))
 
     def predict(self, images, topk: int = 5) -> list[Prediction]:
-        """Images (paths, PIL images or uint8 ``[H, W, 3]`` arrays) -> top-k labels and scores each."""
+        """A classifier's top-k classes.
+
+        Args:
+            images: Paths, PIL images or uint8 ``[H, W, 3]`` arrays, preprocessed as at export; in a bundle of
+                several sizes each is served by the artefact of its own size, or the nearest.
+            topk: How many classes each.
+
+        Returns:
+            One ``Prediction`` per image: labels, class indices and softmax scores, best first.
+        """
         if self.manifest.task == "segmentation":
             raise UserError("this bundle is a segmentation model: it returns a logits map per image, not classes; "
                             "use segment()")
