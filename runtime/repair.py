@@ -4,7 +4,7 @@ optimisation levels) and keep the fastest that passes.
 
 Gating is the costly part (the whole evaluation set per candidate), and a candidate can be two orders of magnitude
 slower than the others (OpenVINO's f16 hint on a Xeon with AVX512-FP16 but no AMX-FP16: 248 ms against 1.6 to
-2.1 ms per digits_swin inference, docs/BENCHMARKS.md section 12). So every candidate is first timed briefly,
+2.1 ms per digits_swin inference, docs/BENCHMARKS.md section 1). So every candidate is first timed briefly,
 interleaved; they are gated fastest first, and once one passes, only those whose brief p50 is within ``CLOSE`` of
 it are gated too (the brief timing is noisy); the passing ones are then timed properly, interleaved, and the
 fastest is kept. A candidate never gated is in the attempts, with why.

@@ -2,7 +2,7 @@
 
 Per-op counters taken while two compiled models alternate (``python -m benchmarks op-profile``) showed vit_b's
 MVN nodes at 3x the naive graph's time; this compiles each NNCF INT8 model alone (bf16 hint, 2 threads, 20
-runs after 5 warm-up) and sums its MVN nodes' times, which did not reproduce it (docs/BENCHMARKS.md section 11).
+runs after 5 warm-up) and sums its MVN nodes' times, which did not reproduce it (docs/BENCHMARKS.md section 2).
 
     python docs/repro/layernorm_alone.py [MODEL]          # default vit_b; random weights, digits calibration
 """

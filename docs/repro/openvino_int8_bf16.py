@@ -10,7 +10,7 @@ worst per-sample cosine of the logits and top-1 agreement.
 Seen on an Intel Xeon with AMX (amx_int8 amx_bf16 avx512_fp16), OpenVINO 2026.4.1, with vitdeploy's digits
 Swin INT8 IR (NNCF PTQ) and 36 hold-out images: bf16 hint cosine_min 0.096, agreement 58 %; f32 hint
 0.9998 / 100 % against PyTorch; bf16 with SNIPPETS_MODE=DISABLE and the f16 hint repaired it too. Other
-machines print agreement near 100 % for every row (docs/BENCHMARKS.md, section 10).
+machines print agreement near 100 % for every row (docs/BENCHMARKS.md, section 13).
 """
 import sys
 

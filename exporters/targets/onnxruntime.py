@@ -32,7 +32,7 @@ RECIPES = {
     "mixed": "unsigned activations with a zero point (U8S8, asymmetric), signed symmetric per-channel weights; "
              "every MatMul/Gemm/Conv input quantized, attention matmuls included",
     "symmetric": "signed symmetric activations (S8S8): no zero point (slower than U8S8 on the x86 CPUs measured "
-                 "so far, docs/BENCHMARKS.md section 3; kept as a candidate because that depends on the CPU)",
+                 "so far, docs/BENCHMARKS.md section 17; kept as a candidate because that depends on the CPU)",
     "projections": "U8S8 on the projections and the MLP only: the attention matmuls (QK^T, AV, both inputs "
                    "activations) stay FP32, without their Q/DQ pairs",
 }

@@ -111,7 +111,7 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         keep = list(dict.fromkeys(first_last_compute_ops(model) + ops_producing(model, ctx.keep_tensors)))
         # reason: without VNNI/AMX, OpenVINO's u8s8 kernels sum pairs in int16 (vpmaddubsw), which can saturate;
         # NNCF's default fixes the first layer only. Measured on an AVX2 EPYC (digits_swin hold-out, 539 images):
-        # cosine_min 0.979 with the default, 0.99979 with the fix on every layer (docs/BENCHMARKS.md section 8).
+        # cosine_min 0.979 with the default, 0.99979 with the fix on every layer (docs/BENCHMARKS.md section 12).
         overflow = nncf.OverflowFix.ENABLE if int8_may_saturate() else nncf.OverflowFix.FIRST_LAYER
         recipe = recipe_of(options)
         preset = nncf.QuantizationPreset.PERFORMANCE if recipe == "symmetric" else None

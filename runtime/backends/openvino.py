@@ -147,7 +147,7 @@ def alternatives(config: dict) -> list[tuple[str, dict]]:
 
     # reason: OpenVINO's CPU plugin has shipped low-precision corruption on some ISAs (INT8 + bf16 on AMX Xeons:
     # digits_swin cosine -0.26 under the bf16 hint, 0.9998 under f32; bf16 GEMMs on Zen 5, openvino#38256).
-    # Measured there (docs/BENCHMARKS.md section 10): the bf16 hint with the generated fused-subgraph kernels
+    # Measured there (docs/BENCHMARKS.md section 13): the bf16 hint with the generated fused-subgraph kernels
     # off (SNIPPETS_MODE=DISABLE), the f16 hint (CPUs with AVX512-FP16/AMX-FP16), the f32 hint and
     # EXECUTION_MODE_HINT=ACCURACY each repaired it; which is fastest depends on the model and the CPU, so
     # every one is gated and timed (runtime/repair.py). A candidate that fails to compile is a failed candidate.
