@@ -115,3 +115,57 @@ def test_runtime_never_imports_torch(digits_bundles):
         "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+# what only the export side installs (the `export` and `openvino-int8` extras): a device install has none of it
+EXPORT_SIDE = ("torch", "torchvision", "timm", "nncf", "onnx", "onnxslim", "onnxscript", "onnx_ir", "scipy",
+               "sklearn", "networkx", "matplotlib", "safetensors")
+BLOCKER = f"""
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {EXPORT_SIDE!r}:
+            raise ImportError(f'{{name}} is not installed on this device')
+sys.meta_path.insert(0, NotInstalled())
+"""
+
+
+def test_a_device_install_runs_a_bundle_without_the_export_side(digits_bundles):
+    """What `pip install 'vitdeploy[openvino]'` (or `[onnxruntime]`) puts on a device: the runtime and its backend.
+    With every export-side package unimportable, the runtime opens, proves (golden set, here) and serves the INT8
+    artefact of each backend, and `python -m runtime verify` passes."""
+    out, _ = digits_bundles
+    img = out / "digit-device.png"
+    Image.fromarray(_digit_images(1)[0][0]).save(img)
+    bundle = out / "digits_vit"
+    code = BLOCKER + (
+        "import runpy, runtime\n"
+        "for t in ('onnxruntime', 'openvino'):\n"
+        f"    with runtime.open(r'{bundle}', target=t, precision='int8', verify='always') as s:\n"
+        f"        assert s.predict([r'{img}'])[0].labels\n"
+        f"sys.argv = ['runtime', 'verify', r'{bundle}']\n"
+        "try:\n"
+        "    runpy.run_module('runtime', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        f"assert not set(sys.modules) & set({EXPORT_SIDE!r}), sorted(set(sys.modules) & set({EXPORT_SIDE!r}))\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+def test_the_device_extras_leave_the_export_side_out():
+    """The runtime's base install and its backend extras carry no export-side package; NNCF comes only with the
+    INT8 build extra."""
+    import re
+
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(reqs):
+        return {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower().replace("-", "_") for r in reqs}
+    for extra in ("onnxruntime", "openvino", "tensorrt", "tensorrt-rtx", "coreml"):
+        assert not names(extras[extra]) & {*EXPORT_SIDE, "scikit_learn"}, extra
+    assert not names(project["dependencies"]) & {*EXPORT_SIDE, "scikit_learn"}
+    assert "nncf" in names(extras["openvino-int8"]) and "nncf" not in names(extras["openvino"])
