@@ -6,7 +6,8 @@ ONNX Runtime FP32; -> OpenVINO with its default CPU config (whatever precision i
 (defaults). vitdeploy's artefacts come from its own pipeline (rewrites, ``--recipe auto``: its INT8
 recipe chosen by measurement on this machine, pinned hints). Latency: the full-size model (random weights
 are fine for speed). Fidelity of every timed path against eager FP32 on the timed model itself (cosine of
-the logits on digits images at the model's size, judged with the tolerance of its runtime and precision),
+the logits on two input sets at the model's size: digits images, and crops of photographs (scikit-learn's two
+bundled photos), judged with the tolerance of its runtime and precision),
 and of every INT8 path on the trained digits fixtures (top-1, agreement, cosine). A path that fails either
 is no competitor: the best-naive ratio counts only naive paths that are correct.
 """
@@ -39,7 +40,7 @@ from runtime.manifest import read_manifest
 from runtime.tolerances import agreement_gated, dense_tolerance_for, tolerance_for
 
 OURS = [("onnxruntime", "int8"), ("openvino", "fp16"), ("openvino", "int8")]
-FIDELITY_SAMPLES = 16  # digits hold-out images at the timed model's input size
+FIDELITY_SAMPLES = 16  # images of each fidelity set (digits hold-out; photo crops) at the timed model's input size
 
 
 def path_precision(name: str, hint: str | None) -> tuple[str, str]:
@@ -79,6 +80,38 @@ def fidelity(runners: dict[str, Runner], reference: str, inputs: np.ndarray, bat
             out[k].update(pixel_agreement=round(dense["pixel_agreement"], 5), mean_iou=round(dense["mean_iou"], 5))
             if agreement_gated(random, precision):
                 out[k]["correct"] &= not judge_dense(dense, dense_tolerance_for(precision))
+    return out
+
+
+def photo_crops(folder: Path, n: int = FIDELITY_SAMPLES, seed: int = 0) -> Path:
+    """``n`` crops of scikit-learn's two bundled photographs (427x640), of random position, scale (a third of the
+    short side to all of it) and mirror, written as PNGs into ``folder``: natural images at any model size, offline."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = img[y:y + side, x:x + side]
+        Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)).save(folder / f"{i}.png")
+    return folder
+
+
+def both_sets(runners: dict[str, Runner], reference: str, sets: dict[str, np.ndarray], batch: int,
+              **kw) -> dict[str, dict]:
+    """``fidelity`` on each named input set; a path is correct only when it is on every set. The first set's values
+    keep their keys (``cosine_min``...), the others' are prefixed with the set's name (``photos_cosine_min``)."""
+    out: dict[str, dict] = {}
+    for i, (name, inputs) in enumerate(sets.items()):
+        for k, v in fidelity(runners, reference, inputs, batch, **kw).items():
+            row = out.setdefault(k, {"hint": v["hint"], "correct": True})
+            row["correct"] &= v["correct"]
+            row.update({(key if i == 0 else f"{name}_{key}"): val for key, val in v.items()
+                        if key not in ("hint", "correct")})
     return out
 
 
@@ -185,9 +218,10 @@ def latency(name: str, threads: int, runs: int, work: Path, batch: int = 1, thro
                 **our_runners(bundle, threads, mode)}
     runners = runners_in("latency")
     try:
-        fid_set = load_set("digits", spec.preprocessing, size=FIDELITY_SAMPLES, part="holdout", progress=False)
-        fid = fidelity(runners, "pytorch eager fp32", fid_set.inputs, batch, widths(spec), dense_classes(spec),
-                       random=spec.weights == "random")
+        sets = {name: load_set(src, spec.preprocessing, size=FIDELITY_SAMPLES, part="holdout", progress=False).inputs
+                for name, src in (("digits", "digits"), ("photos", str(photo_crops(work / "photos"))))}
+        fid = both_sets(runners, "pytorch eager fp32", sets, batch, widths=widths(spec),
+                        classes=dense_classes(spec), random=spec.weights == "random")
         lats = measure_interleaved(runners, lambda r: {r.input_name: x}, runs=runs, warmup=5, rounds=5)
         rows = {k: {"p50": round(v.p50, 2), "p90": round(v.p90, 2), "hint": None, **fid.get(k, {})}
                 for k, v in lats.items()}
@@ -283,6 +317,7 @@ def render(res: dict, env_line: str, command: str) -> str:
         best = naive[best_k]["p50"]
         eager = rows["pytorch eager fp32"]["p50"]
         tp = all("images_per_s" in v for v in rows.values())
+        photos = any("photos_cosine_min" in v for v in rows.values())
         best_tp = max(v["images_per_s"] for v in naive.values()) if tp else None
         ours = {k: v for k, v in rows.items() if k.startswith("vitdeploy") and v.get("correct", True)}
         top = min(ours, key=lambda k: ours[k]["p50"]) if ours else None
@@ -291,19 +326,22 @@ def render(res: dict, env_line: str, command: str) -> str:
                   + (f"; best vitdeploy = {top}, **{best / ours[top]['p50']:.2f}×** it" if top else ""), "",
                   (f"vitdeploy's INT8 recipes, chosen here by `--recipe auto`: {recipes}. " if recipes else "")
                   + f"Fidelity: cosine of the logits against eager FP32 on {FIDELITY_SAMPLES} digits images at the "
-                  "model's size, gated with the tolerance of the path's runtime and precision (runtime/tolerances.py); "
-                  "a naive path that fails it, or fails its gate on the trained digits fixture of the same family "
-                  "below, is left out of the best-naive ratio."
+                  "model's size" + (f" and on {FIDELITY_SAMPLES} crops of photographs (`photo_crops`)" if photos
+                                    else "") + ", gated with the tolerance of the path's runtime and precision "
+                  "(runtime/tolerances.py); a naive path that fails it, or fails its gate on the trained digits "
+                  "fixture of the same family below, is left out of the best-naive ratio."
                   + (" A segmentation model's pixel agreement and mean IoU against eager are shown, not gated: its "
                      "random head's class maps are near-ties." if any("mean_iou" in v for v in rows.values()) else ""),
                   "",
                   "| path | p50 ms | p90 ms | × eager | best naive p50 / this p50 | OpenVINO precision hint "
-                  "| cosine min vs eager (gate) | correct |"
+                  + ("| cosine min vs eager: digits; photos (gate) | correct |" if photos
+                     else "| cosine min vs eager (gate) | correct |")
                   + (" img/s, throughput mode (in flight) | this / best naive img/s |" if tp else ""),
                   "|---|---|---|---|---|---|---|---|" + ("---|---|" if tp else "")]
         for k, v in rows.items():
             extra = (f" {v['images_per_s']:.1f} ({v['streams']}) | {v['images_per_s'] / best_tp:.2f}× |" if tp else "")
-            fid = (f"{v['cosine_min']:.5f} ({v['gate_cosine']})" if "cosine_min" in v else "reference") + (
+            fid = (f"{v['cosine_min']:.5f}" + (f"; {v['photos_cosine_min']:.5f}" if "photos_cosine_min" in v else "")
+                   + f" ({v['gate_cosine']})" if "cosine_min" in v else "reference") + (
                 f"; pixels {v['pixel_agreement'] * 100:.2f} %, mean IoU {v['mean_iou']:.4f}" if "mean_iou" in v else "")
             correct = "–" if "correct" not in v else "yes" if v["correct"] else "**NO**"
             lines.append(f"| {k} | {v['p50']:.2f} | {v['p90']:.2f} | {eager / v['p50']:.2f}× | "

@@ -80,3 +80,31 @@ def test_vs_naive_times_a_backbone_and_a_segmentation_model(kind, size):
     if kind == "segmentation":
         assert rows["naive onnxruntime fp32"]["pixel_agreement"] == 1.0 and "mean_iou" in rows["vitdeploy openvino int8"]
     assert f"### {key}" in render(res, "test machine", f"python -m benchmarks vs-naive --{kind}")
+
+
+def test_fidelity_has_a_second_set_of_photo_crops_and_a_path_must_pass_both(tmp_path, monkeypatch):
+    """Digits are one kind of image; crops of photographs at the model's own size are the second fidelity set, and
+    a path wrong on either is not correct."""
+    import numpy as np
+    from PIL import Image
+
+    import benchmarks.vs_naive as vn
+    folder = vn.photo_crops(tmp_path / "photos", n=4)
+    imgs = [np.asarray(Image.open(f)) for f in sorted(folder.glob("*.png"))]
+    assert len(imgs) == 4 and all(i.shape[0] == i.shape[1] >= 427 // 3 and i.std() > 10 for i in imgs)
+
+    def fidelity(runners, reference, inputs, batch, **kw):  # wrong on the photos (the set of ones) only
+        bad = bool(inputs.mean() > 0.5)
+        return {"naive openvino nncf int8": {"hint": "bf16", "cosine_min": -0.2 if bad else 0.999,
+                                             "correct": not bad, "gate_cosine": 0.9}}
+    monkeypatch.setattr(vn, "fidelity", fidelity)
+    out = vn.both_sets({}, "pytorch eager fp32", {"digits": np.zeros((2, 3, 8, 8)), "photos": np.ones((2, 3, 8, 8))},
+                       1)["naive openvino nncf int8"]
+    assert out["correct"] is False and out["cosine_min"] == 0.999 and out["photos_cosine_min"] == -0.2
+    rows = {"pytorch eager fp32": {"p50": 9.0, "p90": 9.0, "hint": None},
+            "naive openvino default": {"p50": 5.0, "p90": 5.0, "hint": "f32", "correct": True, "cosine_min": 0.9999,
+                                       "photos_cosine_min": 0.9998, "gate_cosine": 0.999},
+            "naive openvino nncf int8": {"p50": 2.0, "p90": 2.0, **out}}
+    md = vn.render({"batch": 1, "latency_ms": {"swin_t": rows}, "accuracy": {}}, "m", "cmd")
+    assert "best correct naive path by p50 = naive openvino default" in md
+    assert "digits; photos (gate)" in md and "0.99900; -0.20000 (0.9) | **NO**" in md
