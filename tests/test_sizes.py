@@ -339,3 +339,18 @@ def test_an_options_error_in_a_multi_size_run_is_refused_before_any_model_is_bui
     with pytest.raises(UserError, match="io-fp16|io_fp16"):  # a TensorRT flag, no TensorRT target
         export("digits_swin", targets="openvino", img_size=SIZES, out=tmp_path, io_fp16=True)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_sizes_share_one_copy_of_their_int8_weights(sized):
+    """Each size's INT8 weights are quantized from the weights alone (SmoothQuant off in a bundle of several sizes),
+    so every INT8 constant of one size's IR points at the same bytes as the other's: stored once."""
+    bundle, report = sized
+
+    def int8_consts(size):
+        return [(d.get("offset"), d.get("size")) for d in ET.parse(bundle / size / "openvino-int8.xml").iter("data")
+                if d.get("element_type") == "i8" and d.get("offset")]
+    small, large = int8_consts("32x32"), int8_consts("48x48")
+    assert len(small) >= 10 and sorted(small) == sorted(large)
+    assert all(r["passed"] for r in report.results)
+    notes = " ".join(n for r in report.results if r["target"] == "openvino" for n in r.get("notes", []))
+    assert "SmoothQuant off" in notes

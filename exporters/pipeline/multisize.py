@@ -80,7 +80,7 @@ def run_sizes(resolved: ResolvedOptions, single: SingleSize) -> dict:
             console.print(f"[bold]input {size_label(hw)}[/]")
             model, spec = relaid()
             one = dataclasses.replace(opts, img_size=hw if opts.backbone else None, module=model, spec=spec,
-                                      sign_key=None)
+                                      sign_key=None, shares_weights=True)
             job = single.prepare(dataclasses.replace(resolved, opts=one, sizes=[hw] if opts.backbone else None))
             folder = work / size_label(hw)
             folder.mkdir()

@@ -58,6 +58,7 @@ class RunOptions:
     repair: bool = True  # a failed row: the backend's safe runtime configurations, then the budget loop (verify/proof.py)
     options: dict = field(default_factory=dict)  # target flags given by the user: field name -> value
     quiet: bool = False
+    shares_weights: bool = False  # set by a run of several sizes for each size: its weights are stored once
 
     @property
     def backbone(self) -> bool:

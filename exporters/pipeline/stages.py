@@ -456,7 +456,7 @@ def run_into(job: Job, work: Path) -> None:
         timed.append((ref.result, ref.runner, None))
         ctx = BuildContext(spec=job.spec, model=export_model, onnx_path=exp.path, workdir=work,
                            batch=job.opts.batch, threads=job.threads, calib=job.calib,
-                           dynamic_batch=job.opts.dynamic_batch)
+                           dynamic_batch=job.opts.dynamic_batch, shares_weights=job.opts.shares_weights)
         results, artifacts, built = build_all(job, ctx, ref)
         timed += built
         if job.spec.task == "segmentation":

@@ -56,6 +56,9 @@ class BuildContext:
     # a calibration result the builds of one `--recipe auto` share (exporters/verify/recipes.py), where the quantizer
     # can save and reload one: the first build calibrates, the others reuse its ranges
     calibration_cache: Path | None = None
+    # the build is one size of a bundle of several, which stores each weight once (exporters/pipeline/shared_weights.py):
+    # a quantizer derives weights from the weights alone, so every size's are the same bytes
+    shares_weights: bool = False
 
 
 @dataclass

@@ -116,11 +116,17 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         recipe = recipe_of(options)
         preset = nncf.QuantizationPreset.PERFORMANCE if recipe == "symmetric" else None
         types = ["ScaledDotProductAttention"] if recipe == "projections" else []
+        advanced = nncf.AdvancedQuantizationParameters(overflow_fix=overflow)
+        if ctx.shares_weights:
+            # reason: SmoothQuant rescales each weight by the activations of the size it calibrates at, so the INT8
+            # weights of a bundle of several sizes differ byte for byte and are stored once per size; without it
+            # they are quantized from the weights alone, the same bytes at every size, and stored once
+            advanced.smooth_quant_alphas = nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
         with contextlib.redirect_stdout(io.StringIO()):
             model = nncf.quantize(model, nncf.Dataset(list(calib.batches(ctx.batch))),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib), preset=preset,
                                   ignored_scope=nncf.IgnoredScope(names=keep, types=types, validate=False),
-                                  advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow))
+                                  advanced_parameters=advanced)
         times["quantize"] = time.perf_counter() - t0
         hint = half_hint(device)
         kept = (f"{', '.join(keep[:2])} (the first and last layers: patch embedding, and classifier head or last "
@@ -129,7 +135,9 @@ def build(ctx: BuildContext, precision: str, options: OpenVinoOptions) -> Artifa
         notes.append(f"NNCF PTQ, recipe {recipe} ({RECIPES[recipe].split(':')[0]}) on {len(calib)} calibration samples; "
                      f"not quantized: {kept}; unquantized ops run at inference precision {hint}"
                      + ("; 7-bit weights on every layer (NNCF overflow fix: this CPU has no VNNI/AMX)"
-                        if overflow == nncf.OverflowFix.ENABLE else ""))
+                        if overflow == nncf.OverflowFix.ENABLE else "")
+                     + ("; SmoothQuant off, so every size of the bundle shares one copy of the INT8 weights"
+                        if ctx.shares_weights else ""))
     elif precision == "fp16":
         hint = half_hint(device)
         notes.append(f"FP16 weights; inference precision hint {hint} on {device}")
