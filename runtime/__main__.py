@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import runtime
 from runtime import signing, values
 from runtime.backends import backends
+from runtime.backends.openvino import CACHE_ENV
 from runtime.backends.tensorrt import build_bundle_engine, build_size_set_engines
 from runtime.cli import run_cli
 from runtime.errors import UserError
@@ -43,6 +45,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=values.img_sizes, default=None, metavar="SIZE",
                    help="a multi-size bundle: use only this input size's artefacts (384 or HxW; default: each "
                         "input its own size's, else the nearest, and said so)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help=f"OpenVINO's compiled-model cache: the first start compiles and stores the compiled model "
+                        f"in DIR, later starts load it (default: ${CACHE_ENV}; unset, no cache)")
 
 
 def _proof_flags(p: argparse.ArgumentParser) -> None:
@@ -57,6 +62,8 @@ def _proof_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _open(a, **kw):
+    if getattr(a, "cache_dir", None):
+        os.environ[CACHE_ENV] = a.cache_dir  # read where OpenVINO compiles (runtime/backends/openvino.py)
     return runtime.open(a.bundle, target=kw.pop("target", a.target), precision=kw.pop("precision", a.precision),
                         device=a.device, threads=a.threads, verify=a.verify, allow_unverified=a.allow_unverified,
                         repair=not a.no_repair, trust=a.trust, size=kw.pop("size", _one_size(a.size)), **kw)

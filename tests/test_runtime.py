@@ -169,3 +169,27 @@ def test_the_device_extras_leave_the_export_side_out():
         assert not names(extras[extra]) & {*EXPORT_SIDE, "scikit_learn"}, extra
     assert not names(project["dependencies"]) & {*EXPORT_SIDE, "scikit_learn"}
     assert "nncf" in names(extras["openvino-int8"]) and "nncf" not in names(extras["openvino"])
+
+
+def test_the_compiled_model_cache_is_used_only_when_asked_and_serves_the_same(digits_bundles, tmp_path, monkeypatch):
+    """VITDEPLOY_CACHE_DIR: OpenVINO stores the compiled model there on the first open and a later open loads it; the
+    outputs are the same. Unset, nothing is written outside the bundle; set but empty, one line."""
+    from runtime.backends.openvino import CACHE_ENV
+    out, _ = digits_bundles
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    with runtime.open(out / "digits_vit", target="openvino", precision="int8", verify="never") as s:
+        plain = s.logits(x)
+        assert "CACHE_DIR" not in s.runner.describe()["requested"]
+    cache = tmp_path / "ov-cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    outs = []
+    for _ in range(2):
+        with runtime.open(out / "digits_vit", target="openvino", precision="int8", verify="never") as s:
+            outs.append(s.logits(x))
+            assert s.runner.describe()["requested"]["CACHE_DIR"] == str(cache)
+    assert list(cache.glob("*.blob")), "no compiled model was cached"
+    assert np.array_equal(outs[0], outs[1]) and np.allclose(outs[0], plain, atol=1e-5)
+    monkeypatch.setenv(CACHE_ENV, " ")
+    with pytest.raises(UserError, match="VITDEPLOY_CACHE_DIR is set but empty"):
+        runtime.open(out / "digits_vit", target="openvino", precision="int8", verify="never")

@@ -1,6 +1,7 @@
 """OpenVINO runner: compiles an IR (or ONNX) on a device with pinned, recorded precision hints."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,25 @@ from runtime.backends.base import Runner, check_mode
 from runtime.errors import UserError
 
 INSTALL = "pip install 'vitdeploy[openvino]'"
+# a folder for OpenVINO's compiled-model cache (its CACHE_DIR): the first start compiles and stores the compiled
+# model there, and a later process imports it instead of compiling again (keyed by the model, device, configuration
+# and OpenVINO version, so a changed one compiles anew). Unset: no cache, nothing written outside the bundle.
+CACHE_ENV = "VITDEPLOY_CACHE_DIR"
+
+
+def cache_dir() -> str | None:
+    """The compiled-model cache folder ``$VITDEPLOY_CACHE_DIR`` (created if missing), or None when unset."""
+    value = os.environ.get(CACHE_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise UserError(f"{CACHE_ENV} is set but empty: unset it, or name a folder for the compiled-model cache")
+    path = Path(value).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{CACHE_ENV}={value}: cannot create the cache folder ({exc.strerror})") from None
+    return str(path)
 
 
 def available_devices() -> list[str]:
@@ -66,6 +86,9 @@ class OpenVinoRunner(Runner):
                 if threads:
                     config["INFERENCE_NUM_THREADS"] = str(threads)
             config.update(plugin or {})
+            cache = cache_dir()
+            if cache:
+                config["CACHE_DIR"] = cache
         source = model
         try:
             if weights is not None:
