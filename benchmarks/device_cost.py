@@ -3,18 +3,20 @@
 ``python -m benchmarks device-cost BUNDLE``: each run is a new process, ``python -m runtime BUNDLE IMAGE`` (the
 device's own command; for a backbone, segmentation or embedding bundle, which that command does not print, a new
 interpreter that opens the bundle with ``runtime.open`` and runs one input), timed from its start to its exit
-after the first prediction, with its peak resident memory from the kernel (``wait4``'s ``ru_maxrss``). The first
+after the first prediction, with its peak resident memory from the kernel (``wait4``'s ``ru_maxrss``). The runs are
+started by a small launcher process, not by this one: Linux carries the resident size of the process that forks
+into the child's ``ru_maxrss`` (the fork's copy of its memory, counted again at ``exec``), so a child of this process,
+which has the export side imported, would report this process's memory as its own. The first
 run may read the bundle from disk; the page cache serves the later ones, so both are shown. The image is a uniform
 grey picture at the bundle's input size: the cost does not depend on what the picture shows.
 """
 from __future__ import annotations
 
-import os
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from runtime.errors import UserError
@@ -44,6 +46,21 @@ with runtime.open(sys.argv[1], size=sys.argv[2] or None) as s:
     assert all(np.isfinite(v).all() for v in out.values())
 """
 
+# Runs ``cmd`` (JSON on argv[1]) ``runs`` times (argv[2]), each a new process, and prints one JSON line per run. It
+# imports only the standard library, so the children it forks start from its own few megabytes.
+LAUNCHER = """import json, os, subprocess, sys, time
+cmd, runs = json.loads(sys.argv[1]), int(sys.argv[2])
+for _ in range(runs):
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.stderr.close()
+    print(json.dumps({"seconds": seconds, "rss_kb": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status),
+                      "error": err[-1] if err else ""}), flush=True)
+"""
+
 
 def cold_starts(bundle: Path, runs: int, extra: list[str]) -> list[dict]:
     """``runs`` new processes, each serving one image; seconds and peak RSS of each."""
@@ -60,18 +77,15 @@ def cold_starts(bundle: Path, runs: int, extra: list[str]) -> list[dict]:
         cmd = [sys.executable, "-m", "runtime", str(bundle), str(image), *extra]
         if manifest.task != "classification":
             cmd = [sys.executable, "-c", ONE_INPUT, str(bundle), f"{h}x{w}" if sizes else ""]
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(proc.pid, 0)
-            seconds = time.perf_counter() - t0
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            proc.stdout.close()
-            proc.stderr.close()
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            if proc.returncode != 0:
-                raise UserError(f"python -m runtime exited {proc.returncode}: {err[-1] if err else 'no message'}")
-            results.append({"seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)})
+        done = subprocess.run([sys.executable, "-c", LAUNCHER, json.dumps(cmd), str(runs)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise UserError(f"the launcher failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+        for line in done.stdout.splitlines():
+            run = json.loads(line)
+            if run["code"] != 0:
+                raise UserError(f"python -m runtime exited {run['code']}: {run['error'] or 'no message'}")
+            results.append({"seconds": round(run["seconds"], 3), "peak_rss_mb": round(run["rss_kb"] / 1024, 1)})
     return results
 
 

@@ -86,6 +86,21 @@ def test_keep_selected_at_export_leaves_only_what_runs(tmp_path):
         exporters.export("digits_vit", out=tmp_path, keep="some")
 
 
+def test_device_cost_counts_the_child_s_memory_not_the_measuring_process_s(digits_bundles):
+    """Linux carries the forking process's resident size into its child's ru_maxrss; the runs are started from a small
+    launcher, so a heavy measuring process (this one, with torch and a 600 MB array) does not inflate them."""
+    import resource
+
+    import numpy as np
+
+    from benchmarks.device_cost import cold_starts
+    out, _ = digits_bundles
+    heavy = np.ones(150_000_000, np.float32)  # 600 MB, touched
+    own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    [start] = cold_starts(out / "digits_vit", 1, ["--target", "onnxruntime"])
+    assert heavy[-1] == 1 and own_mb > 700 and start["peak_rss_mb"] < own_mb - 500, (start, own_mb)
+
+
 def test_device_cost_measures_a_new_process_and_its_memory(digits_bundles, tmp_path, capsys):
     out, _ = digits_bundles
     code, _, err = cli_in_process(capsys, "runtime", "pack", out / "digits_vit", "--out", tmp_path / "p")
