@@ -225,12 +225,14 @@ def _op_profile(argv) -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--threads", type=values.threads, default=None)
     p.add_argument("--runs", type=values.RUNS, default=30)
+    p.add_argument("--img-size", type=values.img_sizes, default=None, metavar="SIZE[,SIZE...]",
+                   help="profile every model at each of these input sizes (re-laid as vs-naive --img-size does)")
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
     for m in a.models:
         create_model(m)
     threads = a.threads or usable_cores()
-    res = op_profile.measure(a.models, threads, a.runs)
+    res = op_profile.measure(a.models, threads, a.runs, a.img_size)
     env = environment(threads)
     md = op_profile.render(res, one_line(env), "python -m benchmarks op-profile " + " ".join(argv))
     _emit(Path(a.out), "op_profile", md,

@@ -46,10 +46,11 @@ def op_times(compiled: dict, x: np.ndarray, runs: int, warmup: int = 5) -> dict:
                 "ops": {op: [round(ms / runs, 3), nodes[k][op]] for op, ms in totals[k].items()}} for k in requests}
 
 
-def profile(name: str, threads: int, runs: int, work: Path) -> dict:
+def profile(name: str, threads: int, runs: int, work: Path, img_size: tuple[int, int] | None = None) -> dict:
+    """Both INT8 models of ``name`` (re-laid for ``img_size``, as ``vs-naive --img-size`` times it), profiled."""
     import openvino as ov
 
-    model, spec = create_model(name)
+    model, spec = create_model(name, img_size=img_size)
     shape = (1, *spec.input_shape)
     calib = load_set("digits", spec.preprocessing, size=32, part="train", progress=False)
     naive = naive_artefacts(model, shape, calib, work, which=("naive openvino nncf int8",))["naive openvino nncf int8"][1]
@@ -66,9 +67,15 @@ def profile(name: str, threads: int, runs: int, work: Path) -> dict:
     return op_times(compiled, x, runs)
 
 
-def measure(models: list[str], threads: int, runs: int) -> dict:
+def measure(models: list[str], threads: int, runs: int, sizes: list[tuple[int, int]] | None = None) -> dict:
+    """Every model at every size of ``sizes`` (each keyed ``"swin_t 384x384"``), or at its own size."""
     with tempfile.TemporaryDirectory() as d:
-        return {m: profile(m, threads, runs, Path(d) / m) for m in models}
+        out = {}
+        for m in models:
+            for size in sizes or [None]:
+                key = f"{m} {size[0]}x{size[1]}" if size else m
+                out[key] = profile(m, threads, runs, Path(d) / key.replace(" ", "-"), size)
+        return out
 
 
 def render(res: dict, env_line: str, command: str, top: int = 14) -> str:
