@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.vs_naive import naive_artefacts, our_bundle
+from benchmarks.vs_naive import naive_artefacts, our_bundle, row_key
 from calibration import load_set
 from exporters.models.zoo import create_model
 from runtime.manifest import read_manifest
@@ -73,7 +73,7 @@ def measure(models: list[str], threads: int, runs: int, sizes: list[tuple[int, i
         out = {}
         for m in models:
             for size in sizes or [None]:
-                key = f"{m} {size[0]}x{size[1]}" if size else m
+                key = row_key(m, size)
                 out[key] = profile(m, threads, runs, Path(d) / key.replace(" ", "-"), size)
         return out
 

@@ -25,6 +25,7 @@ from benchmarks.segmenter import segmenter
 from calibration import load_set
 from exporters.graph.outputs import dense_classes, output_names, widths
 from exporters.models.features import backbone
+from exporters.models.sizes import size_label
 from exporters.models.zoo import ALIASES, create_model
 from exporters.pipeline.options import RunOptions
 from exporters.pipeline.stages import run, run_outputs
@@ -286,6 +287,11 @@ def competitors(rows: dict, accuracy: dict, family: str | None = None) -> dict:
             and k not in failed_digits}
 
 
+def row_key(model: str, size: tuple[int, int] | None, kind: str = "classifier") -> str:
+    """How a timed row is named: ``"swin_t"``, ``"swin_t 384x384"``, ``"swin_t backbone 800x1344"``."""
+    return " ".join([model, *([kind] if kind != "classifier" else []), *([size_label(size)] if size else [])])
+
+
 def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughput_s: float | None = None,
             accuracy_models=("digits_swin", "digits_vit"), sizes: list[tuple[int, int]] | None = None,
             kind: str = "classifier", recipe: str = "auto", accuracy_eval_size: int | None = None) -> dict:
@@ -296,8 +302,7 @@ def measure(models: list[str], threads: int, runs: int, batch: int = 1, throughp
         lat = {}
         for m in models:
             for size in sizes or [None]:
-                key = " ".join([m, *([kind] if kind != "classifier" else []),
-                                *([f"{size[0]}x{size[1]}"] if size else [])])
+                key = row_key(m, size, kind)
                 lat[key] = latency(m, threads, runs, Path(d) / key.replace(" ", "-"), batch, throughput_s, size, kind,
                                    recipe)
         acc = {m: accuracy(m, threads, Path(d) / f"acc-{m}", recipe, accuracy_eval_size) for m in accuracy_models}

@@ -103,13 +103,13 @@ class ResolvedOptions:
 
 
 def _check_precision(opts: RunOptions) -> None:
+    takes = "precision takes fp32, fp16, int8 or auto, or a list of the first three"
     if opts.precision is not None and opts.precision not in (*PRECISIONS, "auto"):
-        raise UserError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three "
-                        f"(got {opts.precision!r})")
+        raise UserError(f"{takes} (got {opts.precision!r})")
     if opts.precisions is not None:
         bad = [p for p in opts.precisions if p not in PRECISIONS]
         if bad or not opts.precisions:
-            raise UserError(f"precision takes fp32, fp16, int8 or auto, or a list of the first three (got {bad or []})")
+            raise UserError(f"{takes} (got {bad or []})")
     if len(opts.targets) == 1 and opts.precision and opts.precision != "auto":
         target(opts.targets[0]).check_precision(opts.precision)
 

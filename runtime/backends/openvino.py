@@ -160,7 +160,7 @@ def tapped(path: Path, config: dict, tensors: list[str], threads: int | None,
     have = [t for t in tensors if t in names]
     if have:
         model.add_outputs(have)
-    runner = open_artifact(model, {**config, "device": "CPU"}, "CPU", threads)
+    runner = open_artifact(model, config, "CPU", threads)
     carried = {t: next(o.get_any_name() for o in runner.compiled.outputs if t in o.get_names()) for t in have}
     return runner, carried
 

@@ -12,6 +12,7 @@ No rule monkeypatches a library or flips a global flag.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,7 @@ from exporters.graph.rewrites._rules import (  # noqa: F401  (the package's API)
 from runtime.registry import declared
 
 
+@functools.lru_cache(maxsize=None)
 def load_rules() -> dict[str, Rule]:
     """Every rule by name, in the order they run (each rule module declares its ``RULES``)."""
     return {r.name: r for r in declared(__name__, __path__, "RULES", key=lambda r: r.order)}

@@ -84,6 +84,6 @@ def _std_conv_replace(name: str, conv: nn.Conv2d, shapes: Shapes) -> nn.Module:
 # timm ``StdConv2d``/``StdConv2dSame`` (BiT and the hybrid ViT's ResNet) -> a plain Conv2d with the standardised
 # weights baked (and "SAME" padding as a static Pad): no weight statistics computed at every inference.
 STD_CONV_FOLDED = Rule(name="std_conv_folded", order=20, match=lambda m: type(m) in _std_conv_types(),
-                                check=lambda name, m, shapes: len(shapes[name]) == 4, replace=_std_conv_replace)
+                       check=lambda name, m, shapes: len(shapes[name]) == 4, replace=_std_conv_replace)
 
-RULES = (GELU_FUSABLE, STD_CONV_FOLDED,)
+RULES = (GELU_FUSABLE, STD_CONV_FOLDED)

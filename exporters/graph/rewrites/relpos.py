@@ -99,7 +99,7 @@ def _attention_replace(name: str, attn: nn.Module, shapes: Shapes) -> nn.Module:
 
 # BEiT ``Attention`` and ``RelPosAttention`` -> ``StaticBiasAttention`` (bias baked, SDPA gone).
 RELPOS_ATTENTION = Rule(name="relpos_attention", order=50, match=lambda m: type(m) in _attention_types(),
-                                 check=_attention_check, replace=_attention_replace)
+                        check=_attention_check, replace=_attention_replace)
 
 
 def _model_types() -> tuple[type, type]:
@@ -126,7 +126,7 @@ def _shared_replace(name: str, model: nn.Module, shapes: Shapes) -> nn.Module:
 
 # A bias shared by every block (BEiT ``use_shared_rel_pos_bias``, relpos ``shared_rel_pos``) -> ``ConstantBias``.
 RELPOS_SHARED_BIAS = Rule(name="relpos_shared_bias", order=51, match=lambda m: type(m) in _model_types(),
-                                   check=lambda name, m, shapes: name == "" and _shared_attr(m) is not None,
-                                   replace=_shared_replace)
+                          check=lambda name, m, shapes: name == "" and _shared_attr(m) is not None,
+                          replace=_shared_replace)
 
-RULES = (RELPOS_ATTENTION, RELPOS_SHARED_BIAS,)
+RULES = (RELPOS_ATTENTION, RELPOS_SHARED_BIAS)

@@ -224,7 +224,7 @@ def _attention_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
 # timm ``SwinTransformerBlock`` -> ``StaticSwinBlock``; torchvision (v1) ``ShiftedWindowAttention`` -> static.
 # ``type(m) is``: torchvision's V2 attention subclasses V1 and is not matched.
 SWIN_WINDOW_ATTENTION = Rule(name="swin_window_attention", order=30, match=lambda m: type(m) in _attention_types(),
-                                      replace=_attention_replace)
+                             replace=_attention_replace)
 
 
 def _merging_types() -> tuple[type, type, type]:
@@ -242,6 +242,6 @@ def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
 # timm and torchvision (v1) ``PatchMerging``, and timm SwinV2-CR's (the same norm-then-reduction) ->
 # ``StaticPatchMerging``.
 SWIN_PATCH_MERGING = Rule(name="swin_patch_merging", order=31, match=lambda m: type(m) in _merging_types(),
-                                   replace=_merging_replace)
+                          replace=_merging_replace)
 
-RULES = (SWIN_WINDOW_ATTENTION, SWIN_PATCH_MERGING,)
+RULES = (SWIN_WINDOW_ATTENTION, SWIN_PATCH_MERGING)

@@ -95,7 +95,7 @@ def _same_mask(block: nn.Module, size: tuple[int, int]) -> bool:
 
 # timm SwinV2 and SwinV2-CR blocks -> ``StaticSwinV2Block`` (cosine ``StaticWindowAttention``, bias and mask labels stored).
 SWINV2_WINDOW_ATTENTION = Rule(name="swinv2_window_attention", order=40, match=lambda m: type(m) in _block_types(),
-                                        check=_block_check, replace=_block_replace)
+                               check=_block_check, replace=_block_replace)
 
 
 def _merging_type() -> type:
@@ -111,6 +111,6 @@ def _merging_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
 # timm SwinV2 ``PatchMerging`` (reduction, then norm) -> ``StaticPatchMerging(norm_last=True)``; SwinV2-CR's merges as
 # Swin V1 does and is rewritten by ``swin_patch_merging``.
 SWINV2_PATCH_MERGING = Rule(name="swinv2_patch_merging", order=41, match=lambda m: type(m) is _merging_type(),
-                                     replace=_merging_replace)
+                            replace=_merging_replace)
 
-RULES = (SWINV2_WINDOW_ATTENTION, SWINV2_PATCH_MERGING,)
+RULES = (SWINV2_WINDOW_ATTENTION, SWINV2_PATCH_MERGING)

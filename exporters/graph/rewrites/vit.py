@@ -142,7 +142,7 @@ def _attention_replace(name: str, mod: nn.Module, shapes: Shapes) -> nn.Module:
 
 # timm ``Attention`` and torchvision ``EncoderBlock`` -> ``StaticAttention`` forms.
 VIT_ATTENTION = Rule(name="vit_attention", order=60, match=lambda m: type(m) in _attention_types(),
-                              check=_attention_check, replace=_attention_replace)
+                     check=_attention_check, replace=_attention_replace)
 
 
 def _timm_tokens(m: nn.Module, grid: tuple[int, int]) -> StaticTokens:
@@ -203,6 +203,6 @@ def _embed_replace(name: str, model: nn.Module, shapes: Shapes) -> nn.Module:
 
 # A timm / torchvision ViT -> a wrapper whose tokens and position embedding are one baked constant.
 VIT_EMBED = Rule(name="vit_embed", order=1000, match=lambda m: type(m) in _vit_types(), check=_embed_check,
-                          replace=_embed_replace)
+                 replace=_embed_replace)
 
-RULES = (VIT_ATTENTION, VIT_EMBED,)
+RULES = (VIT_ATTENTION, VIT_EMBED)
