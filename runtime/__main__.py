@@ -62,7 +62,7 @@ def _proof_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _open(a, **kw):
-    if getattr(a, "cache_dir", None):
+    if getattr(a, "cache_dir", None) is not None:  # an empty one is refused where it is read, one line
         os.environ[CACHE_ENV] = a.cache_dir  # read where OpenVINO compiles (runtime/backends/openvino.py)
     return runtime.open(a.bundle, target=kw.pop("target", a.target), precision=kw.pop("precision", a.precision),
                         device=a.device, threads=a.threads, verify=a.verify, allow_unverified=a.allow_unverified,

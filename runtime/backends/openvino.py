@@ -23,7 +23,8 @@ def cache_dir() -> str | None:
     if value is None:
         return None
     if not value.strip():
-        raise UserError(f"{CACHE_ENV} is set but empty: unset it, or name a folder for the compiled-model cache")
+        raise UserError(f"{CACHE_ENV} is set but empty (or --cache-dir was given an empty path): unset it, or name a "
+                        "folder for the compiled-model cache")
     path = Path(value).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
